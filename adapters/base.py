@@ -1,0 +1,159 @@
+"""The one interface every EHR adapter implements.
+
+Resources cross this boundary as plain JSON dicts. An adapter says what its EHR can do in
+`capabilities()`; the gateway builds its CapabilityStatement from that and refuses what is not
+declared, so an app sees the truth about the EHR behind it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.search import SearchParamDef, SearchQuery
+
+# Interaction codes as in CapabilityStatement.rest.resource.interaction.code.
+TYPE_INTERACTIONS = (
+    "read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+    "create", "search-type",
+)
+
+
+@dataclass(frozen=True)
+class TypeCapability:
+    """What the EHR allows for one resource type."""
+
+    interactions: frozenset[str]
+    search_params: dict[str, SearchParamDef] = field(default_factory=dict)
+    operations: frozenset[str] = frozenset()
+    conditional_create: bool = False
+    conditional_update: bool = False
+    versioned: bool = True
+
+    def allows(self, interaction: str) -> bool:
+        return interaction in self.interactions
+
+    @property
+    def includes(self) -> list[str]:
+        return sorted(p.name for p in self.search_params.values() if p.type == "reference")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Per resource type capabilities, plus system-level interactions (transaction, batch)."""
+
+    types: dict[str, TypeCapability]
+    system_interactions: frozenset[str] = frozenset()
+    software: str = "unknown"
+
+    def for_type(self, resource_type: str) -> TypeCapability | None:
+        return self.types.get(resource_type)
+
+
+@dataclass
+class SearchPage:
+    """One page of search results: matches, included resources and cursors to move on."""
+
+    resources: list[dict]
+    included: list[dict] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+
+
+@dataclass
+class HistoryPage:
+    """Versions of one resource, newest first; a deleted version has `resource` None."""
+
+    entries: list[HistoryEntry]
+    total: int
+    next_cursor: str | None = None
+
+
+@dataclass
+class HistoryEntry:
+    resource_type: str
+    id: str
+    version_id: str
+    last_updated: str
+    resource: dict | None
+    method: str  # POST, PUT or DELETE
+
+
+@dataclass
+class WriteResult:
+    """What a create/update/delete did: the stored resource (None after delete) and whether new."""
+
+    resource: dict | None
+    created: bool
+    version_id: str | None = None
+    last_updated: str | None = None
+
+
+@dataclass
+class BundleEntryRequest:
+    """One entry of a transaction/batch, already parsed and validated by the gateway."""
+
+    method: str  # GET, POST, PUT, DELETE
+    resource_type: str
+    id: str | None = None
+    resource: dict | None = None
+    full_url: str | None = None
+    if_none_exist: list[tuple[str, str]] | None = None
+    if_match: str | None = None
+    query: SearchQuery | None = None  # for GET search entries
+
+
+class Adapter(ABC):
+    """An EHR behind the gateway. Implementations must not import Flask."""
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def read(self, resource_type: str, id: str) -> dict:
+        """The current version; raises NotFound or Gone."""
+
+    @abstractmethod
+    def vread(self, resource_type: str, id: str, version_id: str) -> dict: ...
+
+    @abstractmethod
+    def history(
+        self, resource_type: str, id: str, count: int, cursor: str | None = None
+    ) -> HistoryPage: ...
+
+    @abstractmethod
+    def search(self, resource_type: str, query: SearchQuery) -> SearchPage: ...
+
+    @abstractmethod
+    def create(
+        self, resource: dict, if_none_exist: SearchQuery | None = None
+    ) -> WriteResult:
+        """Store a new resource (server-assigned id). With `if_none_exist`, return the one match
+        instead (created=False), or raise PreconditionFailed on several."""
+
+    @abstractmethod
+    def update(self, resource: dict, if_match: str | None = None) -> WriteResult:
+        """Store a new version (or create with the client's id when allowed)."""
+
+    @abstractmethod
+    def delete(self, resource_type: str, id: str) -> WriteResult: ...
+
+    @abstractmethod
+    def transaction(self, entries: list[BundleEntryRequest]) -> list[WriteResult | SearchPage | dict]:
+        """Run all entries atomically (all or nothing), in the order FHIR prescribes."""
+
+    def operation(self, name: str, resource_type: str | None, id: str | None,
+                  parameters: dict[str, Any]) -> dict:
+        """Run a named operation the adapter declared; none by default."""
+        from adapters.errors import NotSupported
+
+        raise NotSupported(f"Operation ${name} is not supported by this EHR")
+
+    @abstractmethod
+    def health(self) -> dict:
+        """{'status': 'ok'|'degraded'|'down', ...details}; never raises."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release pools and connections."""

@@ -1,0 +1,78 @@
+"""Typed errors raised by adapters and operations.
+
+Each error carries the FHIR issue code and, where known, the FHIRPath `expression` of the element
+at fault. `fhir_gateway.errors` maps every class to an HTTP status and an OperationOutcome in one
+table, so adapters never think in HTTP.
+"""
+
+from __future__ import annotations
+
+
+class FhirError(Exception):
+    """Base of every typed error; `code` is an OperationOutcome issue code."""
+
+    code = "exception"
+
+    def __init__(
+        self,
+        diagnostics: str,
+        *,
+        expression: str | list[str] | None = None,
+        code: str | None = None,
+        issues: list[dict] | None = None,
+    ) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        if isinstance(expression, str):
+            expression = [expression]
+        self.expression = expression or []
+        if code:
+            self.code = code
+        # Extra issues (e.g. one per validation error) beyond the first.
+        self.issues = issues or []
+
+
+class NotFound(FhirError):
+    code = "not-found"
+
+
+class Gone(FhirError):
+    code = "deleted"
+
+
+class Conflict(FhirError):
+    code = "conflict"
+
+
+class PreconditionFailed(FhirError):
+    code = "conflict"
+
+
+class Invalid(FhirError):
+    """The request or resource cannot be understood or fails basic FHIR rules (400)."""
+
+    code = "invalid"
+
+
+class Unprocessable(FhirError):
+    """Well-formed, but violates a business rule or binding (422)."""
+
+    code = "business-rule"
+
+
+class Forbidden(FhirError):
+    code = "forbidden"
+
+
+class NotSupported(FhirError):
+    """The interaction or operation is not available for this type/EHR."""
+
+    code = "not-supported"
+
+
+class UpstreamUnavailable(FhirError):
+    code = "transient"
+
+
+class UpstreamError(FhirError):
+    code = "exception"
