@@ -104,7 +104,7 @@ def date_range(value: str) -> tuple[str, str]:
     if not m:
         raise ValueError(f"not a FHIR date/dateTime: {value!r}")
     g = m.groupdict()
-    tz = timezone.utc
+    tz = UTC
     if g["tz"] and g["tz"] != "Z":
         sign = 1 if g["tz"][0] == "+" else -1
         hh, mm = int(g["tz"][1:3]), int(g["tz"][4:6])

@@ -1,0 +1,104 @@
+"""The Flask app factory: configuration in, adapter wired, blueprints registered, no globals."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from adapters.base import Adapter
+from adapters.errors import FhirError
+from fhir_gateway.config import Config
+from fhir_gateway.errors import issue, operation_outcome, outcome_for, status_for
+from fhir_gateway.http.negotiation import FHIR_JSON, render
+from fhir_gateway.paging import CursorSigner, load_or_create_key
+from fhir_gateway.service import FhirService
+
+log = logging.getLogger("fhir_gateway.request")
+
+
+@dataclass
+class Gateway:
+    """What one app instance runs on: its configuration, adapter and FHIR service."""
+
+    config: Config
+    adapter: Adapter
+    service: FhirService
+
+
+def build_adapter(config: Config) -> Adapter:
+    if config.adapter.kind == "embedded":
+        from adapters.embedded import EmbeddedAdapter
+
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        return EmbeddedAdapter(config.ehr_database_url)
+    raise ValueError(f"Unknown adapter {config.adapter.kind!r}")
+
+
+def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
+    app = Flask("fhir_gateway")
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
+    app.json.sort_keys = False
+    adapter = adapter or build_adapter(config)
+    signer = CursorSigner(load_or_create_key(config.data_path / "keys" / "cursor.key"))
+    gateway = Gateway(config, adapter, FhirService(adapter, config, signer))
+    app.extensions["fhir_gateway"] = gateway
+
+    from fhir_gateway.http.rest import bp as fhir_bp
+
+    app.register_blueprint(fhir_bp, url_prefix="/fhir")
+    _register_errors(app)
+    _register_logging(app)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        health = adapter.health()
+        return render(health, 200 if health.get("status") == "ok" else 503,
+                      "application/json", False)
+
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(FhirError)
+    def fhir_error(exc: FhirError) -> Response:
+        return render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(
+            exc.code or 500, "invalid" if (exc.code or 500) < 500 else "exception")
+        text = {413: f"The body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+                404: f"No FHIR endpoint at {request.path}"}.get(exc.code or 0, exc.description)
+        outcome = operation_outcome([issue("error", code, text)])
+        return render(outcome, exc.code or 500, FHIR_JSON, False)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error request_id=%s", g.get("request_id"))
+        outcome = operation_outcome([issue("fatal", "exception",
+                                           f"Internal error (request id {g.get('request_id')})")])
+        return render(outcome, 500, FHIR_JSON, False)
+
+
+def _register_logging(app: Flask) -> None:
+    """One line per request: method, route, status, time, request id. Never the query string
+    or body, which can carry PHI (names, birth dates)."""
+
+    @app.before_request
+    def start() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        rule = request.url_rule.rule if request.url_rule else "-"
+        log.info("%s %s %s %.1fms id=%s", request.method, rule, resp.status_code, elapsed,
+                 g.get("request_id"))
+        return resp

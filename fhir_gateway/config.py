@@ -1,0 +1,194 @@
+"""Configuration: one TOML file, environment variables over it, problems explained in plain words.
+
+Precedence: defaults < TOML file (`--config` or `FHIR_GATEWAY_CONFIG`) < environment. Every
+setting has an environment name `FHIR_GATEWAY_<SECTION>_<KEY>` (e.g.
+`FHIR_GATEWAY_LIMITS_MAX_COUNT`); the common ones also have short names listed in `ENV_ALIASES`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FHIR_GATEWAY_"
+ADAPTERS = ("embedded",)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = ""  # public URL of the FHIR base; default http://host:port/fhir
+    workers: int = 1
+    threads: int = 8
+    timeout: int = 60
+
+
+@dataclass
+class AdapterConfig:
+    kind: str = "embedded"
+
+
+@dataclass
+class EmbeddedConfig:
+    database_url: str = ""  # default: sqlite file ehr.sqlite3 under the data dir
+
+
+@dataclass
+class DatabaseConfig:
+    url: str = ""  # the gateway's own state; default: sqlite file gateway.sqlite3 under data dir
+
+
+@dataclass
+class LimitsConfig:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    default_count: int = 50
+    max_count: int = 1000
+    max_bundle_entries: int = 5000
+
+
+@dataclass
+class Config:
+    data_dir: str = "var"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: str = "defaults"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def ehr_database_url(self) -> str:
+        return self.embedded.database_url or f"sqlite:///{self.data_path / 'ehr.sqlite3'}"
+
+    @property
+    def state_database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_path / 'gateway.sqlite3'}"
+
+    @property
+    def public_base(self) -> str:
+        if self.server.base_url:
+            return self.server.base_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}/fhir"
+
+
+# Short environment names, as documented in the README.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "FHIR_GATEWAY_HOST": ("server", "host"),
+    "FHIR_GATEWAY_PORT": ("server", "port"),
+    "FHIR_GATEWAY_BASE_URL": ("server", "base_url"),
+    "FHIR_GATEWAY_WORKERS": ("server", "workers"),
+    "FHIR_GATEWAY_THREADS": ("server", "threads"),
+    "FHIR_GATEWAY_ADAPTER": ("adapter", "kind"),
+    "FHIR_GATEWAY_EHR_DATABASE_URL": ("embedded", "database_url"),
+    "DATABASE_URL": ("database", "url"),
+    "FHIR_GATEWAY_DATA": ("", "data_dir"),
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` says why, one plain sentence each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _coerce(section: str, key: str, value: Any, target: Any, problems: list[str]) -> Any:
+    where = f"{section}.{key}" if section else key
+    want = type(target)
+    if want is int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            problems.append(f"'{where}' must be a whole number, not {value!r}.")
+            return target
+    if want is str:
+        if not isinstance(value, str | int | float):
+            problems.append(f"'{where}' must be text, not {value!r}.")
+            return target
+        return str(value)
+    return value
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, problems: list[str],
+           origin: str) -> None:
+    obj = cfg if not section else getattr(cfg, section, None)
+    names = {f.name for f in fields(obj)} if obj is not None else set()
+    if obj is None or key not in names or key == "source":
+        problems.append(f"{origin}: there is no setting '{section + '.' if section else ''}{key}'.")
+        return
+    setattr(obj, key, _coerce(section, key, value, getattr(obj, key), problems))
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: dict[str, str] | None = None) -> Config:
+    """Build the configuration; raise ConfigError listing every problem found."""
+    env = dict(os.environ if env is None else env)
+    cfg = Config()
+    problems: list[str] = []
+    path = path or env.get("FHIR_GATEWAY_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"The config file {path} does not exist."]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"The config file {path} is not valid TOML: {exc}."]) from None
+        cfg.source = str(path)
+        for key, value in data.items():
+            if isinstance(value, dict):
+                for sub, subval in value.items():
+                    _apply(cfg, key, sub, subval, problems, f"In {path}")
+            else:
+                _apply(cfg, "", key, value, problems, f"In {path}")
+    for name, (section, key) in ENV_ALIASES.items():
+        if env.get(name):
+            _apply(cfg, section, key, env[name], problems, f"Environment {name}")
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_ALIASES or name == "FHIR_GATEWAY_CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section in ("server", "adapter", "embedded", "database", "limits") and key:
+            _apply(cfg, section, key, value, problems, f"Environment {name}")
+    problems.extend(check(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def check(cfg: Config) -> list[str]:
+    """Problems with values that parsed but cannot work."""
+    out = []
+    if not 0 < cfg.server.port < 65536:
+        out.append(f"server.port must be between 1 and 65535, not {cfg.server.port}.")
+    if cfg.server.workers < 1 or cfg.server.threads < 1:
+        out.append("server.workers and server.threads must be at least 1.")
+    if cfg.adapter.kind not in ADAPTERS:
+        out.append(f"adapter.kind {cfg.adapter.kind!r} is unknown; choose one of "
+                   f"{', '.join(ADAPTERS)}.")
+    lim = cfg.limits
+    if lim.max_body_bytes < 1024:
+        out.append("limits.max_body_bytes must be at least 1024 bytes.")
+    if not 8 <= lim.max_json_depth <= 512:
+        out.append("limits.max_json_depth must be between 8 and 512.")
+    if not 1 <= lim.default_count <= lim.max_count:
+        out.append("limits.default_count must be at least 1 and at most limits.max_count.")
+    for label, url in (("embedded.database_url", cfg.embedded.database_url),
+                       ("database.url", cfg.database.url)):
+        if url and not url.startswith(("sqlite", "postgresql")):
+            out.append(f"{label} must be a sqlite:/// or postgresql+psycopg:// URL, not {url!r}.")
+    if cfg.server.base_url and not cfg.server.base_url.startswith(("http://", "https://")):
+        out.append("server.base_url must start with http:// or https://.")
+    return out

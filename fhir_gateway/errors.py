@@ -1,0 +1,82 @@
+"""One table from typed errors to HTTP status, and the OperationOutcome every error becomes."""
+
+from __future__ import annotations
+
+from adapters.errors import (
+    Conflict,
+    FhirError,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+    Unprocessable,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+
+
+class NotAcceptable(FhirError):
+    code = "not-supported"
+
+
+class UnsupportedMediaType(FhirError):
+    code = "not-supported"
+
+
+class PayloadTooLarge(FhirError):
+    code = "too-costly"
+
+
+class MethodNotAllowed(FhirError):
+    code = "not-supported"
+
+
+class Unauthorized(FhirError):
+    code = "login"
+
+
+STATUS: dict[type[FhirError], int] = {
+    Invalid: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    NotAcceptable: 406,
+    Conflict: 409,
+    Gone: 410,
+    PreconditionFailed: 412,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unprocessable: 422,
+    NotSupported: 501,
+    UpstreamError: 502,
+    UpstreamUnavailable: 503,
+}
+
+
+def status_for(error: FhirError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def issue(severity: str, code: str, diagnostics: str,
+          expression: list[str] | None = None) -> dict:
+    out = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        out["expression"] = expression
+    return out
+
+
+def operation_outcome(issues: list[dict]) -> dict:
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def outcome_for(error: FhirError) -> dict:
+    """The OperationOutcome for a typed error: its own issue first, then any extra ones."""
+    severity = "error" if status_for(error) < 500 else "fatal"
+    first = issue(severity, error.code, error.diagnostics, error.expression)
+    return operation_outcome([first, *error.issues])

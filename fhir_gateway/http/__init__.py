@@ -1,0 +1,1 @@
+"""The HTTP surface: FHIR REST routes, content negotiation and response shaping."""

@@ -1,0 +1,60 @@
+"""Content negotiation: JSON FHIR in and out, `_format`, 406 and 415, `_pretty`."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Request, Response
+
+from fhir_gateway.errors import NotAcceptable, UnsupportedMediaType
+
+FHIR_JSON = "application/fhir+json"
+JSON = "application/json"
+SERVED = (FHIR_JSON, JSON)
+_FORMAT_ALIASES = {"json": FHIR_JSON, FHIR_JSON: FHIR_JSON, JSON: JSON, "text/json": JSON}
+_XML_LIKE = ("xml", "text/xml", "application/xml", "application/fhir+xml", "ttl",
+             "application/fhir+turtle", "text/turtle", "html", "text/html")
+
+
+def response_mimetype(request: Request) -> str:
+    """The JSON flavour to answer with, or NotAcceptable for a format this server lacks."""
+    fmt = request.args.get("_format")
+    if fmt is not None:
+        key = fmt.split(";")[0].strip().lower()
+        if key in _FORMAT_ALIASES:
+            return _FORMAT_ALIASES[key]
+        raise NotAcceptable(
+            f"_format={fmt} is not served; this server speaks application/fhir+json only",
+            expression="_format")
+    accept = request.accept_mimetypes
+    if not accept or not request.headers.get("Accept"):
+        return FHIR_JSON
+    best = accept.best_match(SERVED)
+    if best is None:
+        raise NotAcceptable(
+            f"Accept: {request.headers.get('Accept')} cannot be met; this server answers "
+            "application/fhir+json or application/json", expression="Accept")
+    return FHIR_JSON if accept[FHIR_JSON] >= accept[JSON] else JSON
+
+
+def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:
+    """UnsupportedMediaType unless the body is FHIR JSON (or one of `also`)."""
+    mimetype = (request.mimetype or "").lower()
+    if mimetype in SERVED or mimetype in also:
+        return
+    shown = request.headers.get("Content-Type") or "no Content-Type"
+    raise UnsupportedMediaType(
+        f"Cannot read a body of type {shown}; send application/fhir+json",
+        expression="Content-Type")
+
+
+def render(resource: dict | None, status: int, mimetype: str, pretty: bool,
+           headers: dict[str, str] | None = None) -> Response:
+    body = b"" if resource is None else orjson.dumps(
+        resource, option=orjson.OPT_INDENT_2 if pretty else 0)
+    resp = Response(body, status=status, mimetype=mimetype)
+    if resource is not None:
+        resp.headers["Content-Type"] = f"{mimetype}; charset=utf-8"
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+

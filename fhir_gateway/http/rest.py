@@ -1,0 +1,126 @@
+"""The FHIR R4 REST blueprint: HTTP in, `FhirRequest` to the service, FHIR JSON out."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Request, Response, current_app, request
+
+from fhir_gateway.bundle_processing import process as process_bundle
+from fhir_gateway.errors import MethodNotAllowed
+from fhir_gateway.http.negotiation import check_body_type, render, response_mimetype
+from fhir_gateway.http.shaping import shape
+from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
+from fhir_gateway.service import FhirService
+from fhir_gateway.validation import parse_json
+
+bp = Blueprint("fhir", __name__)
+FORM = "application/x-www-form-urlencoded"
+
+
+def _service() -> FhirService:
+    return current_app.extensions["fhir_gateway"].service
+
+
+def base_url() -> str:
+    configured = current_app.extensions["fhir_gateway"].config.server.base_url
+    return configured.rstrip("/") if configured else request.url_root.rstrip("/") + "/fhir"
+
+
+def _body(req: Request) -> dict:
+    check_body_type(req)
+    limits = _service().limits
+    return parse_json(req.get_data(cache=False), limits.max_json_depth)
+
+
+def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = None,
+                  **extra) -> FhirRequest:
+    return FhirRequest(
+        interaction=interaction, resource_type=rtype, id=id,
+        params=list(request.args.items(multi=True)),
+        if_match=parse_etag(request.headers.get("If-Match")),
+        if_none_exist=request.headers.get("If-None-Exist"),
+        prefer=parse_prefer(request.headers.get("Prefer")),
+        **extra,
+    )
+
+
+def _respond(freq: FhirRequest) -> Response:
+    mimetype = response_mimetype(request)
+    resp = _service().handle(freq, base_url())
+    return finish(resp, mimetype)
+
+
+def finish(resp: FhirResponse, mimetype: str) -> Response:
+    resource = resp.resource
+    if resp.shape and resource is not None:
+        summary = request.args.get("_summary")
+        elements = request.args.get("_elements")
+        fields = [e.strip() for e in elements.split(",") if e.strip()] if elements else None
+        if summary in ("true", "text", "data") or fields:
+            resource = _shape_all(resource, summary, fields)
+    pretty = request.args.get("_pretty") == "true"
+    return render(resource, resp.status, mimetype, pretty, resp.headers)
+
+
+def _shape_all(resource: dict, summary: str | None, fields: list[str] | None) -> dict:
+    if resource.get("resourceType") != "Bundle":
+        return shape(resource, summary, fields)
+    entries = [
+        dict(e, resource=shape(e["resource"], summary, fields))
+        if e.get("search", {}).get("mode") == "match" else e
+        for e in resource.get("entry", [])
+    ]
+    return dict(resource, entry=entries) if entries else resource
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    return _respond(_fhir_request("capabilities"))
+
+
+@bp.post("/")
+@bp.post("")
+def bundle() -> Response:
+    mimetype = response_mimetype(request)
+    body = _body(request)
+    result = process_bundle(_service(), body, base_url(),
+                            parse_prefer(request.headers.get("Prefer")))
+    return render(result, 200, mimetype, request.args.get("_pretty") == "true")
+
+
+@bp.route("/<rtype>", methods=["GET", "POST"])
+def type_level(rtype: str) -> Response:
+    if request.method == "GET":
+        return _respond(_fhir_request("search-type", rtype))
+    response_mimetype(request)
+    return _respond(_fhir_request("create", rtype, body=_body(request)))
+
+
+@bp.post("/<rtype>/_search")
+def search_post(rtype: str) -> Response:
+    check_body_type(request, also=(FORM,))
+    freq = _fhir_request("search-type", rtype)
+    if request.mimetype == FORM:
+        freq.params += list(request.form.items(multi=True))
+    return _respond(freq)
+
+
+@bp.route("/<rtype>/<id>", methods=["GET", "PUT", "DELETE", "PATCH", "POST"])
+def instance(rtype: str, id: str) -> Response:
+    if request.method == "GET":
+        return _respond(_fhir_request("read", rtype, id))
+    if request.method == "PUT":
+        response_mimetype(request)
+        return _respond(_fhir_request("update", rtype, id, body=_body(request)))
+    if request.method == "DELETE":
+        return _respond(_fhir_request("delete", rtype, id))
+    raise MethodNotAllowed(f"{request.method} is not supported on {rtype}/{id}")
+
+
+@bp.get("/<rtype>/<id>/_history")
+def history(rtype: str, id: str) -> Response:
+    return _respond(_fhir_request("history-instance", rtype, id))
+
+
+@bp.get("/<rtype>/<id>/_history/<vid>")
+def vread(rtype: str, id: str, vid: str) -> Response:
+    return _respond(_fhir_request("vread", rtype, id, version_id=vid))

@@ -1,0 +1,52 @@
+"""Signed paging cursors: an adapter's cursor wrapped so a client can neither forge nor move it.
+
+The signature covers the adapter cursor and a digest of the search it belongs to (type and every
+parameter but `_cursor`), so a cursor pasted onto another search, or edited, is a 400.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from adapters.errors import Invalid
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A 32-byte secret kept in `path` (mode 0600), made on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return path.read_bytes()
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def search_digest(resource_type: str, params: list[tuple[str, str]]) -> str:
+    canon = "&".join(f"{k}={v}" for k, v in sorted(params) if k != "_cursor")
+    return hashlib.sha256(f"{resource_type}?{canon}".encode()).hexdigest()[:16]
+
+
+class CursorSigner:
+    def __init__(self, key: bytes) -> None:
+        self._s = URLSafeSerializer(key, salt="fhir-gateway.cursor")
+
+    def sign(self, cursor: str, digest: str) -> str:
+        return self._s.dumps([cursor, digest])
+
+    def verify(self, token: str, digest: str) -> str:
+        try:
+            cursor, bound = self._s.loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise Invalid("The paging cursor is not valid (it was changed or not issued here)",
+                          expression="_cursor") from None
+        if bound != digest:
+            raise Invalid("The paging cursor belongs to a different search",
+                          expression="_cursor")
+        return cursor

@@ -1,0 +1,192 @@
+"""The FHIR interactions, run against the configured adapter; no HTTP in here.
+
+`FhirService.handle` takes a `FhirRequest` and returns a `FhirResponse`. The REST blueprint and
+the batch processor both call it, so every path meets the same type, interaction and validation
+checks. Access control (SMART) will sit in front of `handle`, in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from urllib.parse import parse_qsl
+
+from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
+from adapters.errors import Invalid, NotFound
+from adapters.search import SearchQuery, valid_id
+from fhir_gateway import __version__, bundles
+from fhir_gateway.config import Config
+from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
+from fhir_gateway.paging import CursorSigner, search_digest
+from fhir_gateway.request import FhirRequest, FhirResponse
+from fhir_gateway.search_request import parse_count, parse_search
+from fhir_gateway.validation import validate_resource
+from mappings.r4 import RESOURCE_TYPES
+
+
+class FhirService:
+    def __init__(self, adapter: Adapter, config: Config, signer: CursorSigner) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.limits = config.limits
+        self.signer = signer
+        self.caps: Capabilities = adapter.capabilities()
+        self.started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def type_capability(self, rtype: str | None, interaction: str) -> TypeCapability:
+        """The type's capability, or 404 for an unknown type and 405 for a refused action."""
+        if not rtype or rtype not in RESOURCE_TYPES:
+            raise NotFound(f"Unknown resource type {rtype!r}", expression="type",
+                           code="not-supported")
+        tc = self.caps.for_type(rtype)
+        if tc is None:
+            raise NotFound(f"This server does not serve {rtype}", expression="type",
+                           code="not-supported")
+        if not tc.allows(interaction):
+            raise MethodNotAllowed(f"{interaction} is not allowed on {rtype} by this EHR",
+                                   expression=rtype)
+        return tc
+
+    @staticmethod
+    def check_id(id: str | None) -> str:
+        if not id or not valid_id(id):
+            raise Invalid(f"{id!r} is not a valid resource id", expression="id")
+        return id
+
+    def search_query(self, rtype: str, params: list[tuple[str, str]], strict: bool):
+        return parse_search(rtype, params, self.caps, self.limits, strict)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def handle(self, req: FhirRequest, base: str) -> FhirResponse:
+        handler = getattr(self, "_" + req.interaction.replace("-", "_"), None)
+        if handler is None:
+            raise MethodNotAllowed(f"Interaction {req.interaction} is not supported")
+        return handler(req, base)
+
+    def _read(self, req: FhirRequest, base: str) -> FhirResponse:
+        self.type_capability(req.resource_type, "read")
+        resource = self.adapter.read(req.resource_type, self.check_id(req.id))
+        return FhirResponse(200, resource, version_headers(resource), shape=True)
+
+    def _vread(self, req: FhirRequest, base: str) -> FhirResponse:
+        self.type_capability(req.resource_type, "vread")
+        resource = self.adapter.vread(req.resource_type, self.check_id(req.id),
+                                      req.version_id or "")
+        return FhirResponse(200, resource, version_headers(resource), shape=True)
+
+    def _history_instance(self, req: FhirRequest, base: str) -> FhirResponse:
+        self.type_capability(req.resource_type, "history-instance")
+        rid = self.check_id(req.id)
+        count = parse_count(req.param("_count"), self.limits)
+        path = f"{req.resource_type}/{rid}/_history"
+        kept = [(k, v) for k, v in req.params if k == "_count"]
+        digest = search_digest(path, kept)
+        token = req.param("_cursor")
+        cursor = self.signer.verify(token, digest) if token else None
+        page = self.adapter.history(req.resource_type, rid, max(count, 1), cursor)
+        nxt = bundles.page_url(base, path, kept, self.signer.sign(page.next_cursor, digest)) \
+            if page.next_cursor else None
+        return FhirResponse(200, bundles.history(base, page, bundles.page_url(base, path, kept),
+                                                 nxt))
+
+    def _search_type(self, req: FhirRequest, base: str) -> FhirResponse:
+        rtype = req.resource_type
+        self.type_capability(rtype, "search-type")
+        parsed = self.search_query(rtype, req.params, req.strict)
+        digest = search_digest(rtype, parsed.used)
+        token = req.param("_cursor")
+        if token:
+            parsed.query.cursor = self.signer.verify(token, digest)
+        page = self.adapter.search(rtype, parsed.query)
+        link = bundles.page_url
+        self_url = link(base, rtype, parsed.used)
+        nxt = link(base, rtype, parsed.used, self.signer.sign(page.next_cursor, digest)) \
+            if page.next_cursor else None
+        prev = link(base, rtype, parsed.used, self.signer.sign(page.prev_cursor, digest)) \
+            if page.prev_cursor else None
+        bundle = bundles.searchset(base, page, self_url, nxt, prev, parsed.warnings)
+        return FhirResponse(200, bundle, shape=True)
+
+    def _create(self, req: FhirRequest, base: str) -> FhirResponse:
+        rtype = req.resource_type
+        tc = self.type_capability(rtype, "create")
+        body = validate_resource(req.body, rtype)
+        body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id
+        condition = None
+        if req.if_none_exist is not None:
+            if not tc.conditional_create:
+                raise MethodNotAllowed(f"Conditional create is not supported on {rtype}")
+            condition = self.condition(rtype, req.if_none_exist, "If-None-Exist")
+        result = self.adapter.create(body, condition)
+        return self.write_response(result, req, base, 201 if result.created else 200)
+
+    def condition(self, rtype: str, query_string: str, where: str) -> SearchQuery:
+        text = query_string.split("?", 1)[-1]
+        try:
+            params = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise Invalid(f"{where} must be a search query like identifier=sys|123",
+                          expression=where) from None
+        parsed = self.search_query(rtype, params, strict=True)
+        if not parsed.query.clauses:
+            raise Invalid(f"{where} has no search criteria", expression=where)
+        return parsed.query
+
+    def _update(self, req: FhirRequest, base: str) -> FhirResponse:
+        rtype = req.resource_type
+        self.type_capability(rtype, "update")
+        rid = self.check_id(req.id)
+        body = validate_resource(req.body, rtype)
+        if "id" not in body:
+            raise Invalid("The resource in an update must carry its id", expression=f"{rtype}.id")
+        if body["id"] != rid:
+            raise Invalid(f"The body's id {body['id']!r} does not match the URL's {rid!r}",
+                          expression=f"{rtype}.id")
+        result = self.adapter.update(body, req.if_match)
+        return self.write_response(result, req, base, 201 if result.created else 200)
+
+    def _delete(self, req: FhirRequest, base: str) -> FhirResponse:
+        self.type_capability(req.resource_type, "delete")
+        result = self.adapter.delete(req.resource_type, self.check_id(req.id))
+        headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
+        return FhirResponse(204, None, headers)
+
+    def _capabilities(self, req: FhirRequest, base: str) -> FhirResponse:
+        from fhir_gateway.capability import capability_statement
+
+        return FhirResponse(200, capability_statement(self.caps, base, __version__,
+                                                      self.started))
+
+    def write_response(self, result: WriteResult, req: FhirRequest, base: str,
+                       status: int) -> FhirResponse:
+        resource = result.resource
+        headers = version_headers(resource) if resource else {}
+        if resource:
+            headers["Location"] = (f"{base}/{resource['resourceType']}/{resource['id']}"
+                                   f"/_history/{resource['meta']['versionId']}")
+        want = req.prefer.get("return", "representation")
+        if want == "minimal":
+            return FhirResponse(status, None, headers)
+        if want == "operationoutcome":
+            verb = "created" if result.created else "updated"
+            return FhirResponse(status, operation_outcome(
+                [issue("information", "informational", f"Resource {verb}")]), headers)
+        return FhirResponse(status, resource, headers)
+
+
+def http_date(instant: str) -> str:
+    """A FHIR instant as an HTTP date (Last-Modified)."""
+    return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
+
+
+def version_headers(resource: dict) -> dict[str, str]:
+    meta = resource.get("meta") or {}
+    headers = {}
+    if meta.get("versionId"):
+        headers["ETag"] = f'W/"{meta["versionId"]}"'
+    if meta.get("lastUpdated"):
+        headers["Last-Modified"] = http_date(meta["lastUpdated"])
+    return headers
