@@ -1,0 +1,45 @@
+"""Run the gateway under gunicorn (gthread workers), configured from `Config`."""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from fhir_gateway.config import Config
+
+
+class GatewayServer(BaseApplication):
+    """gunicorn embedded: each worker builds its own app (its own database pool)."""
+
+    def __init__(self, config: Config) -> None:
+        self.gateway_config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        server = self.gateway_config.server
+        options = {
+            "bind": f"{server.host}:{server.port}",
+            "workers": server.workers,
+            "threads": server.threads,
+            "worker_class": "gthread",
+            "timeout": server.timeout,
+            "keepalive": 5,
+            # No access log: URLs carry search values (names, birth dates). The app logs one
+            # PHI-free line per request instead.
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from fhir_gateway.app import create_app
+
+        return create_app(self.gateway_config)
+
+
+def serve(config: Config) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    GatewayServer(config).run()

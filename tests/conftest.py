@@ -1,0 +1,202 @@
+"""Shared fixtures: stores on SQLite and PostgreSQL, a live gateway on a loopback port.
+
+Tests that need PostgreSQL or ../shared/testdata skip with the reason where they are missing;
+`GATEWAY_REQUIRE_POSTGRES=1` / `GATEWAY_REQUIRE_SHARED_DATA=1` (set by .ci/run) make that a
+failure instead, so CI proves them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from adapters.embedded import EmbeddedAdapter
+from adapters.embedded.schema import resource, resource_version
+from fhir_gateway.app import create_app
+from fhir_gateway.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
+PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+FHIR_JSON = "application/fhir+json"
+# Seeded data is relative to a fixed day, so expectations never drift with the calendar.
+SEED_TODAY = dt.date(2026, 6, 15)
+
+
+def skip_or_fail(env_var: str, reason: str) -> None:
+    """Skip with `reason`, or fail when `env_var`=1 (CI) demands the dependency."""
+    if os.environ.get(env_var) == "1":
+        pytest.fail(f"{reason} ({env_var}=1 requires it)")
+    pytest.skip(reason)
+
+
+def shared_testdata(sub: str) -> Path:
+    path = SHARED_TESTDATA / sub
+    if not path.is_dir():
+        skip_or_fail("GATEWAY_REQUIRE_SHARED_DATA", f"{path} is not present")
+    return path
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The admin URL of a reachable PostgreSQL, or a skip/fail."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        skip_or_fail("GATEWAY_REQUIRE_POSTGRES",
+                     f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+    yield PG_ADMIN_URL
+
+
+def _make_pg_database(admin_url: str) -> tuple[str, callable]:
+    from sqlalchemy import create_engine, text
+
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty EHR database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
+        return
+    admin = request.getfixturevalue("pg_server")
+    url, drop = _make_pg_database(admin)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def store(database_url) -> Iterator[EmbeddedAdapter]:
+    adapter = EmbeddedAdapter(database_url)
+    yield adapter
+    adapter.close()
+
+
+def fingerprint(adapter: EmbeddedAdapter) -> tuple:
+    """Counts that change on every write: resources, versions, and the newest change."""
+    with adapter.engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(resource)).scalar(),
+            conn.execute(select(func.count()).select_from(resource_version)).scalar(),
+            conn.execute(select(func.max(resource.c.last_updated))).scalar(),
+        )
+
+
+# -- a live gateway -------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveGateway:
+    base: str
+    client: httpx.Client
+    adapter: EmbeddedAdapter
+    config: Config
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.client.get(self.url(path), **kw)
+
+    def post(self, path: str, json_body=None, **kw) -> httpx.Response:
+        if json_body is not None:
+            kw.setdefault("headers", {}).setdefault("Content-Type", FHIR_JSON)
+            import orjson
+
+            kw["content"] = orjson.dumps(json_body)
+        return self.client.post(self.url(path), **kw)
+
+    def put(self, path: str, json_body=None, **kw) -> httpx.Response:
+        if json_body is not None:
+            kw.setdefault("headers", {}).setdefault("Content-Type", FHIR_JSON)
+            import orjson
+
+            kw["content"] = orjson.dumps(json_body)
+        return self.client.put(self.url(path), **kw)
+
+    def delete(self, path: str, **kw) -> httpx.Response:
+        return self.client.delete(self.url(path), **kw)
+
+    def fingerprint(self) -> tuple:
+        return fingerprint(self.adapter)
+
+
+def start_live_gateway(data_dir: Path, database_url: str,
+                       env: dict[str, str] | None = None) -> tuple[LiveGateway, callable]:
+    """Serve the real app over HTTP on a free loopback port, in a thread."""
+    from werkzeug.serving import make_server
+
+    port = free_port()
+    cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
+                           "FHIR_GATEWAY_EHR_DATABASE_URL": database_url, **(env or {})})
+    adapter = EmbeddedAdapter(database_url)
+    app = create_app(cfg, adapter)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = httpx.Client(timeout=30, headers={"Accept": FHIR_JSON})
+    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg)
+
+    def stop() -> None:
+        client.close()
+        server.shutdown()
+        thread.join(5)
+        adapter.close()
+
+    return live, stop
+
+
+@pytest.fixture
+def gateway(database_url, tmp_path) -> Iterator[LiveGateway]:
+    """An empty gateway over real HTTP, on SQLite and on PostgreSQL."""
+    live, stop = start_live_gateway(tmp_path / "data", database_url)
+    yield live
+    stop()
+
+
+@pytest.fixture(scope="module")
+def seeded_gateway(tmp_path_factory) -> Iterator[LiveGateway]:
+    """A gateway (SQLite) seeded with 3 synthetic patients, shared by a module's tests."""
+    from fhir_gateway.synthetic import generate
+
+    data = tmp_path_factory.mktemp("seeded")
+    url = f"sqlite:///{data / 'ehr.sqlite3'}"
+    live, stop = start_live_gateway(data, url)
+    live.adapter.load(generate(3, 7, SEED_TODAY))
+    yield live
+    stop()
