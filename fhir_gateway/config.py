@@ -128,7 +128,9 @@ def _apply(cfg: Config, section: str, key: str, value: Any, problems: list[str],
     if obj is None or key not in names or key == "source":
         problems.append(f"{origin}: there is no setting '{section + '.' if section else ''}{key}'.")
         return
-    setattr(obj, key, _coerce(section, key, value, getattr(obj, key), problems))
+    found: list[str] = []
+    setattr(obj, key, _coerce(section, key, value, getattr(obj, key), found))
+    problems.extend(f"{origin}: {p}" for p in found)
 
 
 def load_config(path: str | os.PathLike | None = None,
