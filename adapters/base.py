@@ -141,7 +141,9 @@ class Adapter(ABC):
     def delete(self, resource_type: str, id: str) -> WriteResult: ...
 
     @abstractmethod
-    def transaction(self, entries: list[BundleEntryRequest]) -> list[WriteResult | SearchPage | dict]:
+    def transaction(
+        self, entries: list[BundleEntryRequest]
+    ) -> list[WriteResult | SearchPage | dict]:
         """Run all entries atomically (all or nothing), in the order FHIR prescribes."""
 
     def operation(self, name: str, resource_type: str | None, id: str | None,

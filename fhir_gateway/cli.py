@@ -156,7 +156,8 @@ Try:
   curl -s '{base}/Patient?_count=5&_elements=name,birthDate'
   curl -s '{base}/Patient/pat-0001'
   curl -s '{base}/Observation?patient=pat-0001&category=vital-signs&_sort=-date&_count=3'
-  curl -s '{base}/MedicationRequest?patient=pat-0001&status=active&_include=MedicationRequest:medication'
+  curl -s '{base}/MedicationRequest?patient=pat-0001&status=active\
+&_include=MedicationRequest:medication'
   curl -s '{base}/Slot?status=free&_count=5&_sort=start'
   curl -s '{base}/Observation?patient=pat-0001&_summary=count'
 

@@ -1,0 +1,163 @@
+"""Benchmark: the gateway over HTTP against the embedded store called directly, in one run.
+
+Prints Patient reads/s and searches/s both ways and their ratio (the cost of the HTTP surface:
+parsing, negotiation, validation of parameters, Bundle building), resources validated per second,
+and Synthea import resources per second. Everything runs on loopback with bounded loops.
+
+    .venv/bin/python bench/gateway_bench.py [--seconds 3] [--patients 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapters.embedded import EmbeddedAdapter  # noqa: E402
+from adapters.search import ParamClause, SearchQuery  # noqa: E402
+from fhir_gateway.synthetic import generate  # noqa: E402
+from fhir_gateway.validation import validate_resource  # noqa: E402
+
+
+def rate(fn, seconds: float, max_calls: int = 200_000) -> float:
+    """Calls per second of `fn` over about `seconds` (bounded by `max_calls`)."""
+    fn()  # warm up
+    calls, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while calls < max_calls and time.perf_counter() < deadline:
+        fn()
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data: Path, port: int, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data), FHIR_GATEWAY_THREADS=str(threads))
+    env.pop("FHIR_GATEWAY_CONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhir_gateway", "serve", "--host", "127.0.0.1", "--port",
+         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the gateway did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="HTTP runs; the median is quoted")
+    args = parser.parse_args()
+
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        resources = generate(args.patients, 42)
+        store = EmbeddedAdapter(f"sqlite:///{data / 'ehr.sqlite3'}")
+        started = time.perf_counter()
+        store.load(resources)
+        load_s = time.perf_counter() - started
+        print(f"seeded {len(resources)} resources in {load_s:.2f}s "
+              f"({len(resources) / load_s:,.0f} resources/s, store.load)")
+
+        pid = "pat-0001"
+        query = [ParamClause("family", "string", ["a"])]
+        direct_read = rate(lambda: store.read("Patient", pid), args.seconds)
+        direct_search = rate(lambda: store.search(
+            "Patient", SearchQuery(clauses=list(query), count=10)), args.seconds)
+
+        port = free_port()
+        proc = start_server(data, port, threads=4)
+        base = f"http://127.0.0.1:{port}/fhir"
+        http_read, http_search = [], []
+        try:
+            with httpx.Client(headers={"Accept": "application/fhir+json"}) as client:
+                def read() -> None:
+                    client.get(f"{base}/Patient/{pid}").raise_for_status()
+
+                def search() -> None:
+                    client.get(f"{base}/Patient", params={"family": "a", "_count": "10"}
+                               ).raise_for_status()
+
+                for _ in range(args.runs):
+                    http_read.append(rate(read, args.seconds))
+                    http_search.append(rate(search, args.seconds))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        store.close()
+
+        hr, hs = statistics.median(http_read), statistics.median(http_search)
+        print("\nPatient reads and searches, one client thread, keep-alive "
+              f"(HTTP: median of {args.runs} runs, gunicorn gthread 1 worker x 4 threads)")
+        print(f"{'':24}{'direct store':>14}{'gateway HTTP':>14}{'ratio':>8}")
+        print(f"{'read  Patient/id':24}{direct_read:>12,.0f}/s{hr:>12,.0f}/s"
+              f"{hr / direct_read:>8.2f}")
+        print(f"{'search Patient?family':24}{direct_search:>12,.0f}/s{hs:>12,.0f}/s"
+              f"{hs / direct_search:>8.2f}")
+
+        sample = resources[: min(len(resources), 3000)]
+        started = time.perf_counter()
+        for res in sample:
+            validate_resource(res)
+        val_s = time.perf_counter() - started
+        print(f"\nvalidation (R4B models + required bindings): {len(sample) / val_s:,.0f} "
+              f"resources/s over {len(sample)} seeded resources")
+
+        synthea = ROOT.parent / "shared" / "testdata" / "synthea-r4"
+        files = sorted(synthea.glob("*.json")) if synthea.is_dir() else []
+        if files:
+            env = dict(os.environ, FHIR_GATEWAY_DATA=str(data / "import"))
+            env.pop("FHIR_GATEWAY_CONFIG", None)
+            started = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "fhir_gateway", "import",
+                                  *map(str, files)], env=env, capture_output=True, text=True,
+                                 check=True).stdout
+            wall = time.perf_counter() - started
+            last = out.strip().splitlines()[-1]  # "Imported N resources from F files in Xs"
+            count = int(last.split()[1])
+            inner = float(last.rsplit(" ", 1)[1].rstrip("s"))
+            print(f"Synthea import: {count} resources from {len(files)} files: "
+                  f"{count / inner:,.0f} resources/s (validated, indexed, SQLite; "
+                  f"{wall:.1f}s wall with process start)")
+        else:
+            print("Synthea import: skipped (../shared/testdata/synthea-r4 not present)")
+
+
+if __name__ == "__main__":
+    main()
