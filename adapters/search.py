@@ -128,8 +128,8 @@ def date_range(value: str) -> tuple[str, str]:
         micro = int((frac[1:] + "000000")[:6]) if frac else 0
         lo = datetime(year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"]), second, micro,
                       tzinfo=tz)
-        if frac:
-            hi = lo + timedelta(microseconds=1)
+        if frac:  # the interval is as wide as the precision written (.4 is a tenth)
+            hi = lo + timedelta(microseconds=10 ** max(0, 6 - (len(frac) - 1)))
         elif g["S"] is not None:
             hi = lo + timedelta(seconds=1)
         else:

@@ -84,7 +84,8 @@ TELEHEALTH_SERVICE_TEXT = "Telehealth visit"
 OFFICE_VISIT_SERVICE_TYPE = Code(SNOMED, "11429006", "Consultation (procedure)")
 OFFICE_VISIT_SERVICE_TEXT = "Office visit"
 
-APPOINTMENT_ROUTINE = Code(APPOINTMENT_REASON, "ROUTINE", "Routine appointment")
+APPOINTMENT_ROUTINE = Code(APPOINTMENT_REASON, "ROUTINE",
+                           "Routine appointment - default if not valued")
 APPOINTMENT_FOLLOWUP = Code(APPOINTMENT_REASON, "FOLLOWUP",
                             "A follow up visit from a previous appointment")
 APPOINTMENT_CHECKUP = Code(APPOINTMENT_REASON, "CHECKUP", "A routine check-up, such as an annual "
@@ -154,6 +155,11 @@ VITAL_SIGNS: dict[str, VitalSign] = {v.key: v for v in (
     VitalSign("spo2", "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", "%",
               "%", (("2708-6", "Oxygen saturation in Arterial blood"),)),
 )}
+
+VITAL_SIGN_LOINC: frozenset[str] = frozenset(
+    [v.loinc for v in VITAL_SIGNS.values()]
+    + [code for v in VITAL_SIGNS.values() for code, _ in v.extra_loinc])
+
 
 # --- Laboratory tests with reference ranges (category laboratory) -------------------------------
 
@@ -347,6 +353,7 @@ DRUGS: dict[str, Drug] = {d.key: d for d in (
          "a day.", 0, "{tbl}", controlled=True, dea_schedule="CII"),
 )}
 
+DRUGS_BY_RXNORM: dict[str, Drug] = {d.rxnorm: d for d in DRUGS.values()}
 CONTROLLED_RXNORM: frozenset[str] = frozenset(d.rxnorm for d in DRUGS.values() if d.controlled)
 
 

@@ -76,19 +76,16 @@ def test_capability_statement_via_fhirclient(smart):
 
 
 def test_search_and_read_seeded_patient(smart):
-    patients = Patient.where(struct={"_count": "1"}).perform_resources(smart.server)
-    assert len(patients) >= 1
-    first = patients[0]
+    first = next(Patient.where(struct={"_count": "1"}).perform_resources_iter(smart.server))
     again = Patient.read(first.id, smart.server)
     assert again.id == first.id and again.meta.versionId == first.meta.versionId
 
 
 def test_paging_through_observations_with_fhirclient(smart):
     """fhirclient follows the gateway's signed `next` links until the end."""
-    pid = Patient.where(struct={"_count": "1"}).perform_resources(smart.server)[0].id
+    pid = next(Patient.where(struct={"_count": "1"}).perform_resources_iter(smart.server)).id
     search = Observation.where(struct={"patient": pid, "_count": "7"})
-    bundle = search.perform(smart.server)
-    total = bundle.total
+    total = next(search.perform_iter(smart.server)).total
     ids = [o.id for o in search.perform_resources_iter(smart.server)]
     assert total > 7, "the seed gives each patient more than one page of observations"
     assert len(ids) == total and len(set(ids)) == total

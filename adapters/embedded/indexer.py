@@ -19,7 +19,7 @@ MAX_LEN = 250
 @dataclass
 class IndexRows:
     tokens: list[tuple[str, str | None, str]] = field(default_factory=list)
-    strings: list[tuple[str, str]] = field(default_factory=list)
+    strings: list[tuple[str, str, str]] = field(default_factory=list)  # param, norm, raw
     dates: list[tuple[str, str, str]] = field(default_factory=list)
     refs: list[tuple[str, str, str]] = field(default_factory=list)
     sort_date: str = ""
@@ -124,7 +124,8 @@ def index(resource: dict) -> IndexRows:
                                             code[:MAX_LEN]))
                 elif param.type == "string":
                     for text in _strings(value):
-                        rows.strings.append((param.name, normalize_string(text)[:MAX_LEN]))
+                        rows.strings.append((param.name, normalize_string(text)[:MAX_LEN],
+                                             text[:MAX_LEN]))
                 elif param.type == "date":
                     for low, high in _dates(value):
                         rows.dates.append((param.name, low, high))

@@ -66,9 +66,9 @@ def _value_condition(clause: ParamClause, targets: tuple[str, ...], value: str):
     if clause.type == "token":
         return _token_condition(value)
     if clause.type == "string":
+        if clause.modifier == "exact":  # whole value, case and accents as written
+            return idx_string.c.raw == value
         norm = normalize_string(value)
-        if clause.modifier == "exact":
-            return idx_string.c.value == norm
         pattern = ("%" if clause.modifier == "contains" else "") + _escape_like(norm) + "%"
         return idx_string.c.value.like(pattern, escape="\\")
     if clause.type == "date":

@@ -71,7 +71,8 @@ idx_string = Table(
     Column("rid", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("rtype", String(64), nullable=False),
     Column("param", String(64), nullable=False),
-    Column("value", String(255), nullable=False),
+    Column("value", String(255), nullable=False),  # normalized: case- and accent-folded
+    Column("raw", String(255), nullable=False),  # as written, for :exact
     Index("ix_string_lookup", "rtype", "param", "value"),
     Index("ix_string_rid", "rid"),
 )

@@ -452,7 +452,8 @@ class EmbeddedAdapter(Adapter):
                 for p, s, c in rows.tokens])
         if rows.strings:
             conn.execute(insert(idx_string), [
-                {"rid": rid, "rtype": rtype, "param": p, "value": v} for p, v in rows.strings])
+                {"rid": rid, "rtype": rtype, "param": p, "value": v, "raw": raw}
+                for p, v, raw in rows.strings])
         if rows.dates:
             conn.execute(insert(idx_date), [
                 {"rid": rid, "rtype": rtype, "param": p, "low": lo, "high": hi}

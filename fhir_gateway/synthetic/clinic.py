@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mappings import terminology as term
 
-from ._common import at, coding, concept, iso, npi, ref
+from ._common import at, concept, iso, npi, ref
 
 ORG_ID = "org-01"
 MAIN_LOCATION = "loc-01"
@@ -80,10 +80,6 @@ class Clinic:
     resources: list[dict] = field(default_factory=list)
     slots: dict[str, list[dict]] = field(default_factory=dict)  # practitioner id -> slots
 
-    @property
-    def staff(self) -> dict[str, Staff]:
-        return {s.id: s for s in STAFF}
-
     def primary_care(self) -> list[Staff]:
         return [s for s in STAFF if s.primary_care]
 
@@ -131,7 +127,7 @@ def locations() -> list[dict]:
     }
     virtual = {
         "resourceType": "Location", "id": VIRTUAL_LOCATION, "status": "active",
-        "name": f"{ORG_NAME} - Virtual Care", "mode": "kind",
+        "name": f"{ORG_NAME} - Virtual Care", "mode": "instance",
         "description": "Telehealth video visits, joined from the patient portal.",
         "telecom": [{"system": "url", "value": "https://portal.example.org/video",
                      "use": "work"}],
@@ -142,9 +138,10 @@ def locations() -> list[dict]:
 
 
 def practitioner(s: Staff, index: int) -> dict:
+    number = npi(f"1{index:03d}{index * 7919 % 100000:05d}")
     return {
         "resourceType": "Practitioner", "id": s.id,
-        "identifier": [{"system": term.NPI, "value": npi(f"1{index:03d}{index * 7919 % 100000:05d}")}],
+        "identifier": [{"system": term.NPI, "value": number}],
         "active": True,
         "name": [{"use": "official", "family": s.family, "given": [s.given], "prefix": ["Dr."],
                   "suffix": ["MD"], "text": s.display}],
@@ -237,7 +234,3 @@ def build_clinic(today: dt.date) -> Clinic:
         res.extend(clinic.slots[s.id])
     res.extend(medication(d) for d in term.DRUGS.values())
     return clinic
-
-
-def staff_coding(s: Staff) -> dict:
-    return coding(term.Code(term.NPI, s.id, s.display))
