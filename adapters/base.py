@@ -103,6 +103,7 @@ class BundleEntryRequest:
     if_none_exist: list[tuple[str, str]] | None = None
     if_match: str | None = None
     query: SearchQuery | None = None  # for GET search entries
+    url_query: str = ""  # the entry's query string, for the self link
 
 
 class Adapter(ABC):

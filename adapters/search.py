@@ -191,6 +191,16 @@ def normalize_string(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()
 
 
+def is_number(value: str) -> bool:
+    """ASCII digits only (`str.isdigit` also accepts '²', which `int` refuses)."""
+    return value.isascii() and value.isdigit()
+
+
+def has_control_chars(value: str) -> bool:
+    """FHIR strings may not hold characters below U+0020 other than tab, CR and LF."""
+    return any(ord(c) < 32 and c not in "\t\r\n" for c in value)
+
+
 def valid_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 

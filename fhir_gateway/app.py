@@ -41,7 +41,7 @@ def build_adapter(config: Config) -> Adapter:
 
 def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app = Flask("fhir_gateway")
-    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes + 1  # see rest._body
     app.json.sort_keys = False
     adapter = adapter or build_adapter(config)
     signer = CursorSigner(load_or_create_key(config.data_path / "keys" / "cursor.key"))
@@ -51,7 +51,7 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     from fhir_gateway.http.rest import bp as fhir_bp
 
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
-    _register_errors(app)
+    _register_errors(app, config)
     _register_logging(app)
 
     @app.get("/healthz")
@@ -63,7 +63,7 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     return app
 
 
-def _register_errors(app: Flask) -> None:
+def _register_errors(app: Flask, config: Config) -> None:
     @app.errorhandler(FhirError)
     def fhir_error(exc: FhirError) -> Response:
         return render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
@@ -72,7 +72,7 @@ def _register_errors(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(
             exc.code or 500, "invalid" if (exc.code or 500) < 500 else "exception")
-        text = {413: f"The body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+        text = {413: f"The body is larger than {config.limits.max_body_bytes} bytes",
                 404: f"No FHIR endpoint at {request.path}"}.get(exc.code or 0, exc.description)
         outcome = operation_outcome([issue("error", code, text)])
         return render(outcome, exc.code or 500, FHIR_JSON, False)

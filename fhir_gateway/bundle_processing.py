@@ -47,23 +47,20 @@ def _entries(bundle: dict, limit: int) -> list[dict]:
     if len(entries) > limit:
         raise Invalid(f"The Bundle has {len(entries)} entries; the limit is {limit}",
                       expression="Bundle.entry", code="too-costly")
-    for i, entry in enumerate(entries):
-        where = f"Bundle.entry[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
-            raise Invalid(f"{where} has no request", expression=f"{where}.request")
-        method = entry["request"].get("method")
-        if method not in METHODS:
-            raise Invalid(f"{where}.request.method must be one of {', '.join(METHODS)}",
-                          expression=f"{where}.request.method")
-        if not isinstance(entry["request"].get("url"), str):
-            raise Invalid(f"{where}.request.url is missing", expression=f"{where}.request.url")
     return entries
 
 
 def to_request(entry: dict, where: str) -> FhirRequest:
-    """A Bundle entry as the FhirRequest it stands for."""
+    """A Bundle entry as the FhirRequest it stands for; Invalid when it stands for none."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise Invalid(f"{where} has no request", expression=f"{where}.request")
     req = entry["request"]
-    method = req["method"]
+    method = req.get("method")
+    if method not in METHODS:
+        raise Invalid(f"{where}.request.method must be one of {', '.join(METHODS)}",
+                      expression=f"{where}.request.method")
+    if not isinstance(req.get("url"), str):
+        raise Invalid(f"{where}.request.url is missing", expression=f"{where}.request.url")
     rtype, rest, params = _split_url(req["url"], where)
     fr = FhirRequest(interaction="", resource_type=rtype, params=params,
                      body=entry.get("resource"), if_match=parse_etag(req.get("ifMatch")),
@@ -167,6 +164,7 @@ def _transaction(service: FhirService, entries: list[dict], base: str) -> dict:
             item.id = service.check_id(req.id)
         elif interaction == "search-type":
             item.query = service.search_query(req.resource_type, req.params, True).query
+            item.url_query = entry["request"]["url"].partition("?")[2]
         else:
             raise Invalid(f"{where}: {interaction} cannot run inside a transaction",
                           expression=f"{where}.request")
@@ -194,6 +192,8 @@ def _transaction_entry(item: BundleEntryRequest, result: object, base: str) -> d
             "location": f"{res['resourceType']}/{res['id']}/_history/{res['meta']['versionId']}",
             "etag": headers.get("ETag"), "lastModified": res["meta"]["lastUpdated"]}}
     if isinstance(result, SearchPage):
-        bundle = bundles.searchset(base, result, f"{base}/{item.resource_type}", None, None, [])
+        self_url = f"{base}/{item.resource_type}" + (f"?{item.url_query}" if item.url_query
+                                                      else "")
+        bundle = bundles.searchset(base, result, self_url, None, None, [])
         return {"resource": bundle, "response": {"status": "200 OK"}}
     return {"resource": result, "response": {"status": "200 OK"}}

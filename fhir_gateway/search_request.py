@@ -16,6 +16,8 @@ from adapters.search import (
     IncludeSpec,
     ParamClause,
     SearchQuery,
+    has_control_chars,
+    is_number,
     parse_date_param,
     parse_reference,
     valid_type_name,
@@ -41,7 +43,7 @@ class ParsedSearch:
 def parse_count(value: str | None, limits: LimitsConfig) -> int:
     if value is None:
         return limits.default_count
-    if not value.isdigit():
+    if not is_number(value):
         raise Invalid(f"_count must be a whole number from 0 to {limits.max_count}, "
                       f"not {value!r}", expression="_count")
     count = int(value)
@@ -77,6 +79,9 @@ def parse_search(rtype: str, params: list[tuple[str, str]], caps: Capabilities,
     for raw_name, value in params:
         if len(value) > MAX_VALUE_LEN:
             raise Invalid(f"The value of {raw_name!r} is longer than {MAX_VALUE_LEN} characters",
+                          expression=raw_name)
+        if has_control_chars(value) or has_control_chars(raw_name):
+            raise Invalid(f"The parameter {raw_name!r} contains control characters",
                           expression=raw_name)
         name, _, modifier = raw_name.partition(":")
         if name in RESULT_PARAMS:

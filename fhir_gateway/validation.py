@@ -14,7 +14,7 @@ import functools
 import orjson
 
 from adapters.errors import Invalid
-from adapters.search import valid_id
+from adapters.search import has_control_chars, valid_id
 from fhir_gateway.errors import issue
 from mappings.r4 import RESOURCE_TYPES
 from mappings.valuesets import binding_errors
@@ -91,6 +91,23 @@ def _structure_issues(resource: dict) -> list[dict]:
     return []
 
 
+def _control_char_issues(node: object, path: str) -> list[dict]:
+    """FHIR strings may not contain control characters (below U+0020 but tab, CR, LF)."""
+    found: list[dict] = []
+    stack = [(node, path)]
+    while stack and len(found) < MAX_ISSUES:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if has_control_chars(item):
+                found.append(issue("error", "invalid",
+                                   "Strings may not contain control characters", [where]))
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return found
+
+
 def validate_resource(resource: object, expected_type: str | None = None,
                       where: str = "") -> dict:
     """Check one resource; return it, or raise Invalid listing every problem found."""
@@ -109,9 +126,14 @@ def validate_resource(resource: object, expected_type: str | None = None,
     if "id" in resource and not (isinstance(resource["id"], str) and valid_id(resource["id"])):
         raise Invalid(f"{prefix}{resource['id']!r} is not a valid resource id",
                       expression=f"{rtype}.id")
-    issues = _structure_issues(resource)
+    issues = _control_char_issues(resource, rtype)
+    issues += _structure_issues(resource)
     issues += [issue("error", "code-invalid", msg, [expr])
                for expr, msg in binding_errors(resource)]
+    if issues and where:  # name the element inside the Bundle entry
+        for item in issues:
+            item["expression"] = [where + e[len(rtype):] if e.startswith(rtype) else e
+                                  for e in item.get("expression", [])]
     if issues:
         first = issues[0]
         raise Invalid(prefix + first["diagnostics"], expression=first.get("expression"),

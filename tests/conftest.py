@@ -167,7 +167,8 @@ def start_live_gateway(data_dir: Path, database_url: str,
     adapter = EmbeddedAdapter(database_url)
     app = create_app(cfg, adapter)
     server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     client = httpx.Client(timeout=30, headers={"Accept": FHIR_JSON})
     live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg)

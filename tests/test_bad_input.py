@@ -334,9 +334,6 @@ def test_unsupported_content_type_is_415(gateway, known, method, path, content_t
     assert_intact(gateway, known, before)
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "Patient/{pid}"), ("GET", "Patient"), ("GET", "metadata"), ("POST", "Patient"),
-])
 @pytest.mark.parametrize("how", [
     {"headers": {"Accept": "application/fhir+xml"}},
     {"headers": {"Accept": "application/xml, text/html"}},
@@ -345,17 +342,19 @@ def test_unsupported_content_type_is_415(gateway, known, method, path, content_t
     {"params": {"_format": "turtle"}},
 ], ids=["accept-fhir+xml", "accept-xml-html", "_format=xml", "_format=fhir+xml",
         "_format=turtle"])
-def test_unservable_format_is_406(gateway, known, method, path, how):
-    """406 before anything runs: a create asked for in XML stores nothing."""
-    before = gateway.fingerprint()
-    kw = {"params": how.get("params"),
-          "headers": {"Content-Type": FHIR_JSON, **how.get("headers", {})}}
-    if method == "POST":
-        kw["content"] = raw(OTHER)
-    resp = gateway.client.request(method, gateway.url(path.format(pid=known.pid)), **kw)
+def test_unservable_format_is_406(gateway, known, how):
+    """406 before anything runs, on every endpoint: a create asked for in XML stores nothing."""
     where = "_format" if "params" in how else "Accept"
-    assert_outcome(resp, 406, (), where)
-    assert_intact(gateway, known, before)
+    for method, path in [("GET", f"Patient/{known.pid}"), ("GET", "Patient"), ("GET", "metadata"),
+                         ("POST", "Patient"), ("PUT", f"Patient/{known.pid}")]:
+        before = gateway.fingerprint()
+        kw = {"params": how.get("params"),
+              "headers": {"Content-Type": FHIR_JSON, **how.get("headers", {})}}
+        if method != "GET":
+            kw["content"] = raw(dict(OTHER, id=known.pid) if method == "PUT" else OTHER)
+        resp = gateway.client.request(method, gateway.url(path), **kw)
+        assert_outcome(resp, 406, (), where)
+        assert_intact(gateway, known, before)
 
 
 # -- conditional create -----------------------------------------------------------------------

@@ -48,6 +48,7 @@ from adapters.search import (
     IncludeSpec,
     SearchParamDef,
     SearchQuery,
+    is_number,
     now_stamp,
     stamp_to_instant,
     valid_id,
@@ -187,7 +188,7 @@ class EmbeddedAdapter(Adapter):
         return orjson.loads(row.body)
 
     def vread(self, resource_type: str, id: str, version_id: str) -> dict:
-        if not version_id.isdigit():
+        if not is_number(version_id):
             raise NotFound(f"{resource_type}/{id} has no version {version_id!r}")
         with self._read() as conn:
             row = conn.execute(

@@ -10,7 +10,9 @@ from fhir_gateway.errors import NotAcceptable, UnsupportedMediaType
 FHIR_JSON = "application/fhir+json"
 JSON = "application/json"
 SERVED = (FHIR_JSON, JSON)
-_FORMAT_ALIASES = {"json": FHIR_JSON, FHIR_JSON: FHIR_JSON, JSON: JSON, "text/json": JSON}
+# "application/fhir json": an unencoded "+" in a query string arrives as a space.
+_FORMAT_ALIASES = {"json": FHIR_JSON, FHIR_JSON: FHIR_JSON, "application/fhir json": FHIR_JSON,
+                   JSON: JSON, "text/json": JSON}
 _XML_LIKE = ("xml", "text/xml", "application/xml", "application/fhir+xml", "ttl",
              "application/fhir+turtle", "text/turtle", "html", "text/html")
 

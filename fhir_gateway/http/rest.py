@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Request, Response, current_app, request
 
 from fhir_gateway.bundle_processing import process as process_bundle
-from fhir_gateway.errors import MethodNotAllowed
+from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge
 from fhir_gateway.http.negotiation import check_body_type, render, response_mimetype
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
@@ -28,7 +28,12 @@ def base_url() -> str:
 def _body(req: Request) -> dict:
     check_body_type(req)
     limits = _service().limits
-    return parse_json(req.get_data(cache=False), limits.max_json_depth)
+    data = req.get_data(cache=False)
+    # A chunked body has no Content-Length for Flask to refuse up front; Flask's limit is set
+    # one byte above ours, so a body cut at the limit shows here.
+    if len(data) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"The body is larger than {limits.max_body_bytes} bytes")
+    return parse_json(data, limits.max_json_depth)
 
 
 def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = None,
@@ -46,18 +51,19 @@ def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = N
 def _respond(freq: FhirRequest) -> Response:
     mimetype = response_mimetype(request)
     resp = _service().handle(freq, base_url())
-    return finish(resp, mimetype)
+    return finish(resp, freq, mimetype)
 
 
-def finish(resp: FhirResponse, mimetype: str) -> Response:
+def finish(resp: FhirResponse, freq: FhirRequest, mimetype: str) -> Response:
+    """Render a response, shaped by the request's `_summary` / `_elements` / `_pretty`."""
     resource = resp.resource
     if resp.shape and resource is not None:
-        summary = request.args.get("_summary")
-        elements = request.args.get("_elements")
+        summary = freq.param("_summary")
+        elements = freq.param("_elements")
         fields = [e.strip() for e in elements.split(",") if e.strip()] if elements else None
         if summary in ("true", "text", "data") or fields:
             resource = _shape_all(resource, summary, fields)
-    pretty = request.args.get("_pretty") == "true"
+    pretty = freq.param("_pretty") == "true"
     return render(resource, resp.status, mimetype, pretty, resp.headers)
 
 
