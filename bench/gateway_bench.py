@@ -10,6 +10,7 @@ and Synthea import resources per second. Everything runs on loopback with bounde
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import statistics
@@ -101,6 +102,22 @@ def main() -> None:
         direct_search = rate(lambda: store.search(
             "Patient", SearchQuery(clauses=list(query), count=10)), args.seconds)
 
+        # The same app called as WSGI in this process: the gateway's own cost without HTTP.
+        from fhir_gateway.app import create_app
+        from fhir_gateway.config import load_config
+
+        app = create_app(load_config(env={"FHIR_GATEWAY_DATA": str(data)}), store)
+
+        def wsgi(path: str, query: str) -> None:
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+                       "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1",
+                       "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+                       "HTTP_ACCEPT": "application/fhir+json", "wsgi.input": io.BytesIO()}
+            b"".join(app.wsgi_app(environ, lambda status, headers: None))
+
+        wsgi_read = rate(lambda: wsgi(f"/fhir/Patient/{pid}", ""), args.seconds)
+        wsgi_search = rate(lambda: wsgi("/fhir/Patient", "family=a&_count=10"), args.seconds)
+
         port = free_port()
         proc = start_server(data, port, threads=4)
         base = f"http://127.0.0.1:{port}/fhir"
@@ -125,11 +142,15 @@ def main() -> None:
         hr, hs = statistics.median(http_read), statistics.median(http_search)
         print("\nPatient reads and searches, one client thread, keep-alive "
               f"(HTTP: median of {args.runs} runs, gunicorn gthread 1 worker x 4 threads)")
-        print(f"{'':24}{'direct store':>14}{'gateway HTTP':>14}{'ratio':>8}")
-        print(f"{'read  Patient/id':24}{direct_read:>12,.0f}/s{hr:>12,.0f}/s"
-              f"{hr / direct_read:>8.2f}")
-        print(f"{'search Patient?family':24}{direct_search:>12,.0f}/s{hs:>12,.0f}/s"
-              f"{hs / direct_search:>8.2f}")
+        print(f"{'':24}{'direct store':>14}{'gateway WSGI':>14}{'ratio':>7}"
+              f"{'gateway HTTP':>14}{'ratio':>7}")
+        for label, direct, inproc, http in (
+                ("read  Patient/id", direct_read, wsgi_read, hr),
+                ("search Patient?family", direct_search, wsgi_search, hs)):
+            print(f"{label:24}{direct:>12,.0f}/s{inproc:>12,.0f}/s{inproc / direct:>7.2f}"
+                  f"{http:>12,.0f}/s{http / direct:>7.2f}")
+        print("(WSGI: the app called in-process, no socket; HTTP: httpx client and gunicorn "
+              "server sharing the machine's cores)")
 
         sample = resources[: min(len(resources), 3000)]
         started = time.perf_counter()
