@@ -63,7 +63,8 @@ def free_port() -> int:
 
 
 def start_server(data: Path, port: int, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data), FHIR_GATEWAY_THREADS=str(threads))
+    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data), FHIR_GATEWAY_THREADS=str(threads),
+               FHIR_GATEWAY_AUTH_ENABLED="false")
     env.pop("FHIR_GATEWAY_CONFIG", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_gateway", "serve", "--host", "127.0.0.1", "--port",
@@ -106,7 +107,8 @@ def main() -> None:
         from fhir_gateway.app import create_app
         from fhir_gateway.config import load_config
 
-        app = create_app(load_config(env={"FHIR_GATEWAY_DATA": str(data)}), store)
+        app = create_app(load_config(env={"FHIR_GATEWAY_DATA": str(data),
+                                          "FHIR_GATEWAY_AUTH_ENABLED": "false"}), store)
 
         def wsgi(path: str, query: str) -> None:
             environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,

@@ -12,22 +12,40 @@ from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter
 from adapters.errors import FhirError
+from fhir_gateway.audit import AuditLog, AuditRecord
 from fhir_gateway.config import Config
-from fhir_gateway.errors import issue, operation_outcome, outcome_for, status_for
+from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
+from fhir_gateway.http.cors import install_cors
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.paging import CursorSigner, load_or_create_key
 from fhir_gateway.service import FhirService
+from smart_launch.db import make_state_engine
+from smart_launch.discovery import Endpoints, oauth_uris_extension
+from smart_launch.server import SmartServer
 
 log = logging.getLogger("fhir_gateway.request")
 
 
 @dataclass
 class Gateway:
-    """What one app instance runs on: its configuration, adapter and FHIR service."""
+    """What one app instance runs on: its configuration, adapter and FHIR service, and (when
+    SMART is on) the authorization server and the audit log."""
 
     config: Config
     adapter: Adapter
     service: FhirService
+    smart: SmartServer | None = None
+    audit: AuditLog | None = None
+
+    def record(self, action: str, outcome: str, **fields) -> None:
+        """Append to the audit log; never let auditing break a request (it is logged)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(AuditRecord(action=action, outcome=outcome,
+                                          request_id=g.get("request_id"), **fields))
+        except Exception:  # noqa: BLE001
+            log.exception("audit append failed request_id=%s", g.get("request_id"))
 
 
 def build_adapter(config: Config) -> Adapter:
@@ -44,9 +62,13 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes + 1  # see rest._body
     app.json.sort_keys = False
     adapter = adapter or build_adapter(config)
-    signer = CursorSigner(load_or_create_key(config.data_path / "keys" / "cursor.key"))
+    keys = config.data_path / "keys"
+    signer = CursorSigner(load_or_create_key(keys / "cursor.key"))
+    app.secret_key = config.auth.secret_key or load_or_create_key(keys / "session.key")
     gateway = Gateway(config, adapter, FhirService(adapter, config, signer))
     app.extensions["fhir_gateway"] = gateway
+    if config.auth.enabled:
+        _init_smart(app, gateway)
 
     from fhir_gateway.http.rest import bp as fhir_bp
 
@@ -63,10 +85,44 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     return app
 
 
+def _init_smart(app: Flask, gateway: Gateway) -> None:
+    """The SMART authorization server, its endpoints, the audit log and CORS."""
+    from smart_launch.authorize import bp as authorize_bp
+    from smart_launch.endpoints import bp as endpoints_bp
+    from smart_launch.endpoints import discovery_bp
+
+    cfg = gateway.config
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    engine = make_state_engine(cfg.state_database_url)
+    gateway.audit = AuditLog(engine)
+
+    def patient_name(pid: str) -> str | None:
+        try:
+            patient = gateway.adapter.read("Patient", pid)
+        except FhirError:
+            return None
+        name = (patient.get("name") or [{}])[0]
+        return " ".join([*name.get("given", []), name.get("family", "")]).strip() or None
+
+    smart = SmartServer(Endpoints(cfg.public_base), engine, cfg.data_path,
+                        audit=gateway.record, patient_name=patient_name)
+    smart.init_app(app)
+    gateway.smart = smart
+    gateway.service.security = oauth_uris_extension(smart.endpoints)
+    app.extensions["smart"] = smart
+    app.register_blueprint(authorize_bp, url_prefix="/auth")
+    app.register_blueprint(endpoints_bp, url_prefix="/auth")
+    app.register_blueprint(discovery_bp, url_prefix="/fhir")
+    install_cors(app, smart.clients)
+
+
 def _register_errors(app: Flask, config: Config) -> None:
     @app.errorhandler(FhirError)
     def fhir_error(exc: FhirError) -> Response:
-        return render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
+        resp = render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
+        if isinstance(exc, Unauthorized):
+            resp.headers["WWW-Authenticate"] = exc.challenge
+        return resp
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -96,6 +152,17 @@ def _register_logging(app: Flask) -> None:
 
     @app.after_request
     def finish(resp: Response) -> Response:
+        access = g.get("fhir_access")
+        gateway = app.extensions["fhir_gateway"]
+        if access is not None and gateway.audit is not None:
+            who = g.get("fhir_principal")
+            interaction, rtype, rid = access
+            gateway.record(
+                interaction, "allowed" if resp.status_code < 400 else "denied",
+                user=(who.fhir_user or who.subject) if who else None,
+                client_id=who.client_id if who else None,
+                patient=who.patient if who else None, resource_type=rtype,
+                resource_id=rid, status=resp.status_code)
         resp.headers["X-Request-Id"] = g.get("request_id", "")
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         rule = request.url_rule.rule if request.url_rule else "-"

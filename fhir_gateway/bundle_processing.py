@@ -86,7 +86,8 @@ def to_request(entry: dict, where: str) -> FhirRequest:
     return fr
 
 
-def process(service: FhirService, bundle: dict, base: str, prefer: dict[str, str]) -> dict:
+def process(service: FhirService, bundle: dict, base: str, prefer: dict[str, str],
+            principal: object | None = None) -> dict:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise Invalid("POST to the base takes a Bundle", expression="resourceType")
     kind = bundle.get("type")
@@ -95,17 +96,18 @@ def process(service: FhirService, bundle: dict, base: str, prefer: dict[str, str
                       expression="Bundle.type")
     entries = _entries(bundle, service.limits.max_bundle_entries)
     if kind == "batch":
-        return _batch(service, entries, base, prefer)
-    return _transaction(service, entries, base)
+        return _batch(service, entries, base, prefer, principal)
+    return _transaction(service, entries, base, principal)
 
 
 def _batch(service: FhirService, entries: list[dict], base: str,
-           prefer: dict[str, str]) -> dict:
+           prefer: dict[str, str], principal: object | None) -> dict:
     out = []
     for i, entry in enumerate(entries):
         try:
             req = to_request(entry, f"Bundle.entry[{i}]")
             req.prefer = prefer
+            req.principal = principal
             resp = service.handle(req, base)
             out.append(_response_entry(resp))
         except FhirError as exc:
@@ -128,14 +130,19 @@ def _response_entry(resp: FhirResponse) -> dict:
     return entry
 
 
-def _transaction(service: FhirService, entries: list[dict], base: str) -> dict:
+def _transaction(service: FhirService, entries: list[dict], base: str,
+                 principal: object | None) -> dict:
     work: list[BundleEntryRequest] = []
+    decisions = []
     seen_urls: set[str] = set()
     for i, entry in enumerate(entries):
         where = f"Bundle.entry[{i}]"
         req = to_request(entry, where)
+        req.principal = principal
         interaction = req.interaction
         service.type_capability(req.resource_type, interaction)
+        decision = service.decide(req)
+        decisions.append(decision)
         full_url = entry.get("fullUrl")
         if full_url is not None:
             if not isinstance(full_url, str) or full_url in seen_urls:
@@ -147,23 +154,30 @@ def _transaction(service: FhirService, entries: list[dict], base: str) -> dict:
                                   if_match=req.if_match)
         if interaction in ("create", "update"):
             body = validate_resource(req.body, req.resource_type, where=f"{where}.resource")
+            service.check_write(decision, body)
             if interaction == "update":
                 item.id = service.check_id(req.id)
                 if body.get("id") != item.id:
                     raise Invalid(f"{where}: the resource id does not match the URL",
                                   expression=f"{where}.resource.id")
+                if decision is not None:
+                    service.visible_for_write(decision, req.resource_type, item.id)
             else:
                 body = {k: v for k, v in body.items() if k != "id"}
                 if req.if_none_exist:
                     item.if_none_exist = service.condition(
-                        req.resource_type, req.if_none_exist, f"{where}.request.ifNoneExist")
+                        req.resource_type, req.if_none_exist, f"{where}.request.ifNoneExist",
+                        decision.narrowing if decision else ())
             item.resource = body
         elif interaction == "delete":
             item.id = service.check_id(req.id)
+            if decision is not None:
+                service.visible_for_write(decision, req.resource_type, item.id)
         elif interaction == "read":
             item.id = service.check_id(req.id)
         elif interaction == "search-type":
-            item.query = service.search_query(req.resource_type, req.params, True).query
+            params = req.params + (decision.narrowing if decision else [])
+            item.query = service.search_query(req.resource_type, params, True).query
             item.url_query = entry["request"]["url"].partition("?")[2]
         else:
             raise Invalid(f"{where}: {interaction} cannot run inside a transaction",
@@ -175,9 +189,21 @@ def _transaction(service: FhirService, entries: list[dict], base: str) -> dict:
         exc.diagnostics = f"Transaction failed, nothing was stored: {exc.diagnostics}"
         raise
     out = []
-    for item, result in zip(work, results, strict=True):
+    for item, result, decision in zip(work, results, decisions, strict=True):
+        if decision is not None:
+            result = _screen(decision, item, result)
         out.append(_transaction_entry(item, result, base))
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+def _screen(decision, item: BundleEntryRequest, result: object) -> object:
+    """Hide from a transaction's GET entries what the caller may not see."""
+    if isinstance(result, SearchPage):
+        result.resources = [r for r in result.resources if decision.permits(r)]
+        result.included = [r for r in result.included if decision.permits(r)]
+    elif isinstance(result, dict) and not decision.permits(result):
+        raise FhirService.hidden(item.resource_type, item.id or "")
+    return result
 
 
 def _transaction_entry(item: BundleEntryRequest, result: object, base: str) -> dict:

@@ -52,6 +52,14 @@ class LimitsConfig:
 
 
 @dataclass
+class AuthConfig:
+    # SMART App Launch on every FHIR request. Turn off only for local experiments: with it off
+    # anyone who can reach the port reads and writes everything.
+    enabled: bool = True
+    secret_key: str = ""  # signs browser sessions; default: a key file under the data dir
+
+
+@dataclass
 class Config:
     data_dir: str = "var"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -59,6 +67,7 @@ class Config:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: str = "defaults"
 
     @property
@@ -105,6 +114,16 @@ class ConfigError(Exception):
 def _coerce(section: str, key: str, value: Any, target: Any, problems: list[str]) -> Any:
     where = f"{section}.{key}" if section else key
     want = type(target)
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        problems.append(f"'{where}' must be true or false, not {value!r}.")
+        return target
     if want is int:
         try:
             if isinstance(value, bool):
@@ -162,7 +181,7 @@ def load_config(path: str | os.PathLike | None = None,
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")
-        if section in ("server", "adapter", "embedded", "database", "limits") and key:
+        if section in ("server", "adapter", "embedded", "database", "limits", "auth") and key:
             _apply(cfg, section, key, value, problems, f"Environment {name}")
     problems.extend(check(cfg))
     if problems:

@@ -34,7 +34,15 @@ class MethodNotAllowed(FhirError):
 
 
 class Unauthorized(FhirError):
+    """401: no usable bearer token. `challenge` is the WWW-Authenticate value (RFC 6750)."""
+
     code = "login"
+
+    def __init__(self, diagnostics: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(diagnostics)
+        text = diagnostics.replace('"', "'")
+        self.challenge = 'Bearer realm="fhir"' + (
+            f', error="{error}", error_description="{text}"' if error else "")
 
 
 STATUS: dict[type[FhirError], int] = {

@@ -21,6 +21,9 @@ class FhirRequest:
     if_none_exist: str | None = None
     prefer: dict[str, str] = field(default_factory=dict)
     operation: str | None = None
+    # Who is calling (fhir_gateway.access.Principal); None only for trusted in-process callers
+    # such as the import command.
+    principal: object | None = None
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:

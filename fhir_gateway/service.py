@@ -12,9 +12,10 @@ from email.utils import format_datetime
 from urllib.parse import parse_qsl
 
 from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
-from adapters.errors import Invalid, NotFound
+from adapters.errors import Forbidden, Gone, Invalid, NotFound
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
+from fhir_gateway.access import AccessDecision, AccessPolicy
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.paging import CursorSigner, search_digest
@@ -27,6 +28,8 @@ from mappings.r4 import RESOURCE_TYPES
 class FhirService:
     def __init__(self, adapter: Adapter, config: Config, signer: CursorSigner) -> None:
         self.adapter = adapter
+        self.policy = AccessPolicy(self._search_params)
+        self.security: dict | None = None  # CapabilityStatement.rest.security, set with SMART
         self.config = config
         self.limits = config.limits
         self.signer = signer
@@ -58,6 +61,46 @@ class FhirService:
     def search_query(self, rtype: str, params: list[tuple[str, str]], strict: bool):
         return parse_search(rtype, params, self.caps, self.limits, strict)
 
+    def _search_params(self, rtype: str) -> dict:
+        tc = self.caps.for_type(rtype)
+        return tc.search_params if tc else {}
+
+    # -- access -----------------------------------------------------------------------------
+
+    def decide(self, req: FhirRequest) -> AccessDecision | None:
+        """The access decision for a request from outside, or None for a trusted caller."""
+        if req.principal is None:
+            return None
+        return self.policy.decide(req.principal, req.interaction, req.resource_type)
+
+    @staticmethod
+    def hidden(rtype: str, id: str) -> NotFound:
+        """What a caller sees for a resource it may not see: the same as for a missing one."""
+        return NotFound(f"{rtype}/{id} is not known", expression=rtype)
+
+    def _visible(self, decision: AccessDecision | None, rtype: str, id: str) -> dict | None:
+        """The current resource if the caller may see it; NotFound when it may not. A deleted
+        resource is Gone only for a caller who could see its last version."""
+        try:
+            resource = self.adapter.read(rtype, id)
+        except Gone:
+            if decision is not None:
+                last = next((e.resource for e in self.adapter.history(rtype, id, 2).entries
+                             if e.resource is not None), None)
+                if last is None or not decision.permits(last):
+                    raise self.hidden(rtype, id) from None
+            raise
+        if decision is not None and not decision.permits(resource):
+            raise self.hidden(rtype, id)
+        return resource
+
+    def visible_for_write(self, decision: AccessDecision, rtype: str, id: str) -> None:
+        """Apps change only what exists and is theirs; anything else looks absent."""
+        try:
+            self._visible(decision, rtype, id)
+        except Gone:
+            raise self.hidden(rtype, id) from None
+
     # -- dispatch -------------------------------------------------------------------------
 
     def handle(self, req: FhirRequest, base: str) -> FhirResponse:
@@ -68,18 +111,32 @@ class FhirService:
 
     def _read(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "read")
-        resource = self.adapter.read(req.resource_type, self.check_id(req.id))
+        resource = self._visible(self.decide(req), req.resource_type, self.check_id(req.id))
         return FhirResponse(200, resource, version_headers(resource), shape=True)
 
     def _vread(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "vread")
-        resource = self.adapter.vread(req.resource_type, self.check_id(req.id),
-                                      req.version_id or "")
+        decision = self.decide(req)
+        rid = self.check_id(req.id)
+        try:
+            resource = self.adapter.vread(req.resource_type, rid, req.version_id or "")
+        except (NotFound, Gone):
+            if decision is not None:
+                self._visible(decision, req.resource_type, rid)
+            raise
+        if decision is not None and not decision.permits(resource):
+            raise self.hidden(req.resource_type, rid)
         return FhirResponse(200, resource, version_headers(resource), shape=True)
 
     def _history_instance(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "history-instance")
         rid = self.check_id(req.id)
+        decision = self.decide(req)
+        if decision is not None:
+            try:
+                self._visible(decision, req.resource_type, rid)
+            except Gone:
+                pass  # the caller may see the history of its own deleted resource
         count = parse_count(req.param("_count"), self.limits)
         path = f"{req.resource_type}/{rid}/_history"
         kept = [(k, v) for k, v in req.params if k == "_count"]
@@ -87,6 +144,9 @@ class FhirService:
         token = req.param("_cursor")
         cursor = self.signer.verify(token, digest) if token else None
         page = self.adapter.history(req.resource_type, rid, max(count, 1), cursor)
+        if decision is not None:
+            page.entries = [e for e in page.entries
+                            if e.resource is None or decision.permits(e.resource)]
         nxt = bundles.page_url(base, path, kept, self.signer.sign(page.next_cursor, digest)) \
             if page.next_cursor else None
         return FhirResponse(200, bundles.history(base, page, bundles.page_url(base, path, kept),
@@ -95,12 +155,17 @@ class FhirService:
     def _search_type(self, req: FhirRequest, base: str) -> FhirResponse:
         rtype = req.resource_type
         self.type_capability(rtype, "search-type")
-        parsed = self.search_query(rtype, req.params, req.strict)
+        decision = self.decide(req)
+        params = req.params + (decision.narrowing if decision else [])
+        parsed = self.search_query(rtype, params, req.strict)
         digest = search_digest(rtype, parsed.used)
         token = req.param("_cursor")
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)
         page = self.adapter.search(rtype, parsed.query)
+        if decision is not None:  # the narrowing should have done it; check every resource
+            page.resources = [r for r in page.resources if decision.permits(r)]
+            page.included = [r for r in page.included if decision.permits(r)]
         link = bundles.page_url
         self_url = link(base, rtype, parsed.used)
         nxt = link(base, rtype, parsed.used, self.signer.sign(page.next_cursor, digest)) \
@@ -115,22 +180,32 @@ class FhirService:
         tc = self.type_capability(rtype, "create")
         body = validate_resource(req.body, rtype)
         body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id
+        decision = self.decide(req)
+        self.check_write(decision, body)
         condition = None
         if req.if_none_exist is not None:
             if not tc.conditional_create:
                 raise MethodNotAllowed(f"Conditional create is not supported on {rtype}")
-            condition = self.condition(rtype, req.if_none_exist, "If-None-Exist")
+            condition = self.condition(rtype, req.if_none_exist, "If-None-Exist",
+                                       decision.narrowing if decision else ())
         result = self.adapter.create(body, condition)
         return self.write_response(result, req, base, 201 if result.created else 200)
 
-    def condition(self, rtype: str, query_string: str, where: str) -> SearchQuery:
+    @staticmethod
+    def check_write(decision: AccessDecision | None, body: dict) -> None:
+        if decision is not None and not decision.permits(body):
+            raise Forbidden("This token may only write resources of its own patient and "
+                            "within its granted scopes", expression=body["resourceType"])
+
+    def condition(self, rtype: str, query_string: str, where: str,
+                  narrowing=()) -> SearchQuery:
         text = query_string.split("?", 1)[-1]
         try:
             params = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
         except ValueError:
             raise Invalid(f"{where} must be a search query like identifier=sys|123",
                           expression=where) from None
-        parsed = self.search_query(rtype, params, strict=True)
+        parsed = self.search_query(rtype, params + list(narrowing), strict=True)
         if not parsed.query.clauses:
             raise Invalid(f"{where} has no search criteria", expression=where)
         return parsed.query
@@ -145,11 +220,18 @@ class FhirService:
         if body["id"] != rid:
             raise Invalid(f"The body's id {body['id']!r} does not match the URL's {rid!r}",
                           expression=f"{rtype}.id")
+        decision = self.decide(req)
+        if decision is not None:
+            self.visible_for_write(decision, rtype, rid)
+            self.check_write(decision, body)
         result = self.adapter.update(body, req.if_match)
         return self.write_response(result, req, base, 201 if result.created else 200)
 
     def _delete(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "delete")
+        decision = self.decide(req)
+        if decision is not None:
+            self.visible_for_write(decision, req.resource_type, self.check_id(req.id))
         result = self.adapter.delete(req.resource_type, self.check_id(req.id))
         headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
         return FhirResponse(204, None, headers)
@@ -157,8 +239,10 @@ class FhirService:
     def _capabilities(self, req: FhirRequest, base: str) -> FhirResponse:
         from fhir_gateway.capability import capability_statement
 
-        return FhirResponse(200, capability_statement(self.caps, base, __version__,
-                                                      self.started))
+        statement = capability_statement(self.caps, base, __version__, self.started)
+        if self.security is not None:
+            statement["rest"][0]["security"] = self.security
+        return FhirResponse(200, statement)
 
     def write_response(self, result: WriteResult, req: FhirRequest, base: str,
                        status: int) -> FhirResponse:

@@ -37,3 +37,21 @@ RESOURCE_TYPES: frozenset[str] = frozenset(
     VisionPrescription
     """.split()
 )
+
+# Types of the R4 Patient compartment (CompartmentDefinition/patient): a resource of these types
+# belongs to a patient's record, so a patient-context token may only see its own.
+PATIENT_COMPARTMENT: frozenset[str] = frozenset(
+    """
+    Account AdverseEvent AllergyIntolerance Appointment AppointmentResponse AuditEvent Basic
+    BodyStructure CarePlan CareTeam ChargeItem Claim ClaimResponse ClinicalImpression
+    Communication CommunicationRequest Composition Condition Consent Coverage
+    CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device DeviceRequest
+    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference Encounter
+    EnrollmentRequest EpisodeOfCare ExplanationOfBenefit FamilyMemberHistory Flag Goal Group
+    ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation Invoice List
+    MeasureReport Media MedicationAdministration MedicationDispense MedicationRequest
+    MedicationStatement MolecularSequence NutritionOrder Observation Patient Person Procedure
+    Provenance QuestionnaireResponse RelatedPerson RequestGroup ResearchSubject RiskAssessment
+    Schedule ServiceRequest Specimen SupplyDelivery SupplyRequest Task VisionPrescription
+    """.split()
+)

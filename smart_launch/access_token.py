@@ -7,6 +7,7 @@ token's `jti` is recorded so revocation takes effect on the very next request.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -24,10 +25,14 @@ SYSTEM_TOKEN_SECONDS = 300
 
 class SmartTokenGenerator(JWTBearerTokenGenerator):
     def __init__(self, issuer: str, audience: str, keys: SigningKeys) -> None:
-        super().__init__(issuer=issuer, alg="RS256",
-                         expires_generator=self._expires_in)
+        super().__init__(issuer=issuer, alg="RS256", expires_generator=self._expires_in,
+                         refresh_token_generator=self._refresh_token)
         self.audience = audience
         self.keys = keys
+
+    @staticmethod
+    def _refresh_token(client, grant_type, user, scope) -> str:
+        return secrets.token_urlsafe(48)
 
     @staticmethod
     def _expires_in(client, grant_type: str) -> int:

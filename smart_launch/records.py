@@ -25,7 +25,6 @@ from sqlalchemy import (
     select,
     update,
 )
-
 from sqlalchemy.exc import IntegrityError
 
 from smart_launch.db import digest, metadata

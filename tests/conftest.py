@@ -156,14 +156,20 @@ class LiveGateway:
         return fingerprint(self.adapter)
 
 
-def start_live_gateway(data_dir: Path, database_url: str,
-                       env: dict[str, str] | None = None) -> tuple[LiveGateway, callable]:
-    """Serve the real app over HTTP on a free loopback port, in a thread."""
+def start_live_gateway(data_dir: Path, database_url: str, env: dict[str, str] | None = None,
+                       *, auth: bool = False) -> tuple[LiveGateway, callable]:
+    """Serve the real app over HTTP on a free loopback port, in a thread.
+
+    `auth=False` turns SMART off: the FHIR-surface suites test the REST behaviour itself; the
+    SMART suites start it with `auth=True`.
+    """
     from werkzeug.serving import make_server
 
     port = free_port()
     cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
-                           "FHIR_GATEWAY_EHR_DATABASE_URL": database_url, **(env or {})})
+                           "FHIR_GATEWAY_EHR_DATABASE_URL": database_url,
+                           "FHIR_GATEWAY_AUTH_ENABLED": "true" if auth else "false",
+                           **(env or {})})
     adapter = EmbeddedAdapter(database_url)
     app = create_app(cfg, adapter)
     server = make_server("127.0.0.1", port, app, threaded=True)

@@ -39,7 +39,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("served")
-    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data))
+    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data), FHIR_GATEWAY_AUTH_ENABLED="false")
     env.pop("FHIR_GATEWAY_CONFIG", None)
     seeded = subprocess.run(
         [*CLI, "seed", "--patients", "2", "--seed", "11", "--today", SEED_TODAY.isoformat()],

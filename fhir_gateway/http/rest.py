@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Request, Response, current_app, request
+from flask import Blueprint, Request, Response, current_app, g, request
 
+from fhir_gateway.access import Principal
 from fhir_gateway.bundle_processing import process as process_bundle
-from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge
+from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge, Unauthorized
 from fhir_gateway.http.negotiation import check_body_type, render, response_mimetype
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
 from fhir_gateway.service import FhirService
 from fhir_gateway.validation import parse_json
+from smart_launch.access_token import TokenError
+from smart_launch.scopes import parse_scopes
 
 bp = Blueprint("fhir", __name__)
 FORM = "application/x-www-form-urlencoded"
@@ -36,10 +39,38 @@ def _body(req: Request) -> dict:
     return parse_json(data, limits.max_json_depth)
 
 
+def principal() -> Principal | None:
+    """The caller behind the bearer token; 401 when SMART is on and there is none that works.
+    None when SMART is off (local experiments only)."""
+    gateway = current_app.extensions["fhir_gateway"]
+    if gateway.smart is None:
+        return None
+    if "fhir_principal" in g:
+        return g.fhir_principal
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("This FHIR server needs a SMART access token (Authorization: Bearer)",
+                           error=None)
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <access token>'",
+                           error="invalid_request")
+    try:
+        verified = gateway.smart.verifier.verify(token.strip())
+    except TokenError as exc:
+        gateway.record("access", "denied", detail=str(exc))
+        raise Unauthorized(str(exc)) from None
+    claims = verified.claims
+    g.fhir_principal = Principal.from_claims(claims, parse_scopes(claims.get("scope", "")))
+    return g.fhir_principal
+
+
 def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = None,
                   **extra) -> FhirRequest:
+    who = principal() if interaction != "capabilities" else None
+    g.fhir_access = (interaction, rtype, id)
     return FhirRequest(
-        interaction=interaction, resource_type=rtype, id=id,
+        interaction=interaction, resource_type=rtype, id=id, principal=who,
         params=list(request.args.items(multi=True)),
         if_match=parse_etag(request.headers.get("If-Match")),
         if_none_exist=request.headers.get("If-None-Exist"),
@@ -87,9 +118,11 @@ def metadata() -> Response:
 @bp.post("")
 def bundle() -> Response:
     mimetype = response_mimetype(request)
+    who = principal()
+    g.fhir_access = ("bundle", None, None)
     body = _body(request)
     result = process_bundle(_service(), body, base_url(),
-                            parse_prefer(request.headers.get("Prefer")))
+                            parse_prefer(request.headers.get("Prefer")), who)
     return render(result, 200, mimetype, request.args.get("_pretty") == "true")
 
 

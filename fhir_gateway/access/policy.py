@@ -1,0 +1,153 @@
+"""What a SMART token may do, decided per request, narrowed before and checked after.
+
+- The scope must cover the interaction (`c r u d s` on the type, v1 or v2 spelling), else 403.
+- A patient-context token is confined to its patient's compartment: searches get
+  `patient=<its patient>` (or `_id` for Patient) added, and every resource that comes back or goes
+  in is checked: it must belong to that patient, and it must not name any other patient. A
+  resource that fails is treated as absent (404), so nothing reveals that it exists.
+- v2 query-constrained scopes (`patient/Observation.rs?category=vital-signs`) narrow searches
+  the same way and are checked on every resource.
+- `user/` scopes of a Patient user behave like patient scopes for that patient; of a
+  practitioner, they cover the clinic's data; `system/` scopes cover everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adapters.embedded.indexer import index as index_resource
+from adapters.errors import Forbidden
+from adapters.search import parse_token
+from mappings.r4 import PATIENT_COMPARTMENT
+from mappings.references import iter_references
+from smart_launch.scopes import Grant, ScopeSet
+
+PERMISSION = {
+    "read": "r", "vread": "r", "history-instance": "r", "search-type": "s",
+    "create": "c", "update": "u", "delete": "d",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified token's caller: client, user, patient context and granted scopes."""
+
+    client_id: str
+    scopes: ScopeSet
+    subject: str | None = None
+    fhir_user: str | None = None  # "Patient/pat-0001", "Practitioner/prac-01"
+    patient: str | None = None
+    encounter: str | None = None
+    jti: str | None = None
+
+    @classmethod
+    def from_claims(cls, claims: dict, scopes: ScopeSet) -> Principal:
+        return cls(client_id=claims.get("client_id", ""), scopes=scopes,
+                   subject=claims.get("sub"), fhir_user=claims.get("fhirUser"),
+                   patient=claims.get("patient"), encounter=claims.get("encounter"),
+                   jti=claims.get("jti"))
+
+
+@dataclass
+class AccessDecision:
+    """Allowed (else Forbidden was raised): extra search clauses and the post-check to run."""
+
+    patient: str | None = None  # confine to this patient's compartment
+    queries: list[tuple[tuple[str, str], ...]] = field(default_factory=list)  # OR of ANDs
+    narrowing: list[tuple[str, str]] = field(default_factory=list)
+
+    def permits(self, resource: dict) -> bool:
+        """True when the resource may be shown to (or written by) the caller."""
+        if self.patient is not None and not in_compartment(resource, self.patient):
+            return False
+        if self.queries and not any(matches(resource, q) for q in self.queries):
+            return False
+        return True
+
+
+def patient_refs(resource: dict) -> set[str]:
+    return {ref.split("/", 1)[1] for _, ref in iter_references(resource)
+            if ref.startswith("Patient/") and ref.count("/") == 1}
+
+
+def in_compartment(resource: dict, patient: str) -> bool:
+    """The resource is this patient's (or belongs to no patient), and names no other patient."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return resource.get("id") == patient
+    others = patient_refs(resource) - {patient}
+    if others:
+        return False
+    if rtype in PATIENT_COMPARTMENT and rtype != "Schedule":
+        return patient in patient_refs(resource)
+    return True
+
+
+def matches(resource: dict, query: tuple[tuple[str, str], ...]) -> bool:
+    """Does the resource satisfy a scope's query constraint (token parameters)?"""
+    rows = index_resource(resource).tokens
+    for name, value in query:
+        wanted = [parse_token(v) for v in value.split(",")]
+        found = [(system, code) for param, system, code in rows if param == name]
+        if not any((s is None or s == system or (s == "" and system is None))
+                   and (c is None or c == code)
+                   for s, c in wanted for system, code in found):
+            return False
+    return True
+
+
+class AccessPolicy:
+    """The one extension point for access: `decide` before, `AccessDecision.permits` after."""
+
+    def __init__(self, search_params) -> None:
+        # search_params(rtype) -> dict of the type's search parameters (from the adapter)
+        self._params = search_params
+
+    def decide(self, principal: Principal, interaction: str, rtype: str) -> AccessDecision:
+        permission = PERMISSION.get(interaction)
+        if permission is None:
+            raise Forbidden(f"{interaction} is not available to apps", expression=rtype)
+        grants = [g for g in principal.scopes.grants if g.allows(rtype, permission)]
+        usable = [g for g in grants if g.context != "patient" or principal.patient]
+        if not usable:
+            verb = {"r": "read", "s": "search", "c": "create", "u": "update",
+                    "d": "delete"}[permission]
+            raise Forbidden(f"The token's scopes do not allow {verb} on {rtype}",
+                            expression=rtype)
+        decision = AccessDecision(patient=self._confinement(principal, usable))
+        if decision.patient is not None and rtype in PATIENT_COMPARTMENT \
+                and rtype not in ("Patient", "Schedule") and "patient" not in self._params(rtype):
+            raise Forbidden(f"{rtype} cannot be confined to one patient, so patient-context "
+                            "tokens may not use it", expression=rtype)
+        if all(g.query for g in usable):
+            decision.queries = [g.query for g in usable]
+        decision.narrowing = self._narrowing(rtype, decision)
+        return decision
+
+    @staticmethod
+    def _confinement(principal: Principal, grants: list[Grant]) -> str | None:
+        if any(g.context == "system" for g in grants):
+            return None
+        user_patient = None
+        if principal.fhir_user and principal.fhir_user.startswith("Patient/"):
+            user_patient = principal.fhir_user.split("/", 1)[1]
+        if any(g.context == "user" for g in grants) and user_patient is None:
+            return None  # a practitioner (or other non-patient user)
+        return principal.patient or user_patient
+
+    def _narrowing(self, rtype: str, decision: AccessDecision) -> list[tuple[str, str]]:
+        clauses: list[tuple[str, str]] = []
+        if decision.patient is not None:
+            if rtype == "Patient":
+                clauses.append(("_id", decision.patient))
+            elif "patient" in self._params(rtype):
+                clauses.append(("patient", f"Patient/{decision.patient}"))
+        if decision.queries:
+            names = {name for q in decision.queries for name, _ in q}
+            if len(decision.queries) == 1:
+                clauses.extend(decision.queries[0])
+            elif len(names) == 1 and all(len(q) == 1 for q in decision.queries):
+                name = names.pop()
+                clauses.append((name, ",".join(q[0][1] for q in decision.queries)))
+            # otherwise the post-check alone filters (an OR of ANDs has no search syntax)
+        return clauses
