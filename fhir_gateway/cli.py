@@ -165,6 +165,106 @@ Stop with Ctrl-C.
 """
 
 
+def _smart(cfg: Config):
+    """The SMART server's state, opened offline (no HTTP) for the admin commands."""
+    from smart_launch.db import make_state_engine
+    from smart_launch.discovery import Endpoints
+    from smart_launch.server import SmartServer
+
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    return SmartServer(Endpoints(cfg.public_base), make_state_engine(cfg.state_database_url),
+                       cfg.data_path)
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    import json
+
+    smart = _smart(_config(args))
+    if args.action == "list":
+        for client in smart.clients.list():
+            print(json.dumps(client.summary()))
+        return 0
+    if args.action == "remove":
+        if not smart.clients.remove(args.client_id_pos or args.client_id):
+            print(f"no client {args.client_id_pos or args.client_id!r}", file=sys.stderr)
+            return 1
+        print(f"removed {args.client_id_pos or args.client_id}")
+        return 0
+    kind = "public" if args.public else "symmetric" if args.secret else \
+        "asymmetric" if (args.jwks or args.jwks_url) else None
+    if kind is None:
+        print("say how the client authenticates: --public, --secret S, --jwks FILE or "
+              "--jwks-url URL", file=sys.stderr)
+        return 2
+    jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None
+    try:
+        client = smart.clients.add(args.client_id, kind, redirect_uris=args.redirect_uri or [],
+                                   secret=args.secret, jwks=jwks, jwks_url=args.jwks_url,
+                                   scope=args.scope or "", name=args.name or "",
+                                   launch_uri=args.launch_uri)
+    except ValueError as exc:
+        print(f"cannot add the client: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(client.summary()))
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    smart = _smart(_config(args))
+    if args.action == "list":
+        for account in smart.accounts.list():
+            print(f"{account.username}\t{account.fhir_user}\tpatients={','.join(account.patients)}"
+                  f"\ttotp={'yes' if account.totp_enrolled else 'no'}")
+        return 0
+    if not (args.username and args.password and (args.patient or args.practitioner)):
+        print("users add needs --username, --password and --patient (or --practitioner)",
+              file=sys.stderr)
+        return 2
+    fhir_user = f"Practitioner/{args.practitioner}" if args.practitioner else \
+        f"Patient/{args.patient[0]}"
+    try:
+        secret = smart.accounts.add(args.username, args.password, fhir_user=fhir_user,
+                                    patients=args.patient or [], totp=args.totp,
+                                    display_name=args.name or "")
+    except ValueError as exc:
+        print(f"cannot add the user: {exc}", file=sys.stderr)
+        return 2
+    print(f"added {args.username} ({fhir_user})")
+    if secret:
+        print(f"TOTP secret: {secret}")
+        print(f"otpauth URI: {smart.accounts.totp_uri(args.username, secret)}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    cfg = _config(args)
+    smart = _smart(cfg)
+    client = smart.clients.get(args.client_id)
+    if client is None:
+        print(f"no client {args.client_id!r}", file=sys.stderr)
+        return 1
+    launch = smart.records.create_launch(client.client_id, args.patient, args.encounter)
+    target = client.launch_uri or (client.redirect_uris[0] if client.redirect_uris else "")
+    sep = "&" if "?" in target else "?"
+    print(f"{target}{sep}{urlencode({'iss': cfg.public_base, 'launch': launch})}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint an access token offline for a registered client (admin tool, for curl)."""
+    cfg = _config(args)
+    smart = _smart(cfg)
+    client = smart.clients.get(args.client_id)
+    if client is None:
+        print(f"no client {args.client_id!r}", file=sys.stderr)
+        return 1
+    token = smart.mint(client, args.scope, patient=args.patient)
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-gateway",
                                      description="FHIR R4 gateway for patient portals")
@@ -191,6 +291,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
 
     add("check-config", cmd_check_config, "Check the configuration and explain each problem")
+
+    p = add("clients", cmd_clients, "Register, list or remove SMART apps")
+    p.add_argument("action", choices=["add", "list", "remove"])
+    p.add_argument("client_id_pos", nargs="?", metavar="ID", help="for remove")
+    p.add_argument("--client-id")
+    p.add_argument("--redirect-uri", action="append")
+    p.add_argument("--launch-uri", help="where an EHR launch opens the app")
+    p.add_argument("--name")
+    p.add_argument("--scope", help="the scopes this app may ever get (default: any)")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--public", action="store_true")
+    auth.add_argument("--secret")
+    auth.add_argument("--jwks", help="file with the app's public JWKS")
+    auth.add_argument("--jwks-url")
+
+    p = add("users", cmd_users, "Add or list patient (and practitioner) sign-in accounts")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--patient", action="append", help="patient id (repeat for a proxy)")
+    p.add_argument("--practitioner", help="practitioner id, for a clinician account")
+    p.add_argument("--name")
+    p.add_argument("--totp", action="store_true", help="enrol a TOTP second factor")
+
+    p = add("launch", cmd_launch, "Create an EHR launch context and print the app launch URL")
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--encounter")
+
+    p = add("token", cmd_token, "Mint an access token for a registered client (admin, for curl)")
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--scope", required=True)
+    p.add_argument("--patient")
 
     p = add("demo", cmd_demo, "Seed (if empty) and serve, printing what to try")
     p.add_argument("--host")

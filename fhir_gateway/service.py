@@ -156,8 +156,12 @@ class FhirService:
         rtype = req.resource_type
         self.type_capability(rtype, "search-type")
         decision = self.decide(req)
-        params = req.params + (decision.narrowing if decision else [])
-        parsed = self.search_query(rtype, params, req.strict)
+        parsed = self.search_query(rtype, req.params, req.strict)
+        if decision is not None and decision.narrowing:
+            # Added on every page, never written into links: the caller's own search stays
+            # what it asked, and a cursor cannot carry someone else's narrowing.
+            extra = self.search_query(rtype, decision.narrowing, strict=True)
+            parsed.query.clauses += extra.query.clauses
         digest = search_digest(rtype, parsed.used)
         token = req.param("_cursor")
         if token:

@@ -100,6 +100,26 @@ class SmartServer:
 
     # -- issuing --------------------------------------------------------------------------
 
+    def mint(self, client, scope: str, patient: str | None = None) -> str:
+        """An access token issued offline by an administrator (the `token` command)."""
+        from smart_launch.context import AuthorizedUser
+
+        scopes = parse_scopes(scope)
+        user = AuthorizedUser("admin", None, patient) if patient else None
+        grant_type = "client_credentials" if all(g.context == "system"
+                                                  for g in scopes.grants) else "authorization_code"
+        generator = SmartTokenGenerator(self.issuer, self.audience, self.keys)
+        token = generator.generate(grant_type, client, user=user, scope=scopes.text(),
+                                   include_refresh_token=False)
+        claims = _claims(token["access_token"])
+        self.records.record_access_token(
+            claims["jti"], family=None, client_id=client.get_client_id(),
+            username="admin", patient=patient, scope=scopes.text(),
+            expires_at=float(claims["exp"]))
+        self.audit("token", "allowed", client_id=client.get_client_id(), patient=patient,
+                   detail="minted by an administrator")
+        return token["access_token"]
+
     def save_token(self, token: dict, request) -> None:
         """Record the token's jti (for revocation) and add SMART's launch context."""
         claims = _claims(token["access_token"])

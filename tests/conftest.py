@@ -126,6 +126,7 @@ class LiveGateway:
     client: httpx.Client
     adapter: EmbeddedAdapter
     config: Config
+    app: object = None  # the Flask app, for reaching its SMART server in tests
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
@@ -177,7 +178,7 @@ def start_live_gateway(data_dir: Path, database_url: str, env: dict[str, str] | 
                               daemon=True)
     thread.start()
     client = httpx.Client(timeout=30, headers={"Accept": FHIR_JSON})
-    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg)
+    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg, app)
 
     def stop() -> None:
         client.close()
@@ -206,4 +207,26 @@ def seeded_gateway(tmp_path_factory) -> Iterator[LiveGateway]:
     live, stop = start_live_gateway(data, url)
     live.adapter.load(generate(3, 7, SEED_TODAY))
     yield live
+    stop()
+
+
+@pytest.fixture(scope="module")
+def smart_env(tmp_path_factory):
+    """A SQLite gateway with SMART on, 3 seeded patients, a public app `app-public`, patients
+    `ann` (pat-0001) and `bob` (pat-0002), and a proxy `carol` for pat-0001 and pat-0003."""
+    from fhir_gateway.synthetic import generate
+    from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
+
+    data = tmp_path_factory.mktemp("smart")
+    live, stop = start_live_gateway(data, f"sqlite:///{data / 'ehr.sqlite3'}", auth=True)
+    live.adapter.load(generate(3, 7, SEED_TODAY))
+    smart = live.app.extensions["smart"]
+    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
+    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
+    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
+    smart.accounts.add("carol", PASSWORD, fhir_user="Patient/pat-0001",
+                       patients=["pat-0001", "pat-0003"])
+    env = SmartEnv(live, smart)
+    yield env
+    env.browser.close()
     stop()
