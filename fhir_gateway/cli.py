@@ -142,15 +142,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
         count = seed(cfg, args.patients, args.seed)
         print(f"Seeded {count} resources for {args.patients} synthetic patients.")
     base = f"http://{cfg.server.host}:{cfg.server.port}/fhir"
-    print(DEMO_TEXT.format(base=base, data=cfg.data_path.resolve()), flush=True)
+    if cfg.auth.enabled:
+        print(demo_smart(cfg))
+    print(DEMO_TEXT.format(base=base, data=cfg.data_path.resolve(),
+                           auth=AUTH_LINE if cfg.auth.enabled else ""), flush=True)
     serve(cfg)
     return 0
 
 
+DEMO_PORTAL_REDIRECT = "http://127.0.0.1:8081/callback"
+DEMO_SECRET = "demo-secret-not-for-production"
+DEMO_USER, DEMO_PASSWORD = "demo", "demo-password-1"
+
+
+def demo_smart(cfg: Config) -> str:
+    """Register the demo apps and patient login once; return what to print about them."""
+    import json
+
+    from joserfc.jwk import RSAKey
+
+    smart = _smart(cfg)
+    if smart.clients.get("demo-portal") is None:
+        smart.clients.add("demo-portal", "public", redirect_uris=[DEMO_PORTAL_REDIRECT],
+                          launch_uri="http://127.0.0.1:8081/launch", name="Demo patient portal")
+    if smart.clients.get("demo-confidential") is None:
+        smart.clients.add("demo-confidential", "symmetric", secret=DEMO_SECRET,
+                          redirect_uris=["http://127.0.0.1:8082/callback"],
+                          name="Demo confidential app")
+    key_file = cfg.data_path / "keys" / "demo-backend.private.jwk.json"
+    if smart.clients.get("demo-backend") is None:
+        key = RSAKey.generate_key(2048, private=True)
+        kid = key.thumbprint()
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps(dict(key.as_dict(private=True), kid=kid, alg="RS384")))
+        key_file.chmod(0o600)
+        public = dict(key.as_dict(private=False), kid=kid, alg="RS384", use="sig")
+        smart.clients.add("demo-backend", "asymmetric", jwks={"keys": [public]},
+                          scope="system/*.rs system/*.cruds", name="Demo backend service")
+    if smart.accounts.get(DEMO_USER) is None:
+        smart.accounts.add(DEMO_USER, DEMO_PASSWORD, fhir_user="Patient/pat-0001",
+                           patients=["pat-0001"], display_name="Demo patient")
+    return (f"""
+SMART App Launch (discovery: {cfg.public_base}/.well-known/smart-configuration)
+  demo patient login   username {DEMO_USER}   password {DEMO_PASSWORD}   (record pat-0001)
+  apps                 demo-portal (public, redirect {DEMO_PORTAL_REDIRECT})
+                       demo-confidential (secret {DEMO_SECRET})
+                       demo-backend (private_key_jwt; private key {key_file})""")
+
+
+AUTH_LINE = """
+Every FHIR call needs a SMART token. For curl, mint one as the demo backend service:
+  export TOKEN=$(.venv/bin/fhir-gateway token --client-id demo-backend --scope 'system/*.rs')
+  alias curl='curl -H "Authorization: Bearer $TOKEN"'
+"""
+
 DEMO_TEXT = """
 FHIR R4 gateway (embedded EHR, data in {data})
   FHIR base: {base}
-
+{auth}
 Try:
   curl -s {base}/metadata | head -c 400
   curl -s '{base}/Patient?_count=5&_elements=name,birthDate'
