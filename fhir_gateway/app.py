@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_app_context, request
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter
@@ -41,11 +41,12 @@ class Gateway:
         """Append to the audit log; never let auditing break a request (it is logged)."""
         if self.audit is None:
             return
+        request_id = g.get("request_id") if has_app_context() else None
         try:
             self.audit.append(AuditRecord(action=action, outcome=outcome,
-                                          request_id=g.get("request_id"), **fields))
+                                          request_id=request_id, **fields))
         except Exception:  # noqa: BLE001
-            log.exception("audit append failed request_id=%s", g.get("request_id"))
+            log.exception("audit append failed request_id=%s", request_id)
 
 
 def build_adapter(config: Config) -> Adapter:
@@ -113,6 +114,9 @@ def _init_smart(app: Flask, gateway: Gateway) -> None:
     app.register_blueprint(authorize_bp, url_prefix="/auth")
     app.register_blueprint(endpoints_bp, url_prefix="/auth")
     app.register_blueprint(discovery_bp, url_prefix="/fhir")
+    from fhir_gateway.http.audit_api import bp as audit_bp
+
+    app.register_blueprint(audit_bp, url_prefix="/fhir")
     install_cors(app, smart.clients)
 
 

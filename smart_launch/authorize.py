@@ -192,7 +192,9 @@ def _granted(scopes: ScopeSet) -> str:
         if grant.text() not in chosen:
             continue
         narrow = request.form.get(f"narrow:{grant.text()}", "")
-        out.append(narrow if narrow and _narrows(narrow, grant) else grant.text())
+        if narrow and not _narrows(narrow, grant):
+            raise ValueError(f"{narrow!r} is not a narrower form of {grant.text()!r}")
+        out.append(narrow or grant.text())
     keep = [s for s in scopes.text().split() if "/" not in s or s.startswith("launch")]
     if scopes.offline_access and "offline_access" not in chosen:
         keep = [s for s in keep if s != "offline_access"]
@@ -224,7 +226,10 @@ def consent() -> Response:
         return _error_page("Not your record", "You cannot share this record.", 403)
     encounter = pending["launch"][1] if pending.get("launch") else None
     scopes = parse_scopes(params.get("scope", ""))
-    params["scope"] = _granted(scopes)
+    try:
+        params["scope"] = _granted(scopes)
+    except ValueError:  # a tampered form: grant nothing rather than something wider
+        return _error_page("Choice not understood", "Please start again from the app.")
     user = AuthorizedUser(pending["user"], pending["fhir_user"], patient, encounter,
                           pending["auth_time"])
     # authlib reads the request it is given from Flask's context: hand it the original
