@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import func, select
 
 from adapters.embedded import EmbeddedAdapter
@@ -30,6 +31,12 @@ SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 FHIR_JSON = "application/fhir+json"
+# CI runs hypothesis with fixed examples, so a red build is always reproducible; locally it
+# explores new examples each run.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
+
 # Seeded data is relative to a fixed day, so expectations never drift with the calendar.
 SEED_TODAY = dt.date(2026, 6, 15)
 

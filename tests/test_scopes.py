@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from smart_launch.scopes import Grant, ScopeError, ScopeSet, describe, parse_scopes
@@ -556,7 +556,8 @@ def test_narrowing_to_a_superset_changes_nothing(asked: ScopeSet, extra: ScopeSe
     assert asked.narrowed_to(allowed) == asked
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(SCOPE_SETS, SCOPE_SETS)
 def test_subset_means_every_check_passes(a: ScopeSet, b: ScopeSet) -> None:
     assume(a.subset_of(b))
