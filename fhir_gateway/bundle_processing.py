@@ -132,6 +132,15 @@ def _response_entry(resp: FhirResponse) -> dict:
 
 def _transaction(service: FhirService, entries: list[dict], base: str,
                  principal: object | None) -> dict:
+    try:
+        return _run_transaction(service, entries, base, principal)
+    except FhirError as exc:  # one wording for every failure, checked or stored
+        exc.diagnostics = f"Transaction failed, nothing was stored: {exc.diagnostics}"
+        raise
+
+
+def _run_transaction(service: FhirService, entries: list[dict], base: str,
+                     principal: object | None) -> dict:
     work: list[BundleEntryRequest] = []
     decisions = []
     seen_urls: set[str] = set()
@@ -175,6 +184,8 @@ def _transaction(service: FhirService, entries: list[dict], base: str,
                 service.visible_for_write(decision, req.resource_type, item.id)
         elif interaction == "read":
             item.id = service.check_id(req.id)
+            if decision is not None:  # checked before anything commits
+                service.visible_for_write(decision, req.resource_type, item.id)
         elif interaction == "search-type":
             params = req.params + (decision.narrowing if decision else [])
             item.query = service.search_query(req.resource_type, params, True).query
@@ -183,11 +194,7 @@ def _transaction(service: FhirService, entries: list[dict], base: str,
             raise Invalid(f"{where}: {interaction} cannot run inside a transaction",
                           expression=f"{where}.request")
         work.append(item)
-    try:
-        results = service.adapter.transaction(work)
-    except FhirError as exc:
-        exc.diagnostics = f"Transaction failed, nothing was stored: {exc.diagnostics}"
-        raise
+    results = service.adapter.transaction(work)
     out = []
     for item, result, decision in zip(work, results, decisions, strict=True):
         if decision is not None:

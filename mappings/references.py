@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+
+def reference_target(ref: str) -> tuple[str, str] | None:
+    """(type, id) a literal reference points at, however it is spelled: `Type/id`,
+    `Type/id/_history/v`, an absolute URL ending in either, a trailing slash. None for
+    contained (`#x`), `urn:` and other references that name no `Type/id`.
+
+    The store's index and the access checks both read references through this one function,
+    so a spelling one of them understands can never slip past the other.
+    """
+    if not isinstance(ref, str) or ref.startswith(("#", "urn:")):
+        return None
+    path = ref.split("?", 1)[0].rstrip("/")
+    if "/_history/" in path:
+        path = path.split("/_history/", 1)[0]
+    parts = path.split("/")
+    if len(parts) < 2:
+        return None
+    rtype, rid = parts[-2], parts[-1]
+    if not _TYPE.match(rtype) or not _ID.match(rid):
+        return None
+    return rtype, rid
 
 
 def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:

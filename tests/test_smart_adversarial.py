@@ -334,6 +334,27 @@ def test_authorize_errors_go_back_to_the_app_without_a_code(env, overrides, erro
     assert "smart_auth" not in resp.headers.get("set-cookie", "")
 
 
+def test_confidential_client_cannot_skip_pkce(env, smart, confidential):
+    """SMART 2.2 requires PKCE of every app, confidential ones too: no token without it."""
+    client_id, secret = confidential
+    params = env.authorize_params(client_id, PATIENT_SCOPE, "unused")
+    del params["code_challenge"], params["code_challenge_method"]
+    first = httpx.get(f"{env.auth}/authorize", params=params, timeout=30)
+    if first.status_code == 302:  # refused up front, as it should be
+        query = location_query(first)
+        assert query["error"] == ["invalid_request"] and "code" not in query
+        return
+    # The server went on to sign-in (test_authorize_pkce_is_required_s256 reports that); the
+    # token endpoint must then not issue for a code that carries no challenge.
+    assert first.status_code == 200, first.text
+    code = location_query(env.consent(env.sign_in(params, "ann")))["code"][0]
+    before = issued_count(smart)
+    resp = env.token(basic=(client_id, secret), grant_type="authorization_code", code=code,
+                     redirect_uri=REDIRECT)
+    oauth_error(resp, 400, "invalid_request")
+    assert issued_count(smart) == before
+
+
 # == token endpoint: the authorization code =====================================================
 
 def test_token_wrong_verifier_is_invalid_grant(env, smart):
@@ -538,6 +559,17 @@ def test_tokens_signed_by_our_key_are_still_checked(env, smart, ann_token, chang
     claims = {k: v for k, v in dict(jwt_claims(ann_token), **change).items() if v is not None}
     forged = jwt.encode({"alg": "RS256", "kid": smart.keys.kid}, claims, smart.keys.current)
     assert_401(api(env, forged, "GET", f"Patient/{ME}"), words)
+
+
+def test_id_token_is_not_an_access_token(env, ann):
+    assert "id_token" in ann
+    assert_401(api(env, ann["id_token"], "GET", f"Patient/{ME}"), "not valid for this server")
+
+
+def test_token_in_query_string_is_not_accepted(env, ann_token):
+    resp = httpx.get(f"{env.base}/Patient/{ME}", params={"access_token": ann_token},
+                     headers={"Accept": FHIR_JSON})
+    assert_401(resp)
 
 
 def test_revoked_access_token_is_401(env, smart):
@@ -786,22 +818,27 @@ def test_history_and_vread_of_other_patients_resources_are_404(env, ann_token, o
 
 def test_other_patients_history_is_404(env, ann_token):
     resp = api(env, ann_token, "GET", f"Patient/{OTHER}/_history")
+    missing = api(env, ann_token, "GET", "Patient/no-such-id-0002/_history")
     assert resp.status_code == 404, resp.text
-    assert OTHER_REF.search(resp.text) is None and '"entry"' not in resp.text
+    assert outcome_shape(resp, OTHER) == outcome_shape(missing, "no-such-id-0002")
+    assert '"entry"' not in resp.text
 
 
 @pytest.mark.parametrize("rtype", OTHER_TYPES)
 def test_search_for_other_patient_finds_nothing(env, ann_token, other_data, capabilities, rtype):
     params = capabilities[rtype]
-    ids = ",".join(r["id"] for r in other_data[rtype][:50])
+    ids = ",".join(r["id"] for r in other_data[rtype][:20])
     attempts: list[dict] = [{"_id": ids}]
     for name in ("patient", "subject"):
         if name in params:
             attempts += [{name: OTHER}, {name: f"Patient/{OTHER}"},
-                         {name: f"{env.base}/Patient/{OTHER}"}, {name: f"{ME},{OTHER}"}]
+                         {name: f"{env.base}/Patient/{OTHER}"}]
     for attempt in attempts:
         assert search(env, ann_token, rtype, dict(attempt, _count="1000")) == [], attempt
         assert search(env, ann_token, rtype, attempt, post=True) == [], attempt
+    if "patient" in params:  # asking for both: own data only
+        rows = search(env, ann_token, rtype, {"patient": f"{ME},{OTHER}", "_count": "1000"})
+        assert rows and [r["id"] for r in rows if mentions_other(r)] == []
 
 
 @pytest.mark.parametrize("rtype", OTHER_TYPES)
@@ -880,6 +917,26 @@ def test_create_with_other_patient_in_another_spelling_is_403(env, ann_token, sy
                                                          "_count": "1000"})) == other_before
 
 
+@pytest.mark.parametrize("subject", [
+    f"Patient/{OTHER}/_history/1",
+    "{base}/Patient/" + OTHER,
+    f"Patient/{OTHER}/",
+], ids=["versioned", "absolute", "trailing-slash"])
+def test_other_patients_resource_in_another_spelling_stays_hidden(env, ann_token, subject):
+    """pat-0002's Observation (subject spelled as a versioned or absolute reference, which the
+    store indexes as pat-0002) that also names pat-0001 must not be shown to ann."""
+    body = observation(OTHER, subject={"reference": subject.format(base=env.base)},
+                       performer=[{"reference": f"Patient/{ME}"}])
+    rid = env.live.adapter.create(body, None).resource["id"]  # as an EHR import would
+    try:
+        missing = api(env, ann_token, "GET", "Observation/no-such-id-0002")
+        resp = api(env, ann_token, "GET", f"Observation/{rid}")
+        assert outcome_shape(resp, rid) == outcome_shape(missing, "no-such-id-0002")
+        assert search(env, ann_token, "Observation", {"_id": rid}) == []
+    finally:
+        env.live.adapter.delete("Observation", rid)
+
+
 def test_update_other_patients_observation_is_404_and_unchanged(env, ann_token, system_token,
                                                                  other_data):
     target = _other_observation(other_data)
@@ -906,7 +963,8 @@ def test_update_never_creates_inside_other_patients_record(env, ann_token, syste
 
 
 def test_moving_own_observation_to_other_patient_is_403(env, ann_token, system_token):
-    mine = search(env, ann_token, "Observation", {"_count": "1"})[0]
+    mine = api(env, ann_token, "GET", "Observation", params={"_count": "1"}).json()[
+        "entry"][0]["resource"]
     fp = env.live.fingerprint()
     resp = api(env, ann_token, "PUT", f"Observation/{mine['id']}",
                body=dict(mine, subject={"reference": f"Patient/{OTHER}"}))
@@ -942,9 +1000,12 @@ def _smuggled(kind: str, other_data) -> tuple[dict, int]:
     target = _other_observation(other_data)
     if kind == "post":
         return _entry("POST", "Observation", observation(OTHER)), 403
-    if kind == "put":
+    if kind == "put":  # the body itself names pat-0002: refused for what it says
         return _entry("PUT", f"Observation/{target['id']}",
-                      dict(target, status="entered-in-error")), 404
+                      dict(target, status="entered-in-error")), 403
+    if kind == "put-takeover":  # the body is ann's: refused because the target is hidden
+        return _entry("PUT", f"Observation/{target['id']}",
+                      dict(target, subject={"reference": f"Patient/{ME}"})), 404
     if kind == "delete":
         return _entry("DELETE", f"Observation/{target['id']}"), 404
     if kind == "read":
@@ -952,7 +1013,7 @@ def _smuggled(kind: str, other_data) -> tuple[dict, int]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["post", "put", "delete", "read"])
+@pytest.mark.parametrize("kind", ["post", "put", "put-takeover", "delete", "read"])
 def test_transaction_smuggling_other_patient_is_rejected_whole(env, ann_token, system_token,
                                                                other_data, kind):
     smuggled, status = _smuggled(kind, other_data)
@@ -977,6 +1038,21 @@ def test_transaction_smuggling_other_patient_is_rejected_whole(env, ann_token, s
     assert created == [], f"refused transaction stored {created}"
     assert after == fp
     assert system_read(env, system_token, "Observation", target["id"]).json() == before_target
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_transaction_entry_on_hidden_resource_looks_missing(env, ann_token, other_data, method):
+    """A transaction touching pat-0002's resource must fail exactly as for a missing id."""
+    target = _other_observation(other_data)["id"]
+
+    def run(rid: str) -> httpx.Response:
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [_entry(method, f"Observation/{rid}")]}
+        return api(env, ann_token, "POST", "", body=bundle)
+
+    hidden, missing = run(target), run("no-such-id-0002")
+    assert hidden.status_code == 404, hidden.text
+    assert outcome_shape(hidden, target) == outcome_shape(missing, "no-such-id-0002")
 
 
 def test_transaction_search_entry_returns_nothing_of_other_patient(env, ann_token):
@@ -1089,6 +1165,42 @@ def test_category_scope_reads_of_laboratory_look_missing(env, vitals_token, own_
         assert resp.status_code == 404 or not resp.json().get("entry"), resp.text
 
 
+@pytest.mark.parametrize("scope", [
+    "openid fhirUser user/*.rs", "launch/patient patient/*.read", "launch/patient user/*.*",
+    "launch/patient patient/Observation.rs patient/Patient.rs",
+])
+def test_other_scope_spellings_are_confined_too(env, other_data, scope):
+    token = fresh_token(env, scope=scope)["access_token"]
+    target = _other_observation(other_data)["id"]
+    assert api(env, token, "GET", f"Observation/{target}").status_code == 404
+    assert api(env, token, "GET", f"Patient/{OTHER}").status_code == 404
+    assert search(env, token, "Observation", {"patient": OTHER}) == []
+    rows = search(env, token, "Observation", {"_count": "1000"})
+    assert rows and [r["id"] for r in rows if mentions_other(r)] == []
+
+
+# == EHR launch context =========================================================================
+
+def test_launch_context_of_another_client_is_refused(env, smart, other_public):
+    launch = smart.records.create_launch(other_public, ME, None)
+    resp = authorize(env, launch=launch, scope="launch openid fhirUser patient/*.rs")
+    assert resp.status_code == 302, resp.text
+    query = location_query(resp)
+    assert query["error"] == ["invalid_request"] and "code" not in query
+
+
+def test_launch_for_another_patient_is_refused_at_sign_in(env, smart):
+    launch = smart.records.create_launch("app-public", OTHER, None)
+    _, challenge = pkce_pair()
+    params = env.authorize_params("app-public", "launch openid fhirUser patient/*.rs", challenge,
+                                  launch=launch)
+    before = issued_count(smart)
+    resp = env.sign_in(params, "ann")
+    assert resp.status_code == 403, resp.text
+    assert "location" not in resp.headers and 'name="grant"' not in resp.text
+    assert issued_count(smart) == before
+
+
 # == consent ====================================================================================
 
 def test_consent_deny_is_access_denied(env, smart):
@@ -1113,15 +1225,30 @@ def test_consent_granting_less_than_asked(env):
     assert api(env, token, "GET", "Observation").status_code == 200
 
 
-def test_consent_form_cannot_widen_the_grant(env):
+def test_consent_form_grants_nothing_that_was_not_asked(env):
     scope = "launch/patient patient/Observation.rs"
     tok = fresh_token(env, scope=scope,
-                      grants=["patient/Observation.rs", "patient/*.cruds", "system/*.cruds"],
-                      narrow={"patient/Observation.rs": "patient/*.cruds"})
+                      grants=["patient/Observation.rs", "patient/*.cruds", "system/*.cruds",
+                              "offline_access"])
     assert tok["scope"].split() == ["launch/patient", "patient/Observation.rs"]
+    assert "refresh_token" not in tok
     token = tok["access_token"]
     assert api(env, token, "GET", "Condition").status_code == 403
     assert api(env, token, "POST", "Observation", body=observation(ME)).status_code == 403
+
+
+@pytest.mark.parametrize("wider", ["patient/*.cruds", "patient/Observation.cruds",
+                                   "system/Observation.rs", "patient/Observation.rs?category="])
+def test_consent_form_cannot_widen_by_narrowing(env, smart, wider):
+    _, challenge = pkce_pair()
+    params = env.authorize_params("app-public", "launch/patient patient/Observation.rs",
+                                  challenge)
+    before = issued_count(smart)
+    resp = env.consent(env.sign_in(params, "ann"), narrow={"patient/Observation.rs": wider})
+    assert resp.status_code == 400, resp.text
+    assert "location" not in resp.headers and "code=" not in resp.text
+    assert "Nothing was shared" in resp.text
+    assert issued_count(smart) == before
 
 
 def test_proxy_user_picks_a_patient(env):

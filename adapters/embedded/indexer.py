@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from adapters.embedded.params import SORT_DATE, IndexedParam, params_for
-from adapters.search import HIGHEST, LOWEST, date_range, normalize_string, valid_id
+from adapters.search import HIGHEST, LOWEST, date_range, normalize_string
+from mappings.references import reference_target
 
 MAX_LEN = 250
 
@@ -98,16 +99,10 @@ def _dates(value: object) -> Iterator[tuple[str, str]]:
 def _refs(value: object, param: IndexedParam) -> Iterator[tuple[str, str]]:
     if not isinstance(value, dict):
         return
-    ref = value.get("reference")
-    if not isinstance(ref, str) or ref.startswith("#") or "/" not in ref:
+    target = reference_target(value.get("reference"))
+    if target is None or (param.targets and target[0] not in param.targets):
         return
-    if "/_history/" in ref:
-        ref = ref.split("/_history/")[0]
-    rtype, _, rid = ref.rstrip("/").rpartition("/")
-    rtype = rtype.rpartition("/")[2]
-    if not valid_id(rid) or (param.targets and rtype not in param.targets):
-        return
-    yield rtype, rid
+    yield target
 
 
 def index(resource: dict) -> IndexRows:

@@ -19,7 +19,7 @@ from adapters.embedded.indexer import index as index_resource
 from adapters.errors import Forbidden
 from adapters.search import parse_token
 from mappings.r4 import PATIENT_COMPARTMENT
-from mappings.references import iter_references
+from mappings.references import iter_references, reference_target
 from smart_launch.scopes import Grant, ScopeSet
 
 PERMISSION = {
@@ -66,8 +66,9 @@ class AccessDecision:
 
 
 def patient_refs(resource: dict) -> set[str]:
-    return {ref.split("/", 1)[1] for _, ref in iter_references(resource)
-            if ref.startswith("Patient/") and ref.count("/") == 1}
+    """Ids of every Patient the resource references, in any spelling of the reference."""
+    targets = (reference_target(ref) for _, ref in iter_references(resource))
+    return {t[1] for t in targets if t is not None and t[0] == "Patient"}
 
 
 def in_compartment(resource: dict, patient: str) -> bool:
