@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 from adapters.errors import Invalid
 
-PARAM_TYPES = ("token", "string", "date", "reference", "number", "quantity", "uri")
+PARAM_TYPES = ("token", "string", "date", "reference", "number", "quantity", "uri", "special")
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},

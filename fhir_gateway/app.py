@@ -165,7 +165,8 @@ def _register_logging(app: Flask) -> None:
                 interaction, "allowed" if resp.status_code < 400 else "denied",
                 user=(who.fhir_user or who.subject) if who else None,
                 client_id=who.client_id if who else None,
-                patient=who.patient if who else None, resource_type=rtype,
+                patient=g.get("fhir_patient") or (who.patient if who else None),
+                resource_type=rtype,
                 resource_id=rid, status=resp.status_code)
         resp.headers["X-Request-Id"] = g.get("request_id", "")
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000

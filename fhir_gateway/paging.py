@@ -18,7 +18,7 @@ from adapters.errors import Invalid
 
 def load_or_create_key(path: Path) -> bytes:
     """A 32-byte secret kept in `path` (mode 0600), made on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.exists():
         return path.read_bytes()
     key = secrets.token_bytes(32)

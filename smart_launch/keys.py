@@ -18,7 +18,7 @@ from joserfc.jwk import KeySet, RSAKey
 class SigningKeys:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         files = sorted(folder.glob("*.jwk.json"))
         if not files:
             files = [self._create()]

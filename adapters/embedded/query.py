@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
 
+from adapters.embedded.indexer import PATIENT_REF
 from adapters.embedded.params import SORT_DATE
 from adapters.embedded.schema import idx_date, idx_ref, idx_string, idx_token, resource
 from adapters.errors import Invalid
@@ -19,6 +20,7 @@ from adapters.search import (
     parse_reference,
     parse_token,
 )
+from mappings.compartment import requires_membership
 
 _TABLE = {"token": idx_token, "string": idx_string, "date": idx_date, "reference": idx_ref}
 
@@ -88,6 +90,8 @@ def clause_condition(rtype: str, clause: ParamClause,
         ids = [v for v in clause.values if v]
         cond = resource.c.id.in_(ids)
         return not_(cond) if clause.modifier == "not" else cond
+    if clause.name == "_compartment":
+        return _compartment_condition(rtype, clause)
     if clause.name == "_lastUpdated":
         col = resource.c.last_updated
         return or_(*[_date_condition(col, col, clause.name, v) for v in clause.values])
@@ -108,6 +112,19 @@ def clause_condition(rtype: str, clause: ParamClause,
     if clause.modifier == "not":
         return not_(resource.c.rid.in_(subquery))
     return resource.c.rid.in_(subquery)
+
+
+def _compartment_condition(rtype: str, clause: ParamClause) -> ColumnElement[bool]:
+    """Exactly the resources `mappings.compartment.in_compartment` lets the patient see."""
+    patient = clause.values[0].rsplit("/", 1)[-1] if clause.values else ""
+    if rtype == "Patient":
+        return resource.c.id == patient
+    refs = select(idx_ref.c.rid).where(idx_ref.c.rtype == rtype,
+                                       idx_ref.c.param == PATIENT_REF)
+    other = resource.c.rid.in_(refs.where(idx_ref.c.target_id != patient))
+    if requires_membership(rtype):
+        return and_(resource.c.rid.in_(refs.where(idx_ref.c.target_id == patient)), not_(other))
+    return not_(other)
 
 
 def sort_column(rtype: str, key: str):

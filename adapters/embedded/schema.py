@@ -104,3 +104,14 @@ idx_ref = Table(
 )
 
 INDEX_TABLES = (idx_token, idx_string, idx_date, idx_ref)
+
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
+
+# Bump when indexer.index() starts writing rows it did not write before; stores built by an
+# older version are re-indexed once when opened.
+INDEX_VERSION = 2

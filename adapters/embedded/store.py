@@ -35,6 +35,7 @@ from adapters.embedded.params import params_for
 from adapters.embedded.query import clause_condition, sort_column
 from adapters.embedded.schema import (
     INDEX_TABLES,
+    INDEX_VERSION,
     idx_date,
     idx_ref,
     idx_string,
@@ -42,6 +43,7 @@ from adapters.embedded.schema import (
     metadata,
     resource,
     resource_version,
+    store_meta,
 )
 from adapters.errors import Conflict, Gone, Invalid, NotFound, PreconditionFailed
 from adapters.search import (
@@ -62,6 +64,10 @@ ALL_INTERACTIONS = frozenset(
 COMMON_PARAMS = {
     "_id": SearchParamDef("_id", "token", "Logical id of the resource"),
     "_lastUpdated": SearchParamDef("_lastUpdated", "date", "When the resource last changed"),
+    "_compartment": SearchParamDef(
+        "_compartment", "special",
+        "Patient id: only resources in that patient's compartment that name no other patient "
+        "(the gateway narrows patient-context tokens with it)"),
 }
 # Types a client may not store as resources of their own.
 NOT_STORABLE = frozenset({"Bundle", "OperationOutcome", "Parameters", "CapabilityStatement"})
@@ -120,6 +126,7 @@ class EmbeddedAdapter(Adapter):
         self._last_stamp = ""
         if create:
             metadata.create_all(self.engine)
+            self._upgrade_index()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -144,6 +151,26 @@ class EmbeddedAdapter(Adapter):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _upgrade_index(self) -> None:
+        """Re-index every live resource once when the store was indexed by an older version."""
+        with self._write() as conn:
+            row = conn.execute(select(store_meta.c.value).where(
+                store_meta.c.key == "index_version")).first()
+            current = int(row.value) if row else (0 if conn.execute(
+                select(resource.c.rid).limit(1)).first() else INDEX_VERSION)
+            if current >= INDEX_VERSION and row:
+                return
+            if current < INDEX_VERSION:
+                rows = conn.execute(select(resource.c.rid, resource.c.type, resource.c.body)
+                                    .where(resource.c.deleted.is_(False))).all()
+                for table in INDEX_TABLES:
+                    conn.execute(delete(table))
+                for rid, rtype, body in rows:
+                    self._insert_index(conn, rid, rtype, indexer.index(orjson.loads(body)))
+            conn.execute(delete(store_meta).where(store_meta.c.key == "index_version"))
+            conn.execute(insert(store_meta).values(key="index_version",
+                                                   value=str(INDEX_VERSION)))
 
     # -- capabilities ---------------------------------------------------------------------
 

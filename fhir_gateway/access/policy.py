@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from adapters.embedded.indexer import index as index_resource
 from adapters.errors import Forbidden
 from adapters.search import parse_token
-from mappings.r4 import PATIENT_COMPARTMENT
+from mappings.compartment import in_compartment as compartment_rule
+from mappings.compartment import requires_membership
 from mappings.references import iter_references, reference_target
 from smart_launch.scopes import Grant, ScopeSet
 
+CLINICIANS = ("Practitioner", "PractitionerRole")
 PERMISSION = {
     "read": "r", "vread": "r", "history-instance": "r", "search-type": "s",
     "create": "c", "update": "u", "delete": "d",
@@ -73,15 +75,8 @@ def patient_refs(resource: dict) -> set[str]:
 
 def in_compartment(resource: dict, patient: str) -> bool:
     """The resource is this patient's (or belongs to no patient), and names no other patient."""
-    rtype = resource.get("resourceType")
-    if rtype == "Patient":
-        return resource.get("id") == patient
-    others = patient_refs(resource) - {patient}
-    if others:
-        return False
-    if rtype in PATIENT_COMPARTMENT and rtype != "Schedule":
-        return patient in patient_refs(resource)
-    return True
+    return compartment_rule(resource.get("resourceType", ""), resource.get("id"),
+                            patient_refs(resource), patient)
 
 
 def matches(resource: dict, query: tuple[tuple[str, str], ...]) -> bool:
@@ -115,9 +110,10 @@ class AccessPolicy:
                     "d": "delete"}[permission]
             raise Forbidden(f"The token's scopes do not allow {verb} on {rtype}",
                             expression=rtype)
-        decision = AccessDecision(patient=self._confinement(principal, usable))
-        if decision.patient is not None and rtype in PATIENT_COMPARTMENT \
-                and rtype not in ("Patient", "Schedule") and "patient" not in self._params(rtype):
+        decision = AccessDecision(patient=self._confinement(principal, usable, rtype))
+        params = self._params(rtype)
+        if decision.patient is not None and requires_membership(rtype) \
+                and rtype != "Patient" and not ({"patient", "_compartment"} & set(params)):
             raise Forbidden(f"{rtype} cannot be confined to one patient, so patient-context "
                             "tokens may not use it", expression=rtype)
         if all(g.query for g in usable):
@@ -126,22 +122,29 @@ class AccessPolicy:
         return decision
 
     @staticmethod
-    def _confinement(principal: Principal, grants: list[Grant]) -> str | None:
+    def _confinement(principal: Principal, grants: list[Grant], rtype: str) -> str | None:
+        """The patient the request is confined to, or None for clinic-wide access (system
+        scopes, or user scopes of a practitioner). Anyone else needs a patient."""
         if any(g.context == "system" for g in grants):
             return None
-        user_patient = None
-        if principal.fhir_user and principal.fhir_user.startswith("Patient/"):
-            user_patient = principal.fhir_user.split("/", 1)[1]
-        if any(g.context == "user" for g in grants) and user_patient is None:
-            return None  # a practitioner (or other non-patient user)
-        return principal.patient or user_patient
+        kind, _, user_id = (principal.fhir_user or "").partition("/")
+        if any(g.context == "user" for g in grants) and kind in CLINICIANS:
+            return None
+        patient = principal.patient or (user_id if kind == "Patient" else None)
+        if patient is None:
+            raise Forbidden("The token has no patient context to confine it to",
+                            expression=rtype)
+        return patient
 
     def _narrowing(self, rtype: str, decision: AccessDecision) -> list[tuple[str, str]]:
         clauses: list[tuple[str, str]] = []
         if decision.patient is not None:
-            if rtype == "Patient":
+            params = self._params(rtype)
+            if "_compartment" in params:  # exact: totals and pages hold only what it may see
+                clauses.append(("_compartment", decision.patient))
+            elif rtype == "Patient":
                 clauses.append(("_id", decision.patient))
-            elif "patient" in self._params(rtype):
+            elif "patient" in params:
                 clauses.append(("patient", f"Patient/{decision.patient}"))
         if decision.queries:
             names = {name for q in decision.queries for name, _ in q}

@@ -76,9 +76,10 @@ def _since() -> str | None:
 def access_log(pid: str) -> Response:
     mimetype = response_mimetype(request)
     who = principal()
+    grants = who.scopes.grants if who is not None else ()
     own = who is not None and who.patient == pid and any(
-        gr.allows("Patient", "r") for gr in who.scopes.grants)
-    system = who is not None and any(gr.context == "system" for gr in who.scopes.grants)
+        gr.context in ("patient", "user") and gr.allows("AuditEvent", "s") for gr in grants)
+    system = any(gr.context == "system" and gr.allows("AuditEvent", "s") for gr in grants)
     if not (own or system):
         raise NotFound(f"Patient/{pid} is not known", expression="Patient")
     g.fhir_access = ("operation", "Patient", pid)

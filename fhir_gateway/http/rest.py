@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Request, Response, current_app, g, request
 
 from fhir_gateway.access import Principal
+from fhir_gateway.access.policy import patient_refs
 from fhir_gateway.bundle_processing import process as process_bundle
 from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge, Unauthorized
 from fhir_gateway.http.negotiation import check_body_type, render, response_mimetype
@@ -88,6 +89,7 @@ def _respond(freq: FhirRequest) -> Response:
 def finish(resp: FhirResponse, freq: FhirRequest, mimetype: str) -> Response:
     """Render a response, shaped by the request's `_summary` / `_elements` / `_pretty`."""
     resource = resp.resource
+    g.fhir_patient = _whose(resource)
     if resp.shape and resource is not None:
         summary = freq.param("_summary")
         elements = freq.param("_elements")
@@ -96,6 +98,20 @@ def finish(resp: FhirResponse, freq: FhirRequest, mimetype: str) -> Response:
             resource = _shape_all(resource, summary, fields)
     pretty = freq.param("_pretty") == "true"
     return render(resource, resp.status, mimetype, pretty, resp.headers)
+
+
+def _whose(resource: dict | None) -> str | None:
+    """The one patient whose data a response carries (for the audit log), if there is one."""
+    if not resource:
+        return None
+    if resource.get("resourceType") == "Bundle":
+        found = {_whose(e["resource"]) for e in resource.get("entry", []) if "resource" in e}
+        found.discard(None)
+        return found.pop() if len(found) == 1 else None
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    refs = patient_refs(resource)
+    return refs.pop() if len(refs) == 1 else None
 
 
 def _shape_all(resource: dict, summary: str | None, fields: list[str] | None) -> dict:
