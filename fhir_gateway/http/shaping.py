@@ -12,30 +12,24 @@ ALWAYS = ("resourceType", "id", "meta")
 
 
 @functools.cache
+def _flagged(resource_type: str, flag: str) -> frozenset[str]:
+    """Top-level element names whose model metadata carries `flag`."""
+    model = _r4b_model(resource_type)
+    if model is None:
+        return frozenset()
+    return frozenset(info.alias or name for name, info in model.model_fields.items()
+                     if isinstance(info.json_schema_extra, dict)
+                     and info.json_schema_extra.get(flag))
+
+
 def summary_elements(resource_type: str) -> frozenset[str]:
-    """Top-level element names marked isSummary in R4 (from the model's metadata)."""
-    model = _r4b_model(resource_type)
-    if model is None:
-        return frozenset()
-    names = set()
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra or {}
-        if isinstance(extra, dict) and extra.get("summary_element_property"):
-            names.add(info.alias or name)
-    return frozenset(names)
+    """Top-level elements marked isSummary in R4."""
+    return _flagged(resource_type, "summary_element_property")
 
 
-@functools.cache
 def mandatory_elements(resource_type: str) -> frozenset[str]:
-    model = _r4b_model(resource_type)
-    if model is None:
-        return frozenset()
-    names = set()
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra or {}
-        if isinstance(extra, dict) and extra.get("element_required"):
-            names.add(info.alias or name)
-    return frozenset(names)
+    """Top-level elements with a minimum cardinality of 1."""
+    return _flagged(resource_type, "element_required")
 
 
 def _mark(resource: dict) -> dict:
