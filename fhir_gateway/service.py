@@ -16,8 +16,11 @@ from adapters.errors import Forbidden, Gone, Invalid, NotFound
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
+from fhir_gateway.access.policy import PERMISSION
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
+from fhir_gateway.operations.builtin import builtin_operations
+from fhir_gateway.operations.registry import OperationContext, Registry, parameters_from
 from fhir_gateway.paging import CursorSigner, search_digest
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.search_request import parse_count, parse_search
@@ -30,6 +33,9 @@ class FhirService:
         self.adapter = adapter
         self.policy = AccessPolicy(self._search_params)
         self.security: dict | None = None  # CapabilityStatement.rest.security, set with SMART
+        self.operations = Registry()
+        for spec in builtin_operations():
+            self.operations.add(spec)
         self.config = config
         self.limits = config.limits
         self.signer = signer
@@ -240,10 +246,36 @@ class FhirService:
         headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
         return FhirResponse(204, None, headers)
 
+    def _operation(self, req: FhirRequest, base: str) -> FhirResponse:
+        spec = self.operations.get(req.resource_type or "", req.operation or "")
+        if req.id is not None and not spec.instance:
+            raise Invalid(f"${spec.name} runs on the type, not on an instance",
+                          expression=f"{spec.resource_type}.${spec.name}")
+        if req.id is None and not spec.type_level:
+            raise Invalid(f"${spec.name} runs on one {spec.resource_type}: "
+                          f"{spec.resource_type}/[id]/${spec.name}",
+                          expression=f"{spec.resource_type}.${spec.name}")
+        if req.principal is not None:
+            for rtype, permission in spec.needs:
+                interaction = {v: k for k, v in PERMISSION.items()}[permission]
+                self.policy.decide(req.principal, interaction, rtype)
+        params: dict[str, list] = {}
+        for key, value in req.params:
+            params.setdefault(key, []).append(value)
+        for key, values in parameters_from(req.body).items():
+            params.setdefault(key, []).extend(values)
+        return spec.handler(OperationContext(req, base, self, params))
+
     def _capabilities(self, req: FhirRequest, base: str) -> FhirResponse:
         from fhir_gateway.capability import capability_statement
 
         statement = capability_statement(self.caps, base, __version__, self.started)
+        for entry in statement["rest"][0]["resource"]:
+            specs = self.operations.for_type(entry["type"])
+            if specs:
+                entry["operation"] = [
+                    {"name": s.name, "definition": f"{base}/OperationDefinition/{s.definition_id}"}
+                    for s in specs]
         if self.security is not None:
             statement["rest"][0]["security"] = self.security
         return FhirResponse(200, statement)

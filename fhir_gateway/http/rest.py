@@ -69,7 +69,10 @@ def principal() -> Principal | None:
 def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = None,
                   **extra) -> FhirRequest:
     who = principal() if interaction != "capabilities" else None
-    g.fhir_access = (interaction, rtype, id)
+    if interaction == "operation":
+        g.fhir_access = (f"${extra.get('operation')}", rtype, id)
+    if interaction != "operation":
+        g.fhir_access = (interaction, rtype, id)
     return FhirRequest(
         interaction=interaction, resource_type=rtype, id=id, principal=who,
         params=list(request.args.items(multi=True)),
@@ -157,6 +160,30 @@ def search_post(rtype: str) -> Response:
     if request.mimetype == FORM:
         freq.params += list(request.form.items(multi=True))
     return _respond(freq)
+
+
+@bp.route("/<rtype>/$<op>", methods=["GET", "POST"])
+def type_operation(rtype: str, op: str) -> Response:
+    return _operation(rtype, None, op)
+
+
+@bp.route("/<rtype>/<id>/$<op>", methods=["GET", "POST"])
+def instance_operation(rtype: str, id: str, op: str) -> Response:
+    return _operation(rtype, id, op)
+
+
+def _operation(rtype: str, id: str | None, op: str) -> Response:
+    body = _body(request) if request.method == "POST" and request.content_length else None
+    return _respond(_fhir_request("operation", rtype, id, operation=op, body=body))
+
+
+@bp.get("/OperationDefinition/<definition_id>")
+def operation_definition(definition_id: str) -> Response:
+    spec = _service().operations.by_definition_id(definition_id)
+    if spec is None:
+        return _respond(_fhir_request("read", "OperationDefinition", definition_id))
+    return render(spec.definition(base_url()), 200, response_mimetype(request),
+                  request.args.get("_pretty") == "true")
 
 
 @bp.route("/<rtype>/<id>", methods=["GET", "PUT", "DELETE", "PATCH", "POST"])

@@ -1,0 +1,131 @@
+"""The operation registry and what an operation handler receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from adapters.errors import Invalid, NotFound
+from fhir_gateway.request import FhirRequest, FhirResponse
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str  # FHIR type of the parameter: integer, string, date, Reference, Resource...
+    min: int = 0
+    max: str = "1"
+    use: str = "in"
+    documentation: str = ""
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    name: str  # without the $
+    resource_type: str
+    handler: Callable[[OperationContext], FhirResponse]
+    title: str
+    description: str
+    instance: bool = True
+    type_level: bool = False
+    affects_state: bool = False
+    needs: tuple[tuple[str, str], ...] = ()  # (resource type, c|r|u|d|s) the token must have
+    parameters: tuple[ParamSpec, ...] = ()
+
+    @property
+    def code(self) -> str:
+        return self.name
+
+    def definition(self, base: str) -> dict:
+        """The OperationDefinition the gateway serves for this operation."""
+        return {
+            "resourceType": "OperationDefinition",
+            "id": self.definition_id,
+            "url": f"{base}/OperationDefinition/{self.definition_id}",
+            "name": "".join(p.capitalize() for p in self.name.replace("-", " ").split()),
+            "title": self.title,
+            "status": "active",
+            "kind": "operation",
+            "description": self.description,
+            "affectsState": self.affects_state,
+            "code": self.name,
+            "resource": [self.resource_type],
+            "system": False,
+            "type": self.type_level,
+            "instance": self.instance,
+            "parameter": [
+                {"name": p.name, "use": p.use, "min": p.min, "max": p.max, "type": p.type,
+                 **({"documentation": p.documentation} if p.documentation else {})}
+                for p in self.parameters
+            ],
+        }
+
+    @property
+    def definition_id(self) -> str:
+        return f"{self.resource_type}-{self.name}"
+
+
+@dataclass
+class OperationContext:
+    """What a handler gets: the request, the base URL, the service, and helpers."""
+
+    request: FhirRequest
+    base: str
+    service: object  # fhir_gateway.service.FhirService
+    params: dict[str, list] = field(default_factory=dict)  # from the query and a Parameters body
+
+    def one(self, name: str, required: bool = False) -> object | None:
+        values = self.params.get(name) or []
+        if len(values) > 1:
+            raise Invalid(f"Parameter {name!r} may be given once", expression=name)
+        if not values:
+            if required:
+                raise Invalid(f"Parameter {name!r} is required", expression=name)
+            return None
+        return values[0]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._ops: dict[tuple[str, str], OperationSpec] = {}
+
+    def add(self, spec: OperationSpec) -> None:
+        self._ops[(spec.resource_type, spec.name)] = spec
+
+    def get(self, resource_type: str, name: str) -> OperationSpec:
+        spec = self._ops.get((resource_type, name))
+        if spec is None:
+            raise NotFound(f"There is no operation ${name} on {resource_type}",
+                           expression=f"{resource_type}.${name}", code="not-supported")
+        return spec
+
+    def by_definition_id(self, definition_id: str) -> OperationSpec | None:
+        return next((s for s in self._ops.values() if s.definition_id == definition_id), None)
+
+    def for_type(self, resource_type: str) -> list[OperationSpec]:
+        return [s for s in self._ops.values() if s.resource_type == resource_type]
+
+    def all(self) -> list[OperationSpec]:
+        return list(self._ops.values())
+
+
+def parameters_from(body: dict | None) -> dict[str, list]:
+    """A Parameters resource as {name: [values]} (value[x], resource, or parts as dicts)."""
+    out: dict[str, list] = {}
+    if body is None:
+        return out
+    if body.get("resourceType") != "Parameters":
+        raise Invalid("An operation body must be a Parameters resource", expression="resourceType")
+    for i, param in enumerate(body.get("parameter") or []):
+        name = param.get("name")
+        if not isinstance(name, str):
+            raise Invalid(f"Parameters.parameter[{i}] has no name",
+                          expression=f"Parameters.parameter[{i}].name")
+        value = next((v for k, v in param.items() if k.startswith("value")), None)
+        if value is None and "resource" in param:
+            value = param["resource"]
+        if value is None and "part" in param:
+            value = {p.get("name"): next((v for k, v in p.items() if k.startswith("value")),
+                                         p.get("resource")) for p in param["part"]}
+        out.setdefault(name, []).append(value)
+    return out
