@@ -236,7 +236,8 @@ def consent() -> Response:
     # authorization request, with the scope the patient granted.
     with current_app.test_request_context("/auth/authorize", method="POST", data=params,
                                           base_url=request.host_url):
-        response = smart.oauth.create_authorization_response(grant_user=user)
+        grant = smart.oauth.get_consent_grant(end_user=user)
+        response = smart.oauth.create_authorization_response(grant_user=user, grant=grant)
     smart.audit("authorize", "allowed", client_id=params["client_id"], user=user.fhir_user,
                 patient=patient, detail=params["scope"])
     resp = make_response(response)
