@@ -102,3 +102,4 @@ SPEC = OperationSpec(
         ParamSpec("return", "Bundle", min=1, use="out"),
     ),
 )
+SPECS = [SPEC]
