@@ -60,6 +60,17 @@ class AuthConfig:
 
 
 @dataclass
+class PortalConfig:
+    """Clinic rules for the portal actions."""
+
+    cancellation_window_hours: int = 24  # cancel or reschedule online until this long before
+    hold_minutes: int = 10  # how long Appointment/$hold keeps a slot
+    no_online_refill: str = "1049621"  # RxNorm codes (comma-separated): controlled substances
+    max_attachment_bytes: int = 5 * 1024 * 1024
+    attachment_types: str = "application/pdf,image/jpeg,image/png,text/plain"
+
+
+@dataclass
 class Config:
     data_dir: str = "var"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -68,6 +79,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
     source: str = "defaults"
 
     @property
@@ -181,7 +193,8 @@ def load_config(path: str | os.PathLike | None = None,
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")
-        if section in ("server", "adapter", "embedded", "database", "limits", "auth") and key:
+        if section in ("server", "adapter", "embedded", "database", "limits", "auth",
+                       "portal") and key:
             _apply(cfg, section, key, value, problems, f"Environment {name}")
     problems.extend(check(cfg))
     if problems:
