@@ -24,6 +24,8 @@ class FhirRequest:
     # Who is calling (fhir_gateway.access.Principal); None only for trusted in-process callers
     # such as the import command.
     principal: object | None = None
+    # Request headers operations may read (e.g. Idempotency-Key), lower-cased names.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:

@@ -18,6 +18,7 @@ from smart_launch.scopes import parse_scopes
 
 bp = Blueprint("fhir", __name__)
 FORM = "application/x-www-form-urlencoded"
+OPERATION_HEADERS = ("idempotency-key",)
 
 
 def _service() -> FhirService:
@@ -79,6 +80,8 @@ def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = N
         if_match=parse_etag(request.headers.get("If-Match")),
         if_none_exist=request.headers.get("If-None-Exist"),
         prefer=parse_prefer(request.headers.get("Prefer")),
+        headers={k.lower(): v for k, v in request.headers.items()
+                 if k.lower() in OPERATION_HEADERS},
         **extra,
     )
 
