@@ -1,0 +1,1 @@
+"""Portal actions of patients mapped to FHIR R4 resources (pure: no I/O)."""
