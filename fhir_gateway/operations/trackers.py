@@ -17,55 +17,22 @@ from datetime import UTC, datetime, timedelta
 from adapters.base import BundleEntryRequest, SearchPage
 from adapters.errors import Invalid, Unprocessable
 from fhir_gateway import bundles
+from fhir_gateway.operations.common import confined_search, int_param, patient_for
 from fhir_gateway.operations.registry import OperationContext, OperationSpec, ParamSpec
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.validation import validate_resource
 from mappings.portal import trackers
-from mappings.references import reference_target
 
 VITALS = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
 CRITICAL = {"coding": [{
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
     "code": "AA", "display": "Critical abnormal"}], "text": "Alert"}
-MAX_SCAN = 1000
 STATISTICS = {"average": statistics.fmean, "minimum": min, "maximum": max, "count": len,
               "median": statistics.median}
 
 
-def _patient(ctx: OperationContext, name: str = "patient") -> str:
-    """The patient the operation is for: the token's own, or the one named (and visible)."""
-    req = ctx.request
-    given = ctx.one(name)
-    pid = None
-    if given is not None:
-        target = reference_target(str(given)) if "/" in str(given) else ("Patient", str(given))
-        if target is None or target[0] != "Patient":
-            raise Invalid(f"{name} must be a Patient id or reference", expression=name)
-        pid = target[1]
-    principal = req.principal
-    pid = pid or (principal.patient if principal is not None else None)
-    if pid is None:
-        raise Invalid(f"Parameter {name!r} is required", expression=name)
-    service = ctx.service
-    read = FhirRequest("read", "Patient", pid, principal=principal)
-    service._visible(service.decide(read), "Patient", service.check_id(pid))
-    return pid
-
-
-def _search(ctx: OperationContext, rtype: str, params: list[tuple[str, str]]) -> list[dict]:
-    """A confined search (the caller's narrowing applied), up to MAX_SCAN resources."""
-    service = ctx.service
-    req = FhirRequest("search-type", rtype, principal=ctx.request.principal)
-    decision = service.decide(req)
-    query = service.search_query(rtype, params + (decision.narrowing if decision else []),
-                                 strict=True).query
-    query.count, query.with_total = MAX_SCAN, False
-    page: SearchPage = service.adapter.search(rtype, query)
-    return [r for r in page.resources if decision is None or decision.permits(r)]
-
-
 def _latest_value(ctx: OperationContext, pid: str, loinc: str) -> float | None:
-    found = _search(ctx, "Observation", [("patient", pid), ("code", f"http://loinc.org|{loinc}"),
+    found = confined_search(ctx, "Observation", [("patient", pid), ("code", f"http://loinc.org|{loinc}"),
                                          ("_sort", "-date"), ("_count", "1")])
     quantity = found[0].get("valueQuantity") if found else None
     return float(quantity["value"]) if quantity and "value" in quantity else None
@@ -73,7 +40,7 @@ def _latest_value(ctx: OperationContext, pid: str, loinc: str) -> float | None:
 
 def record_reading(ctx: OperationContext) -> FhirResponse:
     service = ctx.service
-    pid = _patient(ctx)
+    pid = patient_for(ctx)
     fields = {k: ctx.one(k) for k in ("kind", "effective", "value", "unit", "systolic",
                                       "diastolic", "device", "note") if ctx.one(k) is not None}
     fields.setdefault("effective", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -89,7 +56,7 @@ def record_reading(ctx: OperationContext) -> FhirResponse:
     primary = built[0]
     key = trackers.duplicate_key(primary)
     code = primary["code"]["coding"][0]["code"]
-    for stored in _search(ctx, "Observation", [("patient", pid),
+    for stored in confined_search(ctx, "Observation", [("patient", pid),
                                                 ("code", f"http://loinc.org|{code}")]):
         if trackers.duplicate_key(stored) == key:
             raise Unprocessable("This reading is already recorded (same measurement, time, "
@@ -120,7 +87,7 @@ def record_reading(ctx: OperationContext) -> FhirResponse:
 
 def _alert_message(ctx: OperationContext, pid: str, fired: list[str], obs_url: str) -> dict:
     """A Communication from the patient's record to their care team about the reading."""
-    team = _search(ctx, "CareTeam", [("patient", pid)])
+    team = confined_search(ctx, "CareTeam", [("patient", pid)])
     recipients = [p["member"] for t in team for p in t.get("participant", [])
                   if "member" in p and not p["member"].get("reference", "").startswith("Patient")]
     message = {
@@ -139,15 +106,15 @@ def _alert_message(ctx: OperationContext, pid: str, fired: list[str], obs_url: s
 
 
 def lastn(ctx: OperationContext) -> FhirResponse:
-    pid = _patient(ctx)
-    maximum = _int(ctx, "max", 1, 1, 100)
+    pid = patient_for(ctx)
+    maximum = int_param(ctx, "max", 1, 1, 100)
     params = [("patient", pid), ("_sort", "-date")]
     category = ctx.one("category") or VITALS
     params.append(("category", str(category)))
     if ctx.one("code"):
         params.append(("code", str(ctx.one("code"))))
     per_code: dict[str, list[dict]] = defaultdict(list)
-    for obs in _search(ctx, "Observation", params):
+    for obs in confined_search(ctx, "Observation", params):
         coding = (obs.get("code", {}).get("coding") or [{}])[0]
         key = f"{coding.get('system')}|{coding.get('code')}"
         if len(per_code[key]) < maximum:
@@ -159,7 +126,7 @@ def lastn(ctx: OperationContext) -> FhirResponse:
 
 
 def stats(ctx: OperationContext) -> FhirResponse:
-    pid = _patient(ctx, "subject")
+    pid = patient_for(ctx, "subject")
     codes = [c for c in str(ctx.one("code", required=True)).split(",") if c]
     system = str(ctx.one("system") or "http://loinc.org")
     wanted = [s for s in str(ctx.one("statistic", required=True)).split(",") if s]
@@ -167,13 +134,14 @@ def stats(ctx: OperationContext) -> FhirResponse:
     if unknown:
         raise Invalid(f"statistic {', '.join(unknown)} is not one of "
                       f"{', '.join(STATISTICS)}", expression="statistic")
-    days = _int(ctx, "duration", 30, 1, 3650)
+    days = int_param(ctx, "duration", 30, 1, 3650)
     start = datetime.now(UTC) - timedelta(days=days)
     out = []
     for code in codes:
         values = []
-        for obs in _search(ctx, "Observation", [("patient", pid), ("code", f"{system}|{code}"),
-                                                ("date", f"ge{start.date().isoformat()}")]):
+        params = [("patient", pid), ("code", f"{system}|{code}"),
+                  ("date", f"ge{start.date().isoformat()}")]
+        for obs in confined_search(ctx, "Observation", params):
             quantity = obs.get("valueQuantity")
             if quantity and "value" in quantity:
                 values.append((float(quantity["value"]), quantity))
@@ -200,16 +168,6 @@ def stats(ctx: OperationContext) -> FhirResponse:
             del summary["component"]
         out.append({"name": "statistic", "resource": summary})
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
-
-
-def _int(ctx: OperationContext, name: str, default: int, low: int, high: int) -> int:
-    raw = ctx.one(name)
-    if raw is None:
-        return default
-    text = str(raw)
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise Invalid(f"{name} must be a whole number from {low} to {high}", expression=name)
-    return int(text)
 
 
 def _p(name: str, type_: str, doc: str, min_: int = 0) -> ParamSpec:

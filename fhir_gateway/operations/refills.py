@@ -1,0 +1,183 @@
+"""Prescription refills: `MedicationRequest/{id}/$refill-request` and `$medication-history`.
+
+A refill request is the core R4 "Refill Request" Task (code `fulfill`, focus the
+MedicationRequest), built and checked by `mappings.portal.refills`. The create is conditional
+on no open refill Task for the order, so a repeated (or concurrent) request returns the open
+Task (200) instead of making a second one. Access follows the patient compartment: another
+patient's order looks missing (404).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from adapters.base import SearchPage
+from adapters.errors import Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
+from adapters.search import valid_id
+from fhir_gateway import bundles
+from fhir_gateway.operations.registry import OperationContext, OperationSpec, ParamSpec
+from fhir_gateway.request import FhirRequest, FhirResponse
+from fhir_gateway.service import version_headers
+from fhir_gateway.validation import validate_resource
+from mappings.portal import refills as rules
+from mappings.references import reference_target
+from mappings.terminology import TASK_FULFILL
+
+MAX_PAGES = 50
+_FULFILL = f"{TASK_FULFILL.system}|{TASK_FULFILL.code}"
+
+
+def _all(ctx: OperationContext, rtype: str, params: list[tuple[str, str]],
+         decision=None) -> list[dict]:
+    """Every match of a search the gateway runs on the caller's behalf (all pages)."""
+    service = ctx.service
+    query = service.search_query(rtype, params, strict=True).query
+    query.count, query.with_total = service.limits.max_count, False
+    found: list[dict] = []
+    for _ in range(MAX_PAGES):
+        page = service.adapter.search(rtype, query)
+        found += [r for r in page.resources if decision is None or decision.permits(r)]
+        if not page.next_cursor:
+            break
+        query.cursor = page.next_cursor
+    return found
+
+
+def _refill_tasks(ctx: OperationContext, request_ids: list[str], decision=None) -> list[dict]:
+    if not request_ids:
+        return []
+    focus = ",".join(f"MedicationRequest/{i}" for i in request_ids)
+    return _all(ctx, "Task", [("focus", focus), ("code", _FULFILL)], decision)
+
+
+def _medication(ctx: OperationContext, request: dict) -> dict | None:
+    target = reference_target((request.get("medicationReference") or {}).get("reference", ""))
+    if not target or target[0] != "Medication":
+        return None
+    try:
+        return ctx.service.adapter.read("Medication", target[1])
+    except (NotFound, Gone):
+        return None
+
+
+def refill_request(ctx: OperationContext) -> FhirResponse:
+    service, req = ctx.service, ctx.request
+    rid = service.check_id(req.id)
+    try:
+        note = rules.clean_note(ctx.one("note"))
+    except rules.RefillInputError as exc:
+        raise Invalid(exc.message, expression=exc.expression) from None
+    read = FhirRequest("read", "MedicationRequest", rid, principal=req.principal)
+    request = service._visible(service.decide(read), "MedicationRequest", rid)
+    medication = _medication(ctx, request)
+    tasks = _refill_tasks(ctx, [rid])
+    try:
+        rules.check_refillable(request, medication, tasks,
+                               rules.code_list(service.config.portal.no_online_refill))
+    except rules.RefillRefused as exc:
+        raise Unprocessable(exc.message, expression=exc.expression) from None
+    create = service.decide(FhirRequest("create", "Task", principal=req.principal))
+    waiting = rules.open_refill(rid, tasks)
+    if waiting is not None:
+        return _existing(service, create, waiting)
+    task = validate_resource(rules.build_refill_task(request, datetime.now(UTC), note,
+                                                     medication), "Task")
+    service.check_write(create, task)
+    condition = service.search_query("Task", [
+        ("focus", f"MedicationRequest/{rid}"), ("code", _FULFILL),
+        ("status", ",".join(sorted(rules.OPEN_STATUSES)))], strict=True).query
+    try:
+        result = service.adapter.create(task, condition)
+    except PreconditionFailed:  # several open already (made elsewhere): show the newest
+        waiting = rules.open_refill(rid, _refill_tasks(ctx, [rid]))
+        if waiting is None:
+            raise
+        return _existing(service, create, waiting)
+    if not result.created:
+        return _existing(service, create, result.resource)
+    return service.write_response(result, req, ctx.base, 201)
+
+
+def _existing(service, decision, task: dict) -> FhirResponse:
+    if decision is not None and not decision.permits(task):
+        raise Unprocessable("A refill request for this prescription is already being handled",
+                            expression="MedicationRequest")
+    return FhirResponse(200, task, version_headers(task))
+
+
+def _patient_id(given: object) -> str | None:
+    if given is None:
+        return None
+    text = given.get("reference") if isinstance(given, dict) else given
+    if isinstance(text, str) and "/" in text:
+        target = reference_target(text)
+        text = target[1] if target and target[0] == "Patient" else None
+    if not isinstance(text, str) or not valid_id(text):
+        raise Invalid("patient must be a Patient id or a Patient reference",
+                      expression="patient")
+    return text
+
+
+def patient_for(ctx: OperationContext, rtype: str) -> tuple[str, object]:
+    """The patient a type-level read is about, and the search decision: a patient token's own
+    patient (another one looks missing), else the required `patient` parameter."""
+    service, req = ctx.service, ctx.request
+    decision = service.decide(FhirRequest("search-type", rtype, principal=req.principal))
+    pid = _patient_id(ctx.one("patient"))
+    own = decision.patient if decision is not None else None
+    if own is not None:
+        if pid is not None and pid != own:
+            raise NotFound(f"Patient/{pid} is not known", expression="patient")
+        pid = own
+    if pid is None:
+        raise Invalid("Parameter 'patient' is required", expression="patient")
+    try:
+        service.adapter.read("Patient", pid)
+    except (NotFound, Gone):
+        raise NotFound(f"Patient/{pid} is not known", expression="patient") from None
+    return pid, decision
+
+
+def medication_history(ctx: OperationContext) -> FhirResponse:
+    service, req = ctx.service, ctx.request
+    pid, decision = patient_for(ctx, "MedicationRequest")
+    requests = _all(ctx, "MedicationRequest", [("patient", f"Patient/{pid}")], decision)
+    task_decision = service.decide(FhirRequest("search-type", "Task", principal=req.principal))
+    tasks = _refill_tasks(ctx, [r["id"] for r in requests], task_decision)
+    grouped = rules.group_by_request(requests, tasks)
+    page = SearchPage(resources=[r for r, _ in grouped],
+                      included=[t for _, ts in grouped for t in ts], total=len(grouped))
+    path = "MedicationRequest/$medication-history"
+    bundle = bundles.searchset(ctx.base, page,
+                               bundles.page_url(ctx.base, path, [("patient", pid)]), None, None,
+                               [])
+    return FhirResponse(200, bundle)
+
+
+REFILL = OperationSpec(
+    name="refill-request", resource_type="MedicationRequest", handler=refill_request,
+    instance=True, type_level=False, affects_state=True,
+    title="Ask for a prescription refill",
+    description="Creates a refill request Task (code fulfill, focus the MedicationRequest, "
+                "owner the prescriber) for an active order with refills left; controlled "
+                "substances cannot be refilled online. While a request is open, asking again "
+                "returns it (200) instead of creating another.",
+    needs=(("MedicationRequest", "r"), ("Task", "c")),
+    parameters=(
+        ParamSpec("note", "string", documentation="A note for the prescriber"),
+        ParamSpec("return", "Task", min=1, use="out"),
+    ),
+)
+HISTORY = OperationSpec(
+    name="medication-history", resource_type="MedicationRequest", handler=medication_history,
+    instance=False, type_level=True,
+    title="The patient's prescriptions with their refill requests",
+    description="A searchset Bundle of the patient's MedicationRequests (match), each followed "
+                "by its refill Tasks (include), so an app can show each request's status.",
+    needs=(("MedicationRequest", "s"), ("Task", "s")),
+    parameters=(
+        ParamSpec("patient", "string", documentation="The patient (implied by a patient token)"),
+        ParamSpec("return", "Bundle", min=1, use="out"),
+    ),
+)
+SPECS = [REFILL, HISTORY]
