@@ -6,7 +6,7 @@ import importlib
 
 from fhir_gateway.operations.registry import OperationSpec
 
-MODULES = ("everything", "trackers", "scheduling", "refills", "messaging", "billing")
+MODULES = ("everything", "summary", "trackers", "scheduling", "refills", "messaging", "billing")
 
 
 def builtin_operations() -> list[OperationSpec]:
