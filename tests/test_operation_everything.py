@@ -91,3 +91,13 @@ def test_operation_definition_and_capability(smart_env):
     assert {"name": "everything",
             "definition": f"{smart_env.base}/OperationDefinition/Patient-everything"} \
         in patient["operation"]
+
+
+def test_operations_that_change_data_refuse_get(smart_env, ann):
+    before = smart_env.live.fingerprint()
+    with smart_env.fhir(ann) as client:
+        resp = client.get("Observation/$record-reading",
+                          params={"kind": "heart-rate", "value": "70"})
+    assert resp.status_code == 405
+    assert "takes POST" in resp.json()["issue"][0]["diagnostics"]
+    assert smart_env.live.fingerprint() == before

@@ -176,6 +176,9 @@ def instance_operation(rtype: str, id: str, op: str) -> Response:
 
 
 def _operation(rtype: str, id: str | None, op: str) -> Response:
+    if request.method == "GET" and _service().operations.get(rtype, op).affects_state:
+        raise MethodNotAllowed(f"${op} changes data, so it takes POST, not GET",
+                               expression=f"{rtype}.${op}")
     body = _body(request) if request.method == "POST" and request.content_length else None
     return _respond(_fhir_request("operation", rtype, id, operation=op, body=body))
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from adapters.base import SearchPage
 from adapters.errors import Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
-from adapters.search import valid_id
 from fhir_gateway import bundles
+from fhir_gateway.operations.common import patient_and_decision, search_all
 from fhir_gateway.operations.registry import OperationContext, OperationSpec, ParamSpec
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.service import version_headers
@@ -23,31 +23,14 @@ from mappings.portal import refills as rules
 from mappings.references import reference_target
 from mappings.terminology import TASK_FULFILL
 
-MAX_PAGES = 50
 _FULFILL = f"{TASK_FULFILL.system}|{TASK_FULFILL.code}"
-
-
-def _all(ctx: OperationContext, rtype: str, params: list[tuple[str, str]],
-         decision=None) -> list[dict]:
-    """Every match of a search the gateway runs on the caller's behalf (all pages)."""
-    service = ctx.service
-    query = service.search_query(rtype, params, strict=True).query
-    query.count, query.with_total = service.limits.max_count, False
-    found: list[dict] = []
-    for _ in range(MAX_PAGES):
-        page = service.adapter.search(rtype, query)
-        found += [r for r in page.resources if decision is None or decision.permits(r)]
-        if not page.next_cursor:
-            break
-        query.cursor = page.next_cursor
-    return found
 
 
 def _refill_tasks(ctx: OperationContext, request_ids: list[str], decision=None) -> list[dict]:
     if not request_ids:
         return []
     focus = ",".join(f"MedicationRequest/{i}" for i in request_ids)
-    return _all(ctx, "Task", [("focus", focus), ("code", _FULFILL)], decision)
+    return search_all(ctx, "Task", [("focus", focus), ("code", _FULFILL)], decision)
 
 
 def _medication(ctx: OperationContext, request: dict) -> dict | None:
@@ -105,43 +88,10 @@ def _existing(service, decision, task: dict) -> FhirResponse:
     return FhirResponse(200, task, version_headers(task))
 
 
-def _patient_id(given: object) -> str | None:
-    if given is None:
-        return None
-    text = given.get("reference") if isinstance(given, dict) else given
-    if isinstance(text, str) and "/" in text:
-        target = reference_target(text)
-        text = target[1] if target and target[0] == "Patient" else None
-    if not isinstance(text, str) or not valid_id(text):
-        raise Invalid("patient must be a Patient id or a Patient reference",
-                      expression="patient")
-    return text
-
-
-def patient_for(ctx: OperationContext, rtype: str) -> tuple[str, object]:
-    """The patient a type-level read is about, and the search decision: a patient token's own
-    patient (another one looks missing), else the required `patient` parameter."""
-    service, req = ctx.service, ctx.request
-    decision = service.decide(FhirRequest("search-type", rtype, principal=req.principal))
-    pid = _patient_id(ctx.one("patient"))
-    own = decision.patient if decision is not None else None
-    if own is not None:
-        if pid is not None and pid != own:
-            raise NotFound(f"Patient/{pid} is not known", expression="patient")
-        pid = own
-    if pid is None:
-        raise Invalid("Parameter 'patient' is required", expression="patient")
-    try:
-        service.adapter.read("Patient", pid)
-    except (NotFound, Gone):
-        raise NotFound(f"Patient/{pid} is not known", expression="patient") from None
-    return pid, decision
-
-
 def medication_history(ctx: OperationContext) -> FhirResponse:
     service, req = ctx.service, ctx.request
-    pid, decision = patient_for(ctx, "MedicationRequest")
-    requests = _all(ctx, "MedicationRequest", [("patient", f"Patient/{pid}")], decision)
+    pid, decision = patient_and_decision(ctx, "MedicationRequest")
+    requests = search_all(ctx, "MedicationRequest", [("patient", f"Patient/{pid}")], decision)
     task_decision = service.decide(FhirRequest("search-type", "Task", principal=req.principal))
     tasks = _refill_tasks(ctx, [r["id"] for r in requests], task_decision)
     grouped = rules.group_by_request(requests, tasks)
