@@ -45,6 +45,9 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     # Post-processing the renderer may apply (`_summary`, `_elements`) for reads and searches.
     shape: bool = False
+    # A non-FHIR answer (an operation's printable page): sent as is, with its own media type.
+    body: bytes | None = None
+    mimetype: str | None = None
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:

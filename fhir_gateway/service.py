@@ -22,6 +22,7 @@ from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
 from fhir_gateway.operations.registry import OperationContext, Registry, parameters_from
 from fhir_gateway.paging import CursorSigner, search_digest
+from fhir_gateway.payments import OfflinePaymentProvider, PaymentProvider
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.search_request import parse_count, parse_search
 from fhir_gateway.validation import validate_resource
@@ -33,6 +34,7 @@ class FhirService:
         self.adapter = adapter
         self.policy = AccessPolicy(self._search_params)
         self.security: dict | None = None  # CapabilityStatement.rest.security, set with SMART
+        self.payment_provider: PaymentProvider = OfflinePaymentProvider()
         self.operations = Registry()
         for spec in builtin_operations():
             self.operations.add(spec)

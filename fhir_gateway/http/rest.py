@@ -8,7 +8,7 @@ from fhir_gateway.access import Principal
 from fhir_gateway.access.policy import patient_refs
 from fhir_gateway.bundle_processing import process as process_bundle
 from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge, Unauthorized
-from fhir_gateway.http.negotiation import check_body_type, render, response_mimetype
+from fhir_gateway.http.negotiation import FHIR_JSON, check_body_type, render, response_mimetype
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
 from fhir_gateway.service import FhirService
@@ -176,11 +176,19 @@ def instance_operation(rtype: str, id: str, op: str) -> Response:
 
 
 def _operation(rtype: str, id: str | None, op: str) -> Response:
-    if request.method == "GET" and _service().operations.get(rtype, op).affects_state:
+    spec = _service().operations.get(rtype, op)
+    if request.method == "GET" and spec.affects_state:
         raise MethodNotAllowed(f"${op} changes data, so it takes POST, not GET",
                                expression=f"{rtype}.${op}")
     body = _body(request) if request.method == "POST" and request.content_length else None
-    return _respond(_fhir_request("operation", rtype, id, operation=op, body=body))
+    freq = _fhir_request("operation", rtype, id, operation=op, body=body)
+    if spec.produces is None:
+        return _respond(freq)
+    resp = _service().handle(freq, base_url())  # a page, not FHIR: no JSON negotiation
+    if resp.body is None:
+        return finish(resp, freq, FHIR_JSON)
+    return Response(resp.body, status=resp.status, mimetype=resp.mimetype,
+                    headers=resp.headers)
 
 
 @bp.get("/OperationDefinition/<definition_id>")

@@ -31,6 +31,7 @@ class OperationSpec:
     affects_state: bool = False
     needs: tuple[tuple[str, str], ...] = ()  # (resource type, c|r|u|d|s) the token must have
     parameters: tuple[ParamSpec, ...] = ()
+    produces: str | None = None  # a non-FHIR media type the operation answers with (text/html)
 
     @property
     def code(self) -> str:
