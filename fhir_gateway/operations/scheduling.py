@@ -391,6 +391,25 @@ def cancel(ctx: OperationContext) -> FhirResponse:
     return FhirResponse(200, results[0].resource)
 
 
+def start_visit(ctx: OperationContext) -> FhirResponse:
+    """The patient arrives, or joins a telehealth visit: the Appointment becomes `arrived` and
+    an in-progress Encounter (class VR for telehealth, AMB in person) is created, atomically."""
+    now = _now()
+    decision, appointment, patient = _booking(ctx)
+    _rules(sched.check_visit_time, appointment, now, "Appointment.start")
+    encounter = sched.visit_encounter(appointment, patient, now)
+    encounter_decision = _decision(ctx, "create", "Encounter")
+    ctx.service.check_write(encounter_decision, encounter)
+    arrived = sched.arrived_appointment(appointment)
+    ctx.service.check_write(decision, arrived)
+    entries = [_put(arrived, _version(appointment)),
+               BundleEntryRequest("POST", "Encounter", resource=encounter,
+                                  full_url=f"urn:uuid:{uuid.uuid4()}")]
+    results = _commit(ctx, entries, "Appointment",
+                      f"Appointment/{appointment['id']} changed meanwhile")
+    return FhirResponse(201, results[1].resource)
+
+
 # -- registration -----------------------------------------------------------------------------
 
 _SLOT = ParamSpec("slot", "Reference", min=1, documentation="The Slot (Slot/id)")
@@ -456,4 +475,11 @@ SPECS = [
         parameters=(ParamSpec("reason", "string", min=1, documentation="Why, in words"),
                     ParamSpec("return", "Appointment", min=1, use="out")),
     ),
+    OperationSpec(
+        name="start-visit", resource_type="Appointment", handler=start_visit, instance=True,
+        affects_state=True, needs=(("Appointment", "u"), ("Encounter", "c")),
+        title="Start the visit",
+        description="The patient arrives or joins the telehealth visit: Appointment arrived, "
+                    "Encounter in-progress with class VR (telehealth) or AMB, atomically.",
+        parameters=(ParamSpec("return", "Encounter", min=1, use="out"),)),
 ]

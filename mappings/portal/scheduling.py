@@ -389,3 +389,49 @@ def check_window(appointment: dict, now: datetime, window_hours: int, action: st
             f"Appointments can be {action} online until {window_hours} hours before they "
             f"start; this one starts at {instant(start)}. Please {contact} to change it.",
             parameter)
+
+
+# -- the visit ------------------------------------------------------------------------------
+
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+VISIT_EARLY_MINUTES = 30
+
+
+def check_visit_time(appointment: dict, now: datetime, parameter: str) -> None:
+    """A visit starts from `VISIT_EARLY_MINUTES` before the booked time until its end."""
+    if appointment.get("status") != "booked":
+        raise SchedulingError(
+            f"Appointment/{appointment.get('id')} is {appointment.get('status')}; only a "
+            "booked appointment can start", parameter)
+    start = parse_instant(appointment.get("start"), parameter)
+    end = parse_instant(appointment.get("end") or appointment.get("start"), parameter)
+    if now < start - timedelta(minutes=VISIT_EARLY_MINUTES) or now > end:
+        raise SchedulingError(
+            f"This visit can start from {VISIT_EARLY_MINUTES} minutes before "
+            f"{instant(start)} until {instant(end)}", parameter)
+
+
+def visit_encounter(appointment: dict, patient: str, now: datetime) -> dict:
+    """The Encounter of a visit that is starting: class VR (virtual) for telehealth, else AMB."""
+    virtual = is_telehealth(appointment)
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": ACT_CODE, "code": "VR" if virtual else "AMB",
+                  "display": "virtual" if virtual else "ambulatory"},
+        "subject": {"reference": f"Patient/{patient}"},
+        "appointment": [{"reference": f"Appointment/{appointment['id']}"}],
+        "period": {"start": instant(now)},
+    }
+    if appointment.get("serviceType"):
+        encounter["serviceType"] = appointment["serviceType"][0]
+    practitioners = [p["actor"] for p in appointment.get("participant", [])
+                     if str(p.get("actor", {}).get("reference", "")).startswith("Practitioner/")]
+    if practitioners:
+        encounter["participant"] = [{"individual": ref} for ref in practitioners]
+    return encounter
+
+
+def arrived_appointment(appointment: dict) -> dict:
+    """The Appointment once the patient has arrived (or joined the video visit)."""
+    return _ordered({**appointment, "status": "arrived"})
