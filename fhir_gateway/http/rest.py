@@ -95,7 +95,8 @@ def _respond(freq: FhirRequest) -> Response:
 def finish(resp: FhirResponse, freq: FhirRequest, mimetype: str) -> Response:
     """Render a response, shaped by the request's `_summary` / `_elements` / `_pretty`."""
     resource = resp.resource
-    g.fhir_patient = _whose(resource)
+    if current_app.extensions["fhir_gateway"].audit is not None:
+        g.fhir_patient = _whose(resource)  # whose data this was, for the access log
     if resp.shape and resource is not None:
         summary = freq.param("_summary")
         elements = freq.param("_elements")
