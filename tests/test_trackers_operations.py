@@ -79,6 +79,16 @@ def test_crisis_blood_pressure_is_flagged_and_sent_to_the_care_team(smart_env, a
     stored = {e["resource"]["resourceType"]: e["resource"] for e in resp.json()["entry"]}
     assert stored["Observation"]["interpretation"][0]["coding"][0]["code"] == "AA"
     message = smart_env.live.adapter.read("Communication", stored["Communication"]["id"])
+    from fhir.resources.R4B.communication import Communication
+    from fhirclient.models.communication import Communication as Communication401
+
+    Communication.model_validate(message)
+    Communication401(message, strict=True)
+    for obs in (e["resource"] for e in resp.json()["entry"]
+                if e["resource"]["resourceType"] == "Observation"):
+        from fhirclient.models.observation import Observation as Observation401
+
+        Observation401(obs, strict=True)
     assert message["about"] == [{"reference": f"Observation/{stored['Observation']['id']}"}]
     assert "Hypertensive crisis" in message["payload"][0]["contentString"]
     assert all(r["reference"].startswith("Practitioner/") for r in message["recipient"])
