@@ -73,7 +73,7 @@ def pg_server() -> Iterator[str]:
     yield PG_ADMIN_URL
 
 
-def _make_pg_database(admin_url: str) -> tuple[str, callable]:
+def make_pg_database(admin_url: str) -> tuple[str, callable]:
     from sqlalchemy import create_engine, text
 
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
@@ -97,7 +97,7 @@ def database_url(request, tmp_path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
         return
     admin = request.getfixturevalue("pg_server")
-    url, drop = _make_pg_database(admin)
+    url, drop = make_pg_database(admin)
     yield url
     drop()
 

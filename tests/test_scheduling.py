@@ -486,10 +486,10 @@ def test_no_sequence_double_books_or_orphans(service, steps):
 @pytest.fixture
 def pg_env(pg_server, tmp_path):
     from fhir_gateway.synthetic import generate
-    from tests.conftest import SEED_TODAY, _make_pg_database, start_live_gateway
+    from tests.conftest import SEED_TODAY, make_pg_database, start_live_gateway
     from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
 
-    url, drop = _make_pg_database(pg_server)
+    url, drop = make_pg_database(pg_server)
     live, stop = start_live_gateway(tmp_path, url, auth=True)
     live.adapter.load(generate(2, 7, SEED_TODAY))
     smart = live.app.extensions["smart"]

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from tests.conftest import LiveGateway, _make_pg_database, start_live_gateway
+from tests.conftest import LiveGateway, make_pg_database, start_live_gateway
 
 FORM = "application/x-www-form-urlencoded"
 LOINC = "http://loinc.org"
@@ -265,7 +265,7 @@ def loaded(request, tmp_path_factory) -> Iterator[LiveGateway]:
     if request.param == "sqlite":
         url = f"sqlite:///{data / 'ehr.sqlite3'}"
     else:
-        url, drop = _make_pg_database(request.getfixturevalue("pg_server"))
+        url, drop = make_pg_database(request.getfixturevalue("pg_server"))
     live, stop = start_live_gateway(data / "data", url)
     try:
         transaction(live, DATASET)

@@ -423,9 +423,7 @@ class EmbeddedAdapter(Adapter):
             .where(resource.c.type == rtype, resource.c.id == rid_text)
             .with_for_update()
         ).first()
-        if row is None and method == "POST":
-            pass
-        elif row is not None and method == "POST":
+        if row is not None and method == "POST":
             raise Conflict(f"{rtype}/{rid_text} already exists")
         if if_match is not None:
             current = str(row.version_id) if row is not None and not row.deleted else None
