@@ -100,7 +100,7 @@ def authorize() -> Response:
         return _redirect_error(redirect_uri, "invalid_request",
                                f"aud must be this FHIR server: {smart.audience}", state)
     try:
-        scopes = parse_scopes(params.get("scope", ""))
+        parse_scopes(params.get("scope", ""))  # malformed scopes go back to the app now
     except ScopeError as exc:
         return _redirect_error(redirect_uri, "invalid_scope", str(exc), state)
     launch = None
@@ -119,7 +119,6 @@ def authorize() -> Response:
         "login.html", title="Sign in", app_name=client.name, action="login",
         pending=_pending(pending, browser), username="", error=None))
     _set_cookie(resp, browser)
-    del scopes
     return resp
 
 
