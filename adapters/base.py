@@ -8,6 +8,7 @@ declared, so an app sees the truth about the EHR behind it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ class SearchPage:
     total: int | None = None
     next_cursor: str | None = None
     prev_cursor: str | None = None
+    warnings: list[str] = field(default_factory=list)  # shown as an OperationOutcome entry
 
 
 @dataclass
@@ -104,6 +106,32 @@ class BundleEntryRequest:
     if_match: str | None = None
     query: SearchQuery | None = None  # for GET search entries
     url_query: str = ""  # the entry's query string, for the self link
+
+
+@dataclass
+class Notice:
+    """Something the caller should know about an answer, e.g. that it came from a stale copy
+    (`kind` "stale", `age` in seconds)."""
+
+    kind: str
+    text: str
+    age: float | None = None
+
+
+_NOTICES: ContextVar[list[Notice] | None] = ContextVar("adapter_notices", default=None)
+
+
+def collect_notices() -> list[Notice]:
+    """Start collecting notices for the current request; returns the list they land in."""
+    notices: list[Notice] = []
+    _NOTICES.set(notices)
+    return notices
+
+
+def add_notice(kind: str, text: str, age: float | None = None) -> None:
+    notices = _NOTICES.get()
+    if notices is not None:
+        notices.append(Notice(kind, text, age))
 
 
 class Adapter(ABC):

@@ -71,7 +71,14 @@ class NotSupported(FhirError):
 
 
 class UpstreamUnavailable(FhirError):
+    """The EHR cannot take the request now (down, overloaded, rate limiting); `retry_after`
+    says how long to wait when the EHR said so (seconds)."""
+
     code = "transient"
+
+    def __init__(self, diagnostics: str, *, retry_after: float | None = None, **kw) -> None:
+        super().__init__(diagnostics, **kw)
+        self.retry_after = retry_after
 
 
 class UpstreamError(FhirError):

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, has_app_context, request
 from werkzeug.exceptions import HTTPException
 
-from adapters.base import Adapter
+from adapters.base import Adapter, collect_notices
 from adapters.errors import FhirError
 from fhir_gateway.audit import AuditLog, AuditRecord
 from fhir_gateway.config import Config
+from fhir_gateway.ehr import build_adapter
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
 from fhir_gateway.http.cors import install_cors
 from fhir_gateway.http.negotiation import FHIR_JSON, render
@@ -49,15 +50,6 @@ class Gateway:
             log.exception("audit append failed request_id=%s", request_id)
 
 
-def build_adapter(config: Config) -> Adapter:
-    if config.adapter.kind == "embedded":
-        from adapters.embedded import EmbeddedAdapter
-
-        config.data_path.mkdir(parents=True, exist_ok=True)
-        return EmbeddedAdapter(config.ehr_database_url)
-    raise ValueError(f"Unknown adapter {config.adapter.kind!r}")
-
-
 def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app = Flask("fhir_gateway")
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes + 1  # see rest._body
@@ -70,6 +62,8 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app.extensions["fhir_gateway"] = gateway
     if config.auth.enabled:
         _init_smart(app, gateway)
+    if config.adapter.kind == "fhir_rest":
+        _init_outbox(app, gateway)
 
     from fhir_gateway.http.rest import bp as fhir_bp
 
@@ -84,6 +78,22 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
                       "application/json", False)
 
     return app
+
+
+def _init_outbox(app: Flask, gateway: Gateway) -> None:
+    """Writes a remote EHR cannot take now are kept and replayed (see fhir_gateway.outbox)."""
+    from fhir_gateway.http.outbox_api import bp as outbox_bp
+    from fhir_gateway.outbox import Outbox, Replayer, Worker
+
+    cfg = gateway.config
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(make_state_engine(cfg.state_database_url), cfg.outbox.max_attempts)
+    gateway.service.outbox = outbox
+    app.register_blueprint(outbox_bp, url_prefix="/fhir")
+    if cfg.outbox.worker:
+        worker = Worker(Replayer(outbox, gateway.service), cfg.outbox.interval)
+        worker.start()
+        app.extensions["outbox_worker"] = worker
 
 
 def _init_smart(app: Flask, gateway: Gateway) -> None:
@@ -126,6 +136,9 @@ def _register_errors(app: Flask, config: Config) -> None:
         resp = render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
         if isinstance(exc, Unauthorized):
             resp.headers["WWW-Authenticate"] = exc.challenge
+        wait = getattr(exc, "retry_after", None)
+        if wait is not None:
+            resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         return resp
 
     @app.errorhandler(HTTPException)
@@ -153,6 +166,7 @@ def _register_logging(app: Flask) -> None:
     def start() -> None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
+        g.adapter_notices = collect_notices()
 
     @app.after_request
     def finish(resp: Response) -> Response:

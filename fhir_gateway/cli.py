@@ -31,7 +31,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _store(cfg: Config):
-    from fhir_gateway.app import build_adapter
+    from fhir_gateway.ehr import build_adapter
 
     if cfg.adapter.kind != "embedded":
         print(f"seed and import need the embedded adapter, not {cfg.adapter.kind!r}",

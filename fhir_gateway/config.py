@@ -8,13 +8,17 @@ setting has an environment name `FHIR_GATEWAY_<SECTION>_<KEY>` (e.g.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FHIR_GATEWAY_"
-ADAPTERS = ("embedded",)
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ADAPTERS = ("embedded", "fhir_rest")
+SECTIONS = ("server", "adapter", "embedded", "fhir_rest", "outbox", "database", "limits", "auth",
+            "portal")
 
 
 @dataclass
@@ -35,6 +39,46 @@ class AdapterConfig:
 @dataclass
 class EmbeddedConfig:
     database_url: str = ""  # default: sqlite file ehr.sqlite3 under the data dir
+
+
+@dataclass
+class FhirRestConfig:
+    """The EHR behind `adapter.kind = "fhir_rest"` (see adapters.fhir_rest.settings)."""
+
+    base_url: str = ""
+    name: str = "ehr"
+    vendor: str = "generic"  # generic, epic, oracle, hapi, medplum, fhir-gateway
+    auth: str = "none"  # none, bearer, backend-services
+    bearer_token: str = ""  # from the environment only (FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN)
+    bearer_token_file: str = ""
+    client_id: str = ""
+    token_url: str = ""
+    private_key_file: str = ""  # PEM, RS384 or ES384
+    key_id: str = ""
+    scope: str = "system/*.rs"
+    granted_scopes: str = ""
+    allow: str = ""  # comma-separated Type.interaction overrides
+    deny: str = ""
+    connect_timeout: float = 3.0
+    read_timeout: float = 20.0
+    retries: int = 2
+    backoff: float = 0.2
+    max_wait: float = 10.0
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    cache_ttl: str = ""  # per type, "Patient=300,Observation=60"
+    default_cache_ttl: int = 30
+    stale_for: int = 86400
+    capability_ttl: int = 3600
+
+
+@dataclass
+class OutboxConfig:
+    """Writes the EHR could not take right away, replayed by the worker."""
+
+    worker: bool = True  # replay in a background thread of each gateway process
+    interval: float = 2.0  # seconds between replay rounds
+    max_attempts: int = 50  # transient failures before an entry is given up (failed)
 
 
 @dataclass
@@ -76,10 +120,16 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    fhir_rest: FhirRestConfig = field(default_factory=FhirRestConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     portal: PortalConfig = field(default_factory=PortalConfig)
+    redis_url: str = ""  # shared cache for the REST adapter; in process when empty
+    # Several clinics in one gateway: name -> config file of that clinic, served at
+    # /t/{name}/fhir with its own adapter, state and discovery document.
+    tenants: dict[str, str] = field(default_factory=dict)
     source: str = "defaults"
 
     @property
@@ -112,6 +162,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "FHIR_GATEWAY_EHR_DATABASE_URL": ("embedded", "database_url"),
     "DATABASE_URL": ("database", "url"),
     "FHIR_GATEWAY_DATA": ("", "data_dir"),
+    "REDIS_URL": ("", "redis_url"),
 }
 
 
@@ -136,6 +187,14 @@ def _coerce(section: str, key: str, value: Any, target: Any, problems: list[str]
             return False
         problems.append(f"'{where}' must be true or false, not {value!r}.")
         return target
+    if want is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            problems.append(f"'{where}' must be a number, not {value!r}.")
+            return target
     if want is int:
         try:
             if isinstance(value, bool):
@@ -180,6 +239,15 @@ def load_config(path: str | os.PathLike | None = None,
             raise ConfigError([f"The config file {path} is not valid TOML: {exc}."]) from None
         cfg.source = str(path)
         for key, value in data.items():
+            if key == "tenants" and isinstance(value, dict):
+                base = Path(path).parent
+                for name, file in value.items():
+                    if not isinstance(file, str) or not _TENANT_RE.match(name):
+                        problems.append(f"In {path}: tenants.{name} must be a config file path "
+                                        "and the name letters, digits and dashes.")
+                        continue
+                    cfg.tenants[name] = str((base / file).resolve())
+                continue
             if isinstance(value, dict):
                 for sub, subval in value.items():
                     _apply(cfg, key, sub, subval, problems, f"In {path}")
@@ -192,10 +260,11 @@ def load_config(path: str | os.PathLike | None = None,
         if not name.startswith(ENV_PREFIX) or name in ENV_ALIASES or name == "FHIR_GATEWAY_CONFIG":
             continue
         rest = name[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section in ("server", "adapter", "embedded", "database", "limits", "auth",
-                       "portal") and key:
-            _apply(cfg, section, key, value, problems, f"Environment {name}")
+        section = next((s for s in sorted(SECTIONS, key=len, reverse=True)
+                        if rest.startswith(s + "_")), None)
+        if section:
+            _apply(cfg, section, rest[len(section) + 1:], value, problems,
+                   f"Environment {name}")
     problems.extend(check(cfg))
     if problems:
         raise ConfigError(problems)
@@ -223,6 +292,26 @@ def check(cfg: Config) -> list[str]:
                        ("database.url", cfg.database.url)):
         if url and not url.startswith(("sqlite", "postgresql")):
             out.append(f"{label} must be a sqlite:/// or postgresql+psycopg:// URL, not {url!r}.")
+    rest = cfg.fhir_rest
+    if cfg.adapter.kind == "fhir_rest":
+        if not rest.base_url.startswith(("http://", "https://")):
+            out.append("fhir_rest.base_url must be the EHR's FHIR base (http:// or https://).")
+        from adapters.fhir_rest.settings import AUTH_KINDS
+        from adapters.fhir_rest.vendors import PROFILES
+
+        if rest.vendor not in PROFILES:
+            out.append(f"fhir_rest.vendor {rest.vendor!r} is unknown; choose one of "
+                       f"{', '.join(sorted(PROFILES))}.")
+        if rest.auth not in AUTH_KINDS:
+            out.append(f"fhir_rest.auth must be one of {', '.join(AUTH_KINDS)}.")
+        if rest.auth == "bearer" and not (rest.bearer_token or rest.bearer_token_file):
+            out.append("fhir_rest.auth = bearer needs FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN or "
+                       "fhir_rest.bearer_token_file.")
+        if rest.auth == "backend-services" and not (rest.client_id and rest.private_key_file):
+            out.append("fhir_rest.auth = backend-services needs fhir_rest.client_id and "
+                       "fhir_rest.private_key_file.")
+    if cfg.redis_url and not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        out.append("redis_url must be a redis:// URL.")
     if cfg.server.base_url and not cfg.server.base_url.startswith(("http://", "https://")):
         out.append("server.base_url must start with http:// or https://.")
     return out

@@ -12,15 +12,16 @@ from email.utils import format_datetime
 from urllib.parse import parse_qsl
 
 from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
-from adapters.errors import Forbidden, Gone, Invalid, NotFound
+from adapters.errors import Forbidden, Gone, Invalid, NotFound, UpstreamUnavailable
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
-from fhir_gateway.access.policy import PERMISSION
+from fhir_gateway.access.policy import PERMISSION, patient_refs
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
 from fhir_gateway.operations.registry import OperationContext, Registry, parameters_from
+from fhir_gateway.outbox import WRITE_ID_SYSTEM, Outbox, assign_write_id
 from fhir_gateway.paging import CursorSigner, search_digest
 from fhir_gateway.payments import OfflinePaymentProvider, PaymentProvider
 from fhir_gateway.request import FhirRequest, FhirResponse
@@ -35,14 +36,20 @@ class FhirService:
         self.policy = AccessPolicy(self._search_params)
         self.security: dict | None = None  # CapabilityStatement.rest.security, set with SMART
         self.payment_provider: PaymentProvider = OfflinePaymentProvider()
+        self.outbox: Outbox | None = None  # set when the EHR is remote (fhir_rest)
         self.operations = Registry()
         for spec in builtin_operations():
             self.operations.add(spec)
         self.config = config
         self.limits = config.limits
         self.signer = signer
-        self.caps: Capabilities = adapter.capabilities()
         self.started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def caps(self) -> Capabilities:
+        """What the EHR can do now (the adapter keeps it; a REST EHR's matrix is refreshed
+        when its CapabilityStatement's cache runs out)."""
+        return self.adapter.capabilities()
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -184,7 +191,8 @@ class FhirService:
             if page.next_cursor else None
         prev = link(base, rtype, parsed.used, self.signer.sign(page.prev_cursor, digest)) \
             if page.prev_cursor else None
-        bundle = bundles.searchset(base, page, self_url, nxt, prev, parsed.warnings)
+        bundle = bundles.searchset(base, page, self_url, nxt, prev,
+                                   parsed.warnings + page.warnings)
         return FhirResponse(200, bundle, shape=True)
 
     def _create(self, req: FhirRequest, base: str) -> FhirResponse:
@@ -200,8 +208,49 @@ class FhirService:
                 raise MethodNotAllowed(f"Conditional create is not supported on {rtype}")
             condition = self.condition(rtype, req.if_none_exist, "If-None-Exist",
                                        decision.narrowing if decision else ())
-        result = self.adapter.create(body, condition)
+        write_id = None
+        if self.outbox is not None and tc.conditional_create and "identifier" in tc.search_params:
+            write_id = assign_write_id(body)
+            if condition is None:
+                condition = self.write_condition(rtype, write_id)
+        try:
+            result = self.adapter.create(body, condition)
+        except UpstreamUnavailable as exc:
+            return self.queue(exc, req, base, decision, body=body, write_id=write_id)
         return self.write_response(result, req, base, 201 if result.created else 200)
+
+    def write_condition(self, rtype: str, write_id: str) -> SearchQuery:
+        return self.search_query(rtype, [("identifier", f"{WRITE_ID_SYSTEM}|{write_id}")],
+                                 strict=True).query
+
+    def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str,
+              decision: AccessDecision | None, body: dict | None = None,
+              write_id: str | None = None) -> FhirResponse:
+        """The EHR cannot take the write now: keep it in the outbox and answer 202 with where
+        to follow it. Without an outbox the 503 stands."""
+        if self.outbox is None:
+            raise exc
+        lane = decision.patient if decision is not None and decision.patient else None
+        if lane is None and body is not None:
+            refs = patient_refs(body) if body.get("resourceType") != "Patient" else \
+                {body.get("id")} - {None}
+            lane = next(iter(refs)) if len(refs) == 1 else ""
+        if lane is None and req.resource_type == "Patient":
+            lane = req.id
+        principal = req.principal
+        entry = self.outbox.enqueue(
+            method={"create": "POST", "update": "PUT", "delete": "DELETE"}[req.interaction],
+            resource_type=req.resource_type or "", resource_id=req.id, body=body,
+            if_match=req.if_match, write_id=write_id, lane=lane or "",
+            client_id=getattr(principal, "client_id", "") or "", error=exc.diagnostics,
+            retry_after=exc.retry_after)
+        status_url = f"{base}/_outbox/{entry.id}"
+        outcome = operation_outcome([issue(
+            "information", "informational",
+            f"{exc.diagnostics}. The write is kept by the gateway and will be sent when the "
+            f"EHR is back; follow {status_url} to see when it is stored.")])
+        return FhirResponse(202, outcome, {"Content-Location": status_url,
+                                           "Location": status_url})
 
     @staticmethod
     def check_write(decision: AccessDecision | None, body: dict) -> None:
@@ -236,7 +285,10 @@ class FhirService:
         if decision is not None:
             self.visible_for_write(decision, rtype, rid)
             self.check_write(decision, body)
-        result = self.adapter.update(body, req.if_match)
+        try:
+            result = self.adapter.update(body, req.if_match)
+        except UpstreamUnavailable as exc:
+            return self.queue(exc, req, base, decision, body=body)
         return self.write_response(result, req, base, 201 if result.created else 200)
 
     def _delete(self, req: FhirRequest, base: str) -> FhirResponse:
@@ -244,7 +296,10 @@ class FhirService:
         decision = self.decide(req)
         if decision is not None:
             self.visible_for_write(decision, req.resource_type, self.check_id(req.id))
-        result = self.adapter.delete(req.resource_type, self.check_id(req.id))
+        try:
+            result = self.adapter.delete(req.resource_type, self.check_id(req.id))
+        except UpstreamUnavailable as exc:
+            return self.queue(exc, req, base, decision)
         headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
         return FhirResponse(204, None, headers)
 

@@ -171,27 +171,38 @@ def start_live_gateway(data_dir: Path, database_url: str, env: dict[str, str] | 
     `auth=False` turns SMART off: the FHIR-surface suites test the REST behaviour itself; the
     SMART suites start it with `auth=True`.
     """
+    adapter = EmbeddedAdapter(database_url)
+    return serve_app(data_dir, {"FHIR_GATEWAY_EHR_DATABASE_URL": database_url, **(env or {})},
+                     auth=auth, store=adapter, adapter=adapter)
+
+
+def serve_app(data_dir: Path, env: dict[str, str], *, auth: bool, store=None,
+              adapter=None) -> tuple[LiveGateway, callable]:
+    """The app built from `env` (as the CLI would), served in a thread on a free port."""
     from werkzeug.serving import make_server
 
     port = free_port()
     cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
-                           "FHIR_GATEWAY_EHR_DATABASE_URL": database_url,
-                           "FHIR_GATEWAY_AUTH_ENABLED": "true" if auth else "false",
-                           **(env or {})})
-    adapter = EmbeddedAdapter(database_url)
+                           "FHIR_GATEWAY_AUTH_ENABLED": "true" if auth else "false", **env})
     app = create_app(cfg, adapter)
+    gateway = app.extensions["fhir_gateway"]
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
     client = httpx.Client(timeout=30, headers={"Accept": FHIR_JSON})
-    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg, app)
+    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, store, cfg, app)
 
     def stop() -> None:
         client.close()
         server.shutdown()
         thread.join(5)
-        adapter.close()
+        worker = app.extensions.get("outbox_worker")
+        if worker is not None:
+            worker.stop()
+        gateway.adapter.close()
+        if store is not None and store is not gateway.adapter:
+            store.close()
 
     return live, stop
 

@@ -254,5 +254,10 @@ SORT_DATE: dict[str, str] = {
 }
 
 
+# Every type can be found by `identifier` (types without the element simply index nothing):
+# the REST adapter's outbox relies on it for conditional creates on the identifier it assigns.
+IDENTIFIER = _p("identifier", "token", "identifier", doc="A business identifier")
+
+
 def params_for(resource_type: str) -> dict[str, IndexedParam]:
-    return {p.name: p for p in PARAMS.get(resource_type, ())}
+    return {"identifier": IDENTIFIER, **{p.name: p for p in PARAMS.get(resource_type, ())}}

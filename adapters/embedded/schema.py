@@ -114,4 +114,4 @@ store_meta = Table(
 
 # Bump when indexer.index() starts writing rows it did not write before; stores built by an
 # older version are re-indexed once when opened.
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: identifier on every type

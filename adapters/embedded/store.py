@@ -124,6 +124,7 @@ class EmbeddedAdapter(Adapter):
         self.engine = make_engine(database_url)
         self._stamp_lock = threading.Lock()
         self._last_stamp = ""
+        self._caps: Capabilities | None = None
         if create:
             metadata.create_all(self.engine)
             self._upgrade_index()
@@ -175,6 +176,11 @@ class EmbeddedAdapter(Adapter):
     # -- capabilities ---------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            self._caps = self._capabilities()
+        return self._caps
+
+    def _capabilities(self) -> Capabilities:
         types = {}
         for rtype in sorted(RESOURCE_TYPES - NOT_STORABLE):
             params = dict(COMMON_PARAMS)

@@ -7,7 +7,13 @@ from flask import Blueprint, Request, Response, current_app, g, request
 from fhir_gateway.access import Principal
 from fhir_gateway.access.policy import patient_refs
 from fhir_gateway.bundle_processing import process as process_bundle
-from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge, Unauthorized
+from fhir_gateway.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unauthorized,
+    issue,
+    operation_outcome,
+)
 from fhir_gateway.http.negotiation import FHIR_JSON, check_body_type, render, response_mimetype
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
@@ -104,7 +110,26 @@ def finish(resp: FhirResponse, freq: FhirRequest, mimetype: str) -> Response:
         if summary in ("true", "text", "data") or fields:
             resource = _shape_all(resource, summary, fields)
     pretty = freq.param("_pretty") == "true"
-    return render(resource, resp.status, mimetype, pretty, resp.headers)
+    headers = resp.headers
+    stale = [n for n in g.get("adapter_notices") or () if n.kind == "stale"]
+    if stale and resp.status < 300:
+        resource, headers = _mark_stale(resource, dict(headers), stale)
+    return render(resource, resp.status, mimetype, pretty, headers)
+
+
+def _mark_stale(resource: dict | None, headers: dict[str, str],
+                stale: list) -> tuple[dict | None, dict[str, str]]:
+    """An answer served from the gateway's copy while the EHR is down: `Age` says how old
+    (seconds), `Warning: 110` that it is stale, and a Bundle carries an OperationOutcome."""
+    age = int(max(n.age or 0 for n in stale))
+    headers["Age"] = str(age)
+    headers["Warning"] = '110 fhir-gateway "Response is Stale"'
+    if resource is not None and resource.get("resourceType") == "Bundle":
+        outcome = operation_outcome([issue("warning", "informational", n.text)
+                                     for n in stale[:1]])
+        entry = {"resource": outcome, "search": {"mode": "outcome"}}
+        resource = dict(resource, entry=[*resource.get("entry", []), entry])
+    return resource, headers
 
 
 def _whose(resource: dict | None) -> str | None:

@@ -1,0 +1,477 @@
+"""`FhirRestAdapter`: the gateway as a façade over any EHR's FHIR R4 REST API.
+
+Reads and searches are forwarded JSON in, JSON out (no model validation on the read path),
+through the read-through cache; the EHR's paging links become sealed cursors and its absolute
+references become relative ones, so apps never learn upstream addresses. Writes go straight
+through; when the EHR cannot take them the error says so (`UpstreamUnavailable`) and the
+gateway's outbox keeps them. A transaction runs as one FHIR transaction where the EHR offers it,
+else entry by entry with compensating undo (documented in the README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import orjson
+
+from adapters.base import (
+    Adapter,
+    BundleEntryRequest,
+    Capabilities,
+    HistoryEntry,
+    HistoryPage,
+    SearchPage,
+    WriteResult,
+    add_notice,
+)
+from adapters.errors import (
+    FhirError,
+    Gone,
+    NotFound,
+    NotSupported,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from adapters.fhir_rest.cache import ResponseCache, make_cache
+from adapters.fhir_rest.client import UpstreamClient, UpstreamResponse, raise_for_status
+from adapters.fhir_rest.matrix import Matrix, build_matrix
+from adapters.fhir_rest.paging import LinkSealer
+from adapters.fhir_rest.query import query_params, query_string
+from adapters.fhir_rest.settings import RestSettings
+from adapters.fhir_rest.vendors import profile
+from adapters.search import SearchQuery, valid_id
+from mappings.r4 import RESOURCE_TYPES
+from mappings.references import reference_target, rewrite_references
+
+PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
+                 "not follow it, so the results stop here")
+
+
+class FhirRestAdapter(Adapter):
+    def __init__(self, settings: RestSettings, transport: httpx.BaseTransport | None = None,
+                 cache: ResponseCache | None = None, sleep=time.sleep) -> None:
+        self.s = settings
+        self.vendor = profile(settings.vendor)
+        self.client = UpstreamClient(settings, transport, sleep)
+        self.cache = cache or make_cache(settings.redis_url, settings.base_url,
+                                         settings.stale_for)
+        self.sealer = LinkSealer(settings.cursor_key or os.urandom(32), settings.base_url)
+        self._base_bytes = self.client.base.encode()
+        self._matrix: Matrix | None = None
+        self._matrix_at = 0.0
+        self._matrix_lock = threading.Lock()
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def statement(self) -> dict | None:
+        """The EHR's CapabilityStatement (cached), or None when it serves none."""
+        entry = self.cache.get("metadata")
+        if entry is not None and entry.age() < self.s.capability_ttl:
+            return orjson.loads(entry.raw)
+        try:
+            resp = self.client.send("GET", "metadata")
+        except (UpstreamUnavailable, UpstreamError):
+            if entry is not None:
+                return orjson.loads(entry.raw)
+            raise
+        body = resp.body
+        if resp.status != 200 or not body or body.get("resourceType") != "CapabilityStatement":
+            return None
+        version = str(body.get("fhirVersion") or "")
+        if version and not version.startswith("4.0"):
+            raise UpstreamError(f"The EHR ({self.s.name}) declares FHIR {version}; this gateway "
+                                "speaks R4 (4.0)")
+        self.cache.put("metadata", orjson.dumps(body), None)
+        return body
+
+    def matrix(self, refresh: bool = False) -> Matrix:
+        with self._matrix_lock:
+            fresh = time.monotonic() - self._matrix_at < self.s.capability_ttl
+            if self._matrix is not None and fresh and not refresh:
+                return self._matrix
+            try:
+                statement = self.statement()
+                known = True
+            except (UpstreamUnavailable, UpstreamError):
+                statement, known = None, False
+            matrix = build_matrix(self.s.name, self.vendor, statement, self.s.granted_scopes,
+                                  self.s.allow, self.s.deny)
+            if known or self._matrix is None:
+                self._matrix = matrix
+                # An EHR that could not be asked is asked again on the next request.
+                self._matrix_at = time.monotonic() if known else 0.0
+            return self._matrix
+
+    def capabilities(self) -> Capabilities:
+        return self.matrix().capabilities()
+
+    def health(self) -> dict:
+        try:
+            resp = self.client.send("GET", "metadata", params=[("_summary", "true")])
+            status = "ok" if resp.status < 500 else "down"
+        except FhirError as exc:
+            return {"status": "down", "ehr": self.s.name, "error": type(exc).__name__,
+                    "circuit": self.client.breaker.state}
+        return {"status": status, "ehr": self.s.name, "circuit": self.client.breaker.state}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- reading what the EHR sent -----------------------------------------------------------
+
+    def _local(self, ref: str) -> str | None:
+        """An absolute reference into the EHR, made relative; others stay as they are."""
+        if ref.startswith(self.client.base):
+            target = reference_target(ref)
+            if target:
+                tail = ref[len(self.client.base):]
+                return tail if "/_history/" in tail else f"{target[0]}/{target[1]}"
+        return None
+
+    def _resource(self, body: dict | None, raw: bytes | None = None,
+                  rtype: str | None = None) -> dict:
+        """Check that the EHR sent an R4 resource (of the expected type) and localise it."""
+        if not isinstance(body, dict):
+            raise UpstreamError(f"The EHR ({self.s.name}) sent no resource")
+        kind = body.get("resourceType")
+        if kind not in RESOURCE_TYPES:
+            raise UpstreamError(f"The EHR ({self.s.name}) sent a {kind!r}, which is not an R4 "
+                                "resource type")
+        if rtype is not None and kind != rtype:
+            raise UpstreamError(f"The EHR ({self.s.name}) sent a {kind} where a {rtype} was "
+                                "expected")
+        rid = body.get("id")
+        if not isinstance(rid, str) or not valid_id(rid):
+            raise UpstreamError(f"The EHR ({self.s.name}) sent a {kind} without a valid id")
+        if raw is None or self._base_bytes in raw:
+            body = rewrite_references(body, self._local)
+        return body
+
+    def _cached_read(self, key: str, raw: bytes, rtype: str) -> dict:
+        return self._resource(orjson.loads(raw), raw, rtype)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, resource_type: str, id: str) -> dict:
+        key = f"r:{resource_type}/{id}"
+        ttl = self.s.ttl(resource_type)
+        entry = self.cache.get(key) if ttl > 0 else None
+        if entry is not None and entry.age() < ttl:
+            return self._cached_read(key, entry.raw, resource_type)
+        headers = {"If-None-Match": entry.etag} if entry is not None and entry.etag else None
+        try:
+            resp = self.client.send("GET", f"{resource_type}/{id}", headers=headers)
+        except UpstreamUnavailable as exc:
+            if entry is not None and entry.age() < self.s.stale_for:
+                add_notice("stale", f"The EHR is unavailable ({exc.diagnostics}); this is a "
+                           "copy kept by the gateway and may be out of date", entry.age())
+                return self._cached_read(key, entry.raw, resource_type)
+            raise
+        if resp.status == 304 and entry is not None:
+            self.cache.put(key, entry.raw, entry.etag)
+            return self._cached_read(key, entry.raw, resource_type)
+        if resp.status in (404, 410):
+            self.cache.drop(key)
+        raise_for_status(resp, f"the read of {resource_type}/{id}")
+        resource = self._resource(resp.body, resp.raw, resource_type)
+        if resource["id"] != id:
+            raise UpstreamError(f"The EHR sent {resource_type}/{resource['id']} for a read "
+                                f"of {resource_type}/{id}")
+        if ttl > 0:
+            self.cache.put(key, resp.raw, resp.headers.get("ETag"))
+        return resource
+
+    def vread(self, resource_type: str, id: str, version_id: str) -> dict:
+        resp = self.client.send("GET", f"{resource_type}/{id}/_history/{version_id}")
+        raise_for_status(resp, f"the read of {resource_type}/{id} version {version_id}")
+        return self._resource(resp.body, resp.raw, resource_type)
+
+    def history(self, resource_type: str, id: str, count: int,
+                cursor: str | None = None) -> HistoryPage:
+        if cursor:
+            resp = self.client.send("GET", self.sealer.open(cursor))
+        else:
+            resp = self.client.send("GET", f"{resource_type}/{id}/_history",
+                                    params=[("_count", str(count))])
+        raise_for_status(resp, f"the history of {resource_type}/{id}")
+        bundle = self._bundle(resp, "history")
+        entries = []
+        for item in bundle.get("entry") or []:
+            request = item.get("request") or {}
+            response = item.get("response") or {}
+            resource = item.get("resource")
+            if resource is not None:
+                resource = self._resource(resource, None, resource_type)
+                meta = resource.get("meta") or {}
+                version, updated = meta.get("versionId"), meta.get("lastUpdated")
+            else:
+                version = (response.get("etag") or "").removeprefix("W/").strip('"')
+                updated = response.get("lastModified")
+            entries.append(HistoryEntry(resource_type, id, str(version or ""),
+                                        str(updated or ""), resource,
+                                        str(request.get("method") or "PUT")))
+        nxt, _ = self._next(bundle)
+        return HistoryPage(entries, int(bundle.get("total") or len(entries)), nxt)
+
+    def _bundle(self, resp: UpstreamResponse, kind: str) -> dict:
+        body = resp.body
+        if not body or body.get("resourceType") != "Bundle":
+            raise UpstreamError(f"The EHR ({self.s.name}) answered a {kind} without a Bundle")
+        return body
+
+    def _next(self, bundle: dict) -> tuple[str | None, list[str]]:
+        for link in bundle.get("link") or []:
+            if link.get("relation") == "next":
+                relative = self.sealer.relative(link.get("url"))
+                if relative is None:
+                    return None, [PAGE_LEFT_EHR]
+                return self.sealer.seal(relative), []
+        return None, []
+
+    def search(self, resource_type: str, query: SearchQuery) -> SearchPage:
+        tc = self.capabilities().for_type(resource_type)
+        type_params = tc.search_params if tc else {}
+        if query.cursor:
+            path, params = self.sealer.open(query.cursor), None
+            what = path
+        else:
+            path, params = resource_type, query_params(resource_type, query, type_params)
+            what = repr(params)
+        ttl = self.s.ttl(resource_type)
+        types = {resource_type, *(i.target_type or "*" for i in query.include),
+                 *(i.source_type for i in query.revinclude)}
+        gens = ",".join(f"{t}{self.cache.generation(t)}" for t in sorted(types))
+        key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
+        entry = self.cache.get(key) if ttl > 0 else None
+        if entry is not None and entry.age() < ttl:
+            return self._page(orjson.loads(entry.raw), entry.raw, resource_type)
+        try:
+            resp = self.client.send("GET", path, params=params)
+        except UpstreamUnavailable as exc:
+            if entry is not None and entry.age() < self.s.stale_for:
+                add_notice("stale", f"The EHR is unavailable ({exc.diagnostics}); these results "
+                           "are a copy kept by the gateway and may be out of date", entry.age())
+                return self._page(orjson.loads(entry.raw), entry.raw, resource_type)
+            raise
+        raise_for_status(resp, f"the search of {resource_type}")
+        page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
+        if ttl > 0:
+            self.cache.put(key, resp.raw, None)
+        return page
+
+    def _page(self, bundle: dict, raw: bytes, rtype: str) -> SearchPage:
+        page = SearchPage(resources=[], total=bundle.get("total"))
+        for item in bundle.get("entry") or []:
+            mode = (item.get("search") or {}).get("mode", "match")
+            resource = item.get("resource")
+            if mode == "outcome":
+                continue
+            resource = self._resource(resource, raw)
+            if mode == "include":
+                page.included.append(resource)
+            elif resource["resourceType"] == rtype:
+                page.resources.append(resource)
+            else:
+                page.included.append(resource)
+        if not isinstance(page.total, int):
+            page.total = None
+        page.next_cursor, page.warnings = self._next(bundle)
+        return page
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def _written(self, resp: UpstreamResponse, rtype: str, what: str) -> WriteResult:
+        raise_for_status(resp, what)
+        body = resp.body
+        if not body or body.get("resourceType") != rtype:
+            location = resp.headers.get("Location") or resp.headers.get("Content-Location")
+            target = reference_target(urlsplit(location).path) if location else None
+            if target is None:
+                raise UpstreamError(f"The EHR accepted {what} but said neither what it stored "
+                                    "nor where")
+            body = self._fresh_read(rtype, target[1])
+        resource = self._resource(body, resp.raw, rtype)
+        self._invalidate(rtype, resource["id"])
+        meta = resource.get("meta") or {}
+        return WriteResult(resource, created=resp.status == 201,
+                           version_id=meta.get("versionId"), last_updated=meta.get("lastUpdated"))
+
+    def _fresh_read(self, rtype: str, id: str) -> dict:
+        self.cache.drop(f"r:{rtype}/{id}")
+        resp = self.client.send("GET", f"{rtype}/{id}")
+        raise_for_status(resp, f"the read of {rtype}/{id}")
+        return resp.body or {}
+
+    def _invalidate(self, rtype: str, id: str | None) -> None:
+        if id:
+            self.cache.drop(f"r:{rtype}/{id}")
+        self.cache.bump(rtype)
+
+    def create(self, resource: dict, if_none_exist: SearchQuery | None = None) -> WriteResult:
+        rtype = resource["resourceType"]
+        headers = {"Prefer": "return=representation"}
+        if if_none_exist is not None:
+            tc = self.capabilities().for_type(rtype)
+            headers["If-None-Exist"] = query_string(rtype, if_none_exist,
+                                                    tc.search_params if tc else {})
+        resp = self.client.send("POST", rtype, body=resource, headers=headers,
+                                idempotent=if_none_exist is not None)
+        return self._written(resp, rtype, f"the create of a {rtype}")
+
+    def update(self, resource: dict, if_match: str | None = None) -> WriteResult:
+        rtype, rid = resource["resourceType"], resource["id"]
+        headers = {"Prefer": "return=representation"}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
+        try:
+            resp = self.client.send("PUT", f"{rtype}/{rid}", body=resource, headers=headers)
+        finally:
+            self._invalidate(rtype, rid)
+        return self._written(resp, rtype, f"the update of {rtype}/{rid}")
+
+    def delete(self, resource_type: str, id: str) -> WriteResult:
+        try:
+            resp = self.client.send("DELETE", f"{resource_type}/{id}")
+        finally:
+            self._invalidate(resource_type, id)
+        if resp.status == 404:
+            raise NotFound(f"{resource_type}/{id} is not known", expression=resource_type)
+        raise_for_status(resp, f"the delete of {resource_type}/{id}")
+        etag = (resp.headers.get("ETag") or "").removeprefix("W/").strip('"') or None
+        return WriteResult(None, created=False, version_id=etag)
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def transaction(self, entries: list[BundleEntryRequest]) -> list:
+        if "transaction" in self.capabilities().system_interactions:
+            return self._upstream_transaction(entries)
+        return self._emulated_transaction(entries)
+
+    def _entry(self, item: BundleEntryRequest) -> dict:
+        tc = self.capabilities().for_type(item.resource_type)
+        params = tc.search_params if tc else {}
+        request: dict = {"method": item.method}
+        if item.method == "POST":
+            request["url"] = item.resource_type
+            if item.if_none_exist is not None:
+                request["ifNoneExist"] = query_string(item.resource_type, item.if_none_exist,
+                                                      params)
+        elif item.method == "GET" and not item.id:
+            request["url"] = f"{item.resource_type}?" + urlencode(
+                query_params(item.resource_type, item.query or SearchQuery(), params))
+        else:
+            request["url"] = f"{item.resource_type}/{item.id}"
+        if item.if_match is not None:
+            request["ifMatch"] = f'W/"{item.if_match}"'
+        out: dict = {"request": request}
+        if item.full_url:
+            out["fullUrl"] = item.full_url
+        if item.resource is not None:
+            out["resource"] = item.resource
+        return out
+
+    def _upstream_transaction(self, entries: list[BundleEntryRequest]) -> list:
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [self._entry(e) for e in entries]}
+        try:
+            resp = self.client.send("POST", "", body=bundle,
+                                    headers={"Prefer": "return=representation"})
+        finally:
+            for e in entries:
+                if e.method != "GET":
+                    self._invalidate(e.resource_type, e.id)
+        raise_for_status(resp, "the transaction")
+        answer = self._bundle(resp, "transaction")
+        replies = answer.get("entry") or []
+        if len(replies) != len(entries):
+            raise UpstreamError(f"The EHR answered a transaction of {len(entries)} entries "
+                                f"with {len(replies)}")
+        results: list = []
+        for item, reply in zip(entries, replies, strict=True):
+            status = str((reply.get("response") or {}).get("status") or "")
+            resource = reply.get("resource")
+            if item.method == "GET" and not item.id:
+                results.append(self._page(resource or {}, resp.raw, item.resource_type))
+            elif item.method == "GET":
+                results.append(self._resource(resource, resp.raw, item.resource_type))
+            elif item.method == "DELETE":
+                results.append(WriteResult(None, created=False))
+            else:
+                if resource is None:
+                    location = (reply.get("response") or {}).get("location") or ""
+                    target = reference_target(urlsplit(location).path)
+                    if target is None:
+                        raise UpstreamError("The EHR's transaction answer names no resource")
+                    resource = self._fresh_read(item.resource_type, target[1])
+                resource = self._resource(resource, resp.raw, item.resource_type)
+                meta = resource.get("meta") or {}
+                self._invalidate(item.resource_type, resource["id"])
+                results.append(WriteResult(resource, created=status.startswith("201"),
+                                           version_id=meta.get("versionId"),
+                                           last_updated=meta.get("lastUpdated")))
+        return results
+
+    def _emulated_transaction(self, entries: list[BundleEntryRequest]) -> list:
+        """The EHR has no transaction: run the entries one by one (FHIR's order), and if one
+        fails, undo the ones before it (delete what was created, put back what was updated).
+        Not atomic for other readers in between; the README says so."""
+        order = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+        ids: dict[str, str] = {}
+        done: list[tuple[str, BundleEntryRequest, dict | None, WriteResult]] = []
+        results: list = [None] * len(entries)
+        try:
+            for pos in sorted(range(len(entries)), key=lambda i: order[entries[i].method]):
+                item = entries[pos]
+                body = rewrite_references(item.resource, ids.get) if item.resource else None
+                if item.method == "DELETE":
+                    before = self._maybe_read(item.resource_type, item.id)
+                    results[pos] = self.delete(item.resource_type, item.id or "")
+                    done.append(("DELETE", item, before, results[pos]))
+                elif item.method == "POST":
+                    result = self.create(body, item.if_none_exist)
+                    results[pos] = result
+                    if item.full_url and result.resource:
+                        ids[item.full_url] = f"{item.resource_type}/{result.resource['id']}"
+                    if result.created:
+                        done.append(("POST", item, None, result))
+                elif item.method == "PUT":
+                    before = self._maybe_read(item.resource_type, item.id)
+                    results[pos] = self.update(body, item.if_match)
+                    done.append(("PUT", item, before, results[pos]))
+                elif item.id:
+                    results[pos] = self.read(item.resource_type, item.id)
+                else:
+                    results[pos] = self.search(item.resource_type, item.query or SearchQuery())
+        except FhirError:
+            self._undo(done)
+            raise
+        return results
+
+    def _maybe_read(self, rtype: str, id: str | None) -> dict | None:
+        try:
+            return self._fresh_read(rtype, id or "")
+        except (NotFound, Gone):
+            return None
+
+    def _undo(self, done: list) -> None:
+        failures = []
+        for method, item, before, result in reversed(done):
+            try:
+                if method == "POST":
+                    self.delete(item.resource_type, result.resource["id"])
+                elif before is not None:  # PUT or DELETE: put the earlier content back
+                    restored = {k: v for k, v in before.items() if k != "meta"}
+                    self.update(restored, result.version_id if method == "PUT" else None)
+            except FhirError as exc:
+                failures.append(f"{item.resource_type}: {exc.diagnostics}")
+        if failures:
+            raise UpstreamError("A step failed and undoing the earlier steps failed too; the "
+                                "EHR may hold a partial result: " + "; ".join(failures))
+
+    def operation(self, name, resource_type, id, parameters) -> dict:
+        raise NotSupported(f"${name} is not forwarded to the EHR", expression=name)

@@ -1,0 +1,108 @@
+"""How the gateway authenticates to the EHR: nothing, a static bearer token, or SMART Backend
+Services (client_credentials with a signed JWT assertion, RFC 7523 / SMART 2.2 section 7).
+
+These are `httpx.Auth` flows on the outbound client. The app's own SMART token never leaves the
+gateway: the EHR sees only the gateway's credentials.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Generator
+
+import httpx
+from joserfc import jwt
+from joserfc.jwk import import_key
+
+from adapters.errors import UpstreamError
+from adapters.fhir_rest.settings import RestSettings
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+EARLY = 60  # renew a token this many seconds before it expires
+
+
+class BearerAuth(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class BackendServicesAuth(httpx.Auth):
+    """Fetch and cache an access token with a signed client assertion; renew it shortly before
+    it expires, and once more if the EHR answers 401 (it may have revoked it)."""
+
+    def __init__(self, settings: RestSettings, token_client: httpx.Client) -> None:
+        if not settings.client_id or not settings.private_key_pem:
+            raise ValueError("backend-services auth needs a client_id and a private key")
+        self._s = settings
+        self._key = import_key(settings.private_key_pem)
+        self._alg = "ES384" if self._key.key_type == "EC" else "RS384"
+        self._http = token_client
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires = 0.0
+        self._token_url = settings.token_url
+
+    def token_url(self) -> str:
+        if not self._token_url:
+            url = self._s.base_url.rstrip("/") + "/.well-known/smart-configuration"
+            try:
+                found = self._http.get(url, headers={"Accept": "application/json"}).json()
+                self._token_url = found["token_endpoint"]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                raise UpstreamError(f"The EHR's SMART configuration ({url}) names no token "
+                                    "endpoint; set token_url") from None
+        return self._token_url
+
+    def assertion(self) -> str:
+        now = int(time.time())
+        header = {"alg": self._alg, "typ": "JWT"}
+        if self._s.key_id:
+            header["kid"] = self._s.key_id
+        claims = {"iss": self._s.client_id, "sub": self._s.client_id, "aud": self.token_url(),
+                  "jti": uuid.uuid4().hex, "iat": now, "exp": now + 240}
+        return jwt.encode(header, claims, self._key)
+
+    def token(self, force: bool = False) -> str:
+        with self._lock:
+            if not force and self._token and time.time() < self._expires - EARLY:
+                return self._token
+            resp = self._http.post(self.token_url(), data={
+                "grant_type": "client_credentials", "scope": self._s.scope,
+                "client_assertion_type": ASSERTION_TYPE, "client_assertion": self.assertion()})
+            try:
+                body = resp.json()
+                token = body["access_token"]
+            except (ValueError, KeyError, TypeError):
+                token, body = None, {}
+            if resp.status_code != 200 or not isinstance(token, str):
+                # The EHR's error code only: its description may echo the assertion.
+                raise UpstreamError("The EHR refused the gateway's backend-services credentials "
+                                    f"({resp.status_code} {body.get('error', '')})".rstrip())
+            self._token = token
+            self._expires = time.time() + float(body.get("expires_in") or 300)
+            return token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
+            yield request
+
+
+def make_auth(settings: RestSettings, token_client: httpx.Client) -> httpx.Auth | None:
+    if settings.auth == "none":
+        return None
+    if settings.auth == "bearer":
+        if not settings.bearer_token:
+            raise ValueError("bearer auth needs a token")
+        return BearerAuth(settings.bearer_token)
+    if settings.auth == "backend-services":
+        return BackendServicesAuth(settings, token_client)
+    raise ValueError(f"unknown auth {settings.auth!r}")

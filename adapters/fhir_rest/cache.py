@@ -1,0 +1,141 @@
+"""The read-through cache of EHR answers: in process (cachetools) or shared (Redis).
+
+An entry keeps the raw JSON, the EHR's ETag and when it was stored. It is fresh for the type's
+TTL; after that it is revalidated with `If-None-Match`, and while the EHR is down it is served
+stale for up to `stale_for` seconds with a warning. Searches carry per-type generations in their
+keys, so any write through the gateway makes every earlier search of that type unreachable.
+Access checks never depend on the cache: the gateway checks every answer, hit or miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachetools import TTLCache
+
+
+@dataclass
+class Entry:
+    raw: bytes
+    etag: str | None
+    stored_at: float
+
+    def age(self) -> float:
+        return max(0.0, time.time() - self.stored_at)
+
+    def pack(self) -> bytes:
+        return f"{self.etag or ''}\n{self.stored_at!r}\n".encode() + self.raw
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Entry:
+        etag, stored, raw = data.split(b"\n", 2)
+        return cls(raw, etag.decode() or None, float(stored))
+
+
+class Backend(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def incr(self, key: str) -> int: ...
+    def counter(self, key: str) -> int: ...
+
+
+class MemoryBackend:
+    """cachetools in process; a lock because cachetools is not thread-safe."""
+
+    def __init__(self, maxsize: int, ttl: int) -> None:
+        self._data: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._counters: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def incr(self, key: str) -> int:
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + 1
+            return self._counters[key]
+
+    def counter(self, key: str) -> int:
+        with self._lock:
+            return self._counters.get(key, 0)
+
+
+class RedisBackend:
+    """Shared by every gateway process; entries expire on their own (EX)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._r = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def get(self, key: str) -> bytes | None:
+        return self._r.get(key)
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._r.set(key, value, ex=max(1, ttl))
+
+    def delete(self, key: str) -> None:
+        self._r.delete(key)
+
+    def incr(self, key: str) -> int:
+        return int(self._r.incr(key))
+
+    def counter(self, key: str) -> int:
+        value = self._r.get(key)
+        return int(value) if value else 0
+
+
+class ResponseCache:
+    """Keys are namespaced per EHR; a failing shared cache degrades to no cache, never to an
+    error (the EHR is the source of truth)."""
+
+    def __init__(self, backend: Backend, namespace: str, keep_for: int) -> None:
+        self.backend = backend
+        self.ns = "fhirgw:" + hashlib.sha256(namespace.encode()).hexdigest()[:12] + ":"
+        self.keep_for = keep_for
+        self.errors = 0
+
+    def _safe(self, fn, *args, default=None):
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - a cache outage must not fail requests
+            self.errors += 1
+            return default
+
+    def get(self, key: str) -> Entry | None:
+        data = self._safe(self.backend.get, self.ns + key)
+        return Entry.unpack(data) if data else None
+
+    def put(self, key: str, raw: bytes, etag: str | None) -> Entry:
+        entry = Entry(raw, etag, time.time())
+        self._safe(self.backend.set, self.ns + key, entry.pack(), self.keep_for)
+        return entry
+
+    def drop(self, key: str) -> None:
+        self._safe(self.backend.delete, self.ns + key)
+
+    def generation(self, rtype: str) -> int:
+        return self._safe(self.backend.counter, f"{self.ns}gen:{rtype}", default=0)
+
+    def bump(self, rtype: str) -> None:
+        self._safe(self.backend.incr, f"{self.ns}gen:{rtype}")
+
+
+def make_cache(redis_url: str, namespace: str, keep_for: int,
+               maxsize: int = 20_000) -> ResponseCache:
+    backend: Backend = RedisBackend(redis_url) if redis_url else MemoryBackend(maxsize, keep_for)
+    return ResponseCache(backend, namespace, keep_for)

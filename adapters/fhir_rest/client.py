@@ -1,0 +1,195 @@
+"""One pooled HTTP client per EHR: timeouts, retries, circuit breaker, and strict reading of
+what comes back (FHIR JSON of version R4, or a clear error naming what was wrong).
+
+Answers of 500 and above, timeouts and refused connections become `UpstreamUnavailable` (the
+EHR cannot take the request now: a write may be queued); a body that is not FHIR JSON becomes
+`UpstreamError`. Client mistakes the EHR reports (4xx) keep their meaning.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from adapters.errors import (
+    Conflict,
+    FhirError,
+    Gone,
+    Invalid,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+    Unprocessable,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from adapters.fhir_rest.auth import make_auth
+from adapters.fhir_rest.resilience import (
+    RETRY_STATUSES,
+    Backoff,
+    CircuitBreaker,
+    CircuitOpen,
+    retry_after_seconds,
+)
+from adapters.fhir_rest.settings import RestSettings
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+MAX_DIAGNOSTICS = 300
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    headers: httpx.Headers
+    body: dict | None  # the FHIR JSON, None for an empty body
+    raw: bytes
+    url: str  # the EHR's address of the request (never shown to apps)
+
+
+class UpstreamClient:
+    def __init__(self, settings: RestSettings, transport: httpx.BaseTransport | None = None,
+                 sleep=time.sleep) -> None:
+        self.settings = settings
+        self.base = settings.base_url.rstrip("/") + "/"
+        timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
+                                write=settings.write_timeout, pool=settings.pool_timeout)
+        limits = httpx.Limits(max_connections=settings.max_connections,
+                              max_keepalive_connections=settings.max_connections)
+        common = {"timeout": timeout, "limits": limits, "follow_redirects": False,
+                  "transport": transport}
+        self._token_http = httpx.Client(**common)
+        self.http = httpx.Client(base_url=self.base, auth=make_auth(settings, self._token_http),
+                                 headers={"Accept": FHIR_JSON}, **common)
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset)
+        self.backoff = Backoff(settings.backoff)
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self.http.close()
+        self._token_http.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
+             body: dict | None = None, headers: dict[str, str] | None = None,
+             idempotent: bool | None = None) -> UpstreamResponse:
+        """Send one request, retrying idempotent ones on transient failures. Returns answers
+        below 500 (4xx included: see `raise_for_status`); raises UpstreamUnavailable else."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        attempts = 1 + (self.settings.retries if idempotent else 0)
+        content = orjson.dumps(body) if body is not None else None
+        hdrs = dict(headers or {})
+        if content is not None:
+            hdrs["Content-Type"] = FHIR_JSON
+        name = self.settings.name
+        for attempt in range(attempts):
+            last = attempt + 1 == attempts
+            try:
+                self.breaker.before()
+            except CircuitOpen as exc:
+                raise UpstreamUnavailable(
+                    f"The EHR ({name}) is not answering; the gateway will try it again in "
+                    f"{exc.retry_in:.0f} s", retry_after=exc.retry_in) from None
+            try:
+                resp = self.http.request(method, path, params=params, content=content,
+                                         headers=hdrs)
+                raw = resp.read()
+            except httpx.TransportError as exc:
+                self.breaker.failure()
+                kind = "timed out" if isinstance(exc, httpx.TimeoutException) else \
+                    "could not be reached"
+                if not last:
+                    self._sleep(self.backoff.delay(attempt))
+                    continue
+                raise UpstreamUnavailable(f"The EHR ({name}) {kind}") from None
+            if resp.status_code >= 500 or resp.status_code == 429:
+                wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                if resp.status_code != 429:
+                    self.breaker.failure()
+                if resp.status_code in RETRY_STATUSES and not last and (
+                        wait is None or wait <= self.settings.max_wait):
+                    self._sleep(wait if wait is not None else self.backoff.delay(attempt))
+                    continue
+                what = "is rate limiting the gateway" if resp.status_code == 429 else \
+                    f"failed ({resp.status_code})"
+                raise UpstreamUnavailable(f"The EHR ({name}) {what}", retry_after=wait)
+            self.breaker.success()
+            return UpstreamResponse(resp.status_code, resp.headers, self._parse(resp, raw), raw,
+                                    str(resp.url))
+        raise AssertionError("unreachable")
+
+    def _parse(self, resp: httpx.Response, raw: bytes) -> dict | None:
+        if not raw.strip():
+            return None
+        ctype = resp.headers.get("Content-Type", "")
+        mime, _, rest = ctype.partition(";")
+        mime = mime.strip().lower()
+        if mime not in JSON_TYPES:
+            if resp.status_code >= 400:
+                return None  # an HTML error page: the status alone speaks
+            raise UpstreamError(f"The EHR answered {mime or 'without a content type'} "
+                                "instead of FHIR JSON")
+        version = _mime_param(rest, "fhirversion")
+        if version and not version.startswith("4.0"):
+            raise UpstreamError(f"The EHR answered FHIR version {version}; this gateway "
+                                "speaks R4 (4.0)")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("The EHR's answer is not valid JSON (it may have been "
+                                "cut off)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            raise UpstreamError("The EHR's answer is not a FHIR resource")
+        return data
+
+
+def _mime_param(rest: str, name: str) -> str | None:
+    for part in rest.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def upstream_issues(body: dict | None) -> tuple[str, list[dict]]:
+    """The first diagnostic text and the issues of an EHR's OperationOutcome, shortened."""
+    if not body or body.get("resourceType") != "OperationOutcome":
+        return "", []
+    issues = []
+    for item in body.get("issue") or []:
+        if not isinstance(item, dict):
+            continue
+        text = item.get("diagnostics") or (item.get("details") or {}).get("text") or ""
+        out = {"severity": item.get("severity") if item.get("severity") in
+               ("fatal", "error", "warning", "information") else "error",
+               "code": item.get("code") if isinstance(item.get("code"), str) else "processing",
+               "diagnostics": f"EHR: {str(text)[:MAX_DIAGNOSTICS]}"}
+        if isinstance(item.get("expression"), list):
+            out["expression"] = [str(e)[:200] for e in item["expression"][:5]]
+        issues.append(out)
+    first = issues[0]["diagnostics"] if issues else ""
+    return first, issues
+
+
+ERRORS: dict[int, type[FhirError]] = {
+    400: Invalid, 404: NotFound, 405: NotSupported, 409: Conflict, 410: Gone,
+    412: PreconditionFailed, 422: Unprocessable,
+}
+
+
+def raise_for_status(resp: UpstreamResponse, what: str) -> None:
+    """Turn a 4xx from the EHR into the matching typed error, with the EHR's own words."""
+    if resp.status < 400:
+        return
+    first, issues = upstream_issues(resp.body)
+    if resp.status in (401, 403):
+        raise UpstreamError(f"The EHR refused the gateway's credentials for {what} "
+                            f"({resp.status})")
+    cls = ERRORS.get(resp.status, Invalid)
+    text = f"The EHR refused {what} ({resp.status})" + (f": {first}" if first else "")
+    raise cls(text, issues=issues[1:] if first else issues)

@@ -1,0 +1,59 @@
+"""The adapter a configuration asks for: the embedded store, or an EHR's FHIR REST API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from adapters.base import Adapter
+from fhir_gateway.config import Config
+from fhir_gateway.paging import load_or_create_key
+
+
+def _ttls(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        rtype, _, seconds = part.partition("=")
+        if not seconds.strip().isdigit():
+            raise ValueError(f"fhir_rest.cache_ttl: {part!r} must look like Patient=300")
+        out[rtype.strip()] = int(seconds)
+    return out
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (p.strip() for p in text.split(","))))
+
+
+def rest_settings(config: Config):
+    """RestSettings from the [fhir_rest] section; secrets come from files or the environment."""
+    from adapters.fhir_rest import RestSettings
+
+    rc = config.fhir_rest
+    token = rc.bearer_token or os.environ.get("FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN", "")
+    if not token and rc.bearer_token_file:
+        token = Path(rc.bearer_token_file).read_text().strip()
+    key = Path(rc.private_key_file).read_bytes() if rc.private_key_file else b""
+    return RestSettings(
+        base_url=rc.base_url, name=rc.name, vendor=rc.vendor, auth=rc.auth, bearer_token=token,
+        client_id=rc.client_id, token_url=rc.token_url, private_key_pem=key, key_id=rc.key_id,
+        scope=rc.scope, granted_scopes=rc.granted_scopes, allow=_items(rc.allow),
+        deny=_items(rc.deny), connect_timeout=rc.connect_timeout, read_timeout=rc.read_timeout,
+        write_timeout=rc.read_timeout, retries=rc.retries, backoff=rc.backoff, max_wait=rc.max_wait,
+        breaker_failures=rc.breaker_failures, breaker_reset=rc.breaker_reset,
+        cache_ttl=_ttls(rc.cache_ttl), default_cache_ttl=rc.default_cache_ttl,
+        stale_for=rc.stale_for, capability_ttl=rc.capability_ttl,
+        cursor_key=load_or_create_key(config.data_path / "keys" / "upstream-cursor.key"),
+        redis_url=config.redis_url)
+
+
+def build_adapter(config: Config) -> Adapter:
+    if config.adapter.kind == "embedded":
+        from adapters.embedded import EmbeddedAdapter
+
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        return EmbeddedAdapter(config.ehr_database_url)
+    if config.adapter.kind == "fhir_rest":
+        from adapters.fhir_rest import FhirRestAdapter
+
+        return FhirRestAdapter(rest_settings(config))
+    raise ValueError(f"Unknown adapter {config.adapter.kind!r}")

@@ -1,0 +1,57 @@
+"""Where a queued write can be followed: `GET /fhir/_outbox/{id}` answers a Task whose status
+says queued (requested), stored (completed, with the stored resource as output) or failed (with
+the EHR's OperationOutcome contained); `GET /fhir/_outbox` lists the caller's own entries."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from adapters.errors import NotFound
+from fhir_gateway.http.negotiation import render, response_mimetype
+from fhir_gateway.http.rest import base_url, principal
+from fhir_gateway.outbox import Entry
+
+bp = Blueprint("outbox", __name__)
+
+
+def _outbox():
+    outbox = current_app.extensions["fhir_gateway"].service.outbox
+    if outbox is None:
+        raise NotFound("This gateway keeps no outbox (its EHR is the embedded store)")
+    return outbox
+
+
+def _mine(entry: Entry) -> bool:
+    """A patient's token sees its patient's entries; any other token the ones its client made.
+    With SMART off (local experiments) everything is visible."""
+    who = principal()
+    if who is None:
+        return True
+    patient = who.patient or ((who.fhir_user or "").partition("/")[2]
+                              if (who.fhir_user or "").startswith("Patient/") else None)
+    if patient:
+        return entry.lane == patient
+    return bool(who.client_id) and entry.client_id == who.client_id
+
+
+@bp.get("/_outbox/<entry_id>")
+def status(entry_id: str) -> Response:
+    entry = _outbox().get(entry_id)
+    if entry is None or not _mine(entry):
+        raise NotFound(f"No queued write {entry_id!r} is known", expression="id")
+    from flask import request
+
+    return render(entry.as_task(base_url()), 200, response_mimetype(request), False)
+
+
+@bp.get("/_outbox")
+def listing() -> Response:
+    from flask import request
+
+    entries = [e for e in _outbox().list() if _mine(e)]
+    base = base_url()
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+              "link": [{"relation": "self", "url": f"{base}/_outbox"}],
+              "entry": [{"fullUrl": f"{base}/_outbox/{e.id}", "resource": e.as_task(base),
+                         "search": {"mode": "match"}} for e in entries]}
+    return render(bundle, 200, response_mimetype(request), False)

@@ -1,0 +1,367 @@
+"""The outbox: writes the EHR could not take right away, kept durably and replayed in order.
+
+A create, update or delete that meets `UpstreamUnavailable` (EHR down, 5xx, 429) is stored here
+in the gateway's own database and the client gets 202 with a status URL. The worker replays
+entries oldest first, one lane per patient (a later write for a patient waits for the earlier
+ones), as conditional creates on an identifier the gateway assigned, so a replay after a crash
+never stores twice. After success it reads the resource back and records what the EHR stored.
+A permanent refusal (4xx) ends the entry as failed, with the EHR's OperationOutcome.
+
+Several gateway processes may share the database: an entry is claimed with a compare-and-set
+and a lease, so a process that dies mid-replay leaves it to another after the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+from adapters.errors import FhirError, UpstreamError, UpstreamUnavailable
+
+log = logging.getLogger("fhir_gateway.outbox")
+
+WRITE_ID_SYSTEM = "urn:fhir-gateway:write-id"
+LEASE = 120.0  # seconds a claimed entry stays with the process that claimed it
+STATES = ("queued", "sending", "stored", "failed", "dropped")
+TASK_STATUS = {"queued": "requested", "sending": "in-progress", "stored": "completed",
+               "failed": "failed", "dropped": "cancelled"}
+
+metadata = MetaData()
+outbox = Table(
+    "outbox", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("lane", String(80), nullable=False, index=True),  # Patient id, or "" for none
+    Column("client_id", String(200), nullable=False, default=""),
+    Column("method", String(8), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64)),
+    Column("body", Text),
+    Column("if_match", String(64)),
+    Column("write_id", String(64)),  # the identifier value the gateway assigned (creates)
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=False, default=0.0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_error", Text),
+    Column("outcome", Text),  # the EHR's OperationOutcome of a permanent refusal
+    Column("result_ref", String(200)),  # Type/id/_history/version the EHR stored
+    Column("result", Text),  # what the EHR stored, read back after success
+)
+
+
+@dataclass
+class Entry:
+    seq: int
+    id: str
+    lane: str
+    client_id: str
+    method: str
+    resource_type: str
+    resource_id: str | None
+    body: dict | None
+    if_match: str | None
+    write_id: str | None
+    status: str
+    attempts: int
+    next_at: float
+    created_at: float
+    updated_at: float
+    last_error: str | None
+    outcome: dict | None
+    result_ref: str | None
+    result: dict | None
+
+    @classmethod
+    def from_row(cls, row) -> Entry:
+        m = row._mapping
+        load = _load
+        return cls(m["seq"], m["id"], m["lane"], m["client_id"], m["method"],
+                   m["resource_type"], m["resource_id"], load(m["body"]), m["if_match"],
+                   m["write_id"], m["status"], m["attempts"], m["next_at"], m["created_at"],
+                   m["updated_at"], m["last_error"], load(m["outcome"]), m["result_ref"],
+                   load(m["result"]))
+
+    def as_task(self, base: str) -> dict:
+        """The entry as a FHIR Task, which is what the status URL answers."""
+        verb = {"POST": "create", "PUT": "update", "DELETE": "delete"}[self.method]
+        target = self.resource_type + (f"/{self.resource_id}" if self.resource_id else "")
+        task: dict = {
+            "resourceType": "Task", "id": self.id,
+            "status": TASK_STATUS[self.status], "intent": "order",
+            "code": {"text": f"{verb} {target}"},
+            "authoredOn": _instant(self.created_at), "lastModified": _instant(self.updated_at),
+            "businessStatus": {"text": self.describe()},
+        }
+        if self.lane:
+            task["for"] = {"reference": f"Patient/{self.lane}"}
+        outputs = []
+        if self.result_ref:
+            outputs.append({"type": {"text": "stored"},
+                            "valueReference": {"reference": self.result_ref}})
+        if self.outcome:
+            task["contained"] = [dict(self.outcome, id="outcome")]
+            outputs.append({"type": {"text": "outcome"},
+                            "valueReference": {"reference": "#outcome"}})
+        if self.status == "failed" and self.last_error:
+            task["statusReason"] = {"text": self.last_error}
+        if outputs:
+            task["output"] = outputs
+        return task
+
+    def describe(self) -> str:
+        if self.status == "queued":
+            when = max(0, int(self.next_at - time.time()))
+            return (f"Waiting for the EHR (attempt {self.attempts}); next try in about "
+                    f"{when} s")
+        return {"sending": "Being sent to the EHR now",
+                "stored": "Stored in the EHR",
+                "failed": "The EHR refused this write; it will not be retried",
+                "dropped": "Dropped by an administrator; it was not stored"}[self.status]
+
+
+def _load(value: str | None):
+    return orjson.loads(value) if value else None
+
+
+def _instant(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
+
+
+def assign_write_id(resource: dict) -> str:
+    """Tag a resource to be created with an identifier of the gateway's, so that any replay
+    can be a conditional create on it. Returns the identifier value."""
+    value = uuid.uuid4().hex
+    resource["identifier"] = [*(resource.get("identifier") or []),
+                              {"system": WRITE_ID_SYSTEM, "value": value}]
+    return value
+
+
+class Outbox:
+    def __init__(self, engine: Engine, max_attempts: int = 50) -> None:
+        self.engine = engine
+        self.max_attempts = max_attempts
+        metadata.create_all(engine)
+
+    # -- queueing and looking -----------------------------------------------------------
+
+    def enqueue(self, *, method: str, resource_type: str, resource_id: str | None,
+                body: dict | None, if_match: str | None, write_id: str | None, lane: str,
+                client_id: str, error: str, retry_after: float | None = None) -> Entry:
+        now = time.time()
+        entry_id = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            conn.execute(insert(outbox).values(
+                id=entry_id, lane=lane or "", client_id=client_id or "", method=method,
+                resource_type=resource_type, resource_id=resource_id,
+                body=orjson.dumps(body).decode() if body is not None else None,
+                if_match=if_match, write_id=write_id, status="queued", attempts=1,
+                next_at=now + (retry_after if retry_after is not None else 1.0),
+                lease_until=0.0, created_at=now, updated_at=now, last_error=error))
+        log.info("outbox queued id=%s %s %s", entry_id, method, resource_type)
+        return self.get(entry_id)
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.id == entry_id)).first()
+        return Entry.from_row(row) if row else None
+
+    def list(self, status: str | None = None, lane: str | None = None,
+             limit: int = 200) -> list[Entry]:
+        query = select(outbox).order_by(outbox.c.seq).limit(limit)
+        if status:
+            query = query.where(outbox.c.status == status)
+        if lane is not None:
+            query = query.where(outbox.c.lane == lane)
+        with self.engine.connect() as conn:
+            return [Entry.from_row(r) for r in conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        with self.engine.connect() as conn:
+            for (status,) in conn.execute(select(outbox.c.status)):
+                out[status] += 1
+        return out
+
+    def retry(self, entry_id: str) -> bool:
+        """Put a failed (or waiting) entry back at the front of its lane."""
+        return self._set(entry_id, ("failed", "queued"), status="queued", next_at=0.0,
+                         attempts=0)
+
+    def drop(self, entry_id: str) -> bool:
+        return self._set(entry_id, ("queued", "failed"), status="dropped")
+
+    def _set(self, entry_id: str, allowed: tuple[str, ...], **values) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(outbox).where(
+                outbox.c.id == entry_id, outbox.c.status.in_(allowed)).values(
+                updated_at=time.time(), **values)).rowcount
+        return bool(done)
+
+    # -- replaying --------------------------------------------------------------------------
+
+    def due(self, now: float | None = None, limit: int = 50) -> list[Entry]:
+        """The first entry of each lane, when it is due (queued and its time has come, or
+        sending with an expired lease)."""
+        now = time.time() if now is None else now
+        pending = outbox.c.status.in_(("queued", "sending"))
+        first = select(outbox.c.lane, outbox.c.seq).where(pending).order_by(outbox.c.seq)
+        heads: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for lane, seq in conn.execute(first):
+                heads.setdefault(lane, seq)
+            if not heads:
+                return []
+            rows = conn.execute(select(outbox).where(outbox.c.seq.in_(list(heads.values())))
+                                .order_by(outbox.c.seq)).all()
+        out = []
+        for row in rows:
+            e = Entry.from_row(row)
+            lease = row._mapping["lease_until"]
+            if (e.status == "queued" and e.next_at <= now) or \
+                    (e.status == "sending" and lease <= now):
+                out.append(e)
+        return out[:limit]
+
+    def claim(self, entry: Entry) -> bool:
+        now = time.time()
+        with self.engine.begin() as conn:
+            done = conn.execute(update(outbox).where(and_(
+                outbox.c.id == entry.id, outbox.c.status == entry.status,
+                outbox.c.updated_at == entry.updated_at)).values(
+                status="sending", lease_until=now + LEASE, updated_at=now)).rowcount
+        return bool(done)
+
+    def stored(self, entry: Entry, ref: str | None, resource: dict | None) -> None:
+        self._finish(entry, status="stored", result_ref=ref, last_error=None,
+                     result=orjson.dumps(resource).decode() if resource else None)
+        log.info("outbox stored id=%s %s", entry.id, entry.resource_type)
+
+    def failed(self, entry: Entry, error: str, outcome: dict | None) -> None:
+        self._finish(entry, status="failed", last_error=error,
+                     outcome=orjson.dumps(outcome).decode() if outcome else None)
+        log.info("outbox failed id=%s %s", entry.id, entry.resource_type)
+
+    def later(self, entry: Entry, error: str, retry_after: float | None) -> None:
+        attempts = entry.attempts + 1
+        if attempts >= self.max_attempts:
+            self.failed(entry, f"Gave up after {attempts} attempts: {error}", None)
+            return
+        wait = retry_after if retry_after is not None else \
+            random.uniform(0.5, 1.0) * min(300.0, 2.0 ** min(attempts, 9))
+        self._finish(entry, status="queued", attempts=attempts, last_error=error,
+                     next_at=time.time() + wait)
+
+    def _finish(self, entry: Entry, **values) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == entry.id,
+                                              outbox.c.status == "sending").values(
+                updated_at=time.time(), lease_until=0.0, **values))
+
+
+class Replayer:
+    """Sends due outbox entries to the EHR through the service's adapter."""
+
+    def __init__(self, outbox_: Outbox, service) -> None:
+        self.outbox = outbox_
+        self.service = service  # fhir_gateway.service.FhirService
+
+    def run_once(self) -> int:
+        """One round: every lane's head, if due. Returns how many entries were settled."""
+        settled = 0
+        blocked: set[str] = set()
+        while True:
+            due = [e for e in self.outbox.due() if e.lane not in blocked]
+            if not due:
+                return settled
+            progressed = False
+            for entry in due:
+                if not self.outbox.claim(entry):
+                    continue
+                if self._send(entry):
+                    settled += 1
+                    progressed = True
+                else:
+                    blocked.add(entry.lane)
+            if not progressed:
+                return settled
+
+    def _send(self, entry: Entry) -> bool:
+        """True when the entry is settled (stored or failed), False when it must wait."""
+        adapter = self.service.adapter
+        try:
+            if entry.method == "POST":
+                condition = None
+                if entry.write_id:
+                    condition = self.service.search_query(
+                        entry.resource_type,
+                        [("identifier", f"{WRITE_ID_SYSTEM}|{entry.write_id}")],
+                        strict=True).query
+                result = adapter.create(entry.body, condition)
+            elif entry.method == "PUT":
+                result = adapter.update(entry.body, entry.if_match)
+            else:
+                adapter.delete(entry.resource_type, entry.resource_id or "")
+                self.outbox.stored(entry, None, None)
+                return True
+            stored = result.resource or {}
+            rtype, rid = stored.get("resourceType"), stored.get("id")
+            back = adapter.read(rtype, rid) if rtype and rid else stored
+            version = (back.get("meta") or {}).get("versionId")
+            ref = f"{rtype}/{rid}" + (f"/_history/{version}" if version else "")
+            self.outbox.stored(entry, ref, back)
+            return True
+        except UpstreamUnavailable as exc:
+            self.outbox.later(entry, exc.diagnostics, exc.retry_after)
+            return False
+        except UpstreamError as exc:
+            self.outbox.later(entry, exc.diagnostics, None)
+            return False
+        except FhirError as exc:
+            from fhir_gateway.errors import outcome_for
+
+            self.outbox.failed(entry, exc.diagnostics, outcome_for(exc))
+            return True
+
+
+class Worker(threading.Thread):
+    """Replays the outbox every `interval` seconds in the background of a gateway process."""
+
+    def __init__(self, replayer: Replayer, interval: float) -> None:
+        super().__init__(name="outbox-worker", daemon=True)
+        self.replayer = replayer
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.replayer.run_once()
+            except Exception:  # noqa: BLE001 - the worker must outlive any one failure
+                log.exception("outbox round failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
