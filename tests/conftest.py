@@ -228,16 +228,60 @@ def seeded_gateway(tmp_path_factory) -> Iterator[LiveGateway]:
     stop()
 
 
-@pytest.fixture(scope="module")
-def smart_env(tmp_path_factory):
-    """A SQLite gateway with SMART on, 3 seeded patients, a public app `app-public`, patients
-    `ann` (pat-0001) and `bob` (pat-0002), and a proxy `carol` for pat-0001 and pat-0003."""
+# The EHRs the SMART and portal-action suites run against: the embedded store, and the REST
+# adapter in front of a second `fhir-gateway serve` process (plain mode) and of Medplum.
+EHRS = ["embedded", "rest-gateway", "rest-medplum"]
+
+
+def start_ehr(kind: str, data: Path, *, auth: bool) -> tuple[LiveGateway, callable]:
+    """A gateway over `kind` of EHR, seeded with 3 synthetic patients. `live.adapter` reads
+    the EHR itself (not through the gateway), so tests check what really got stored."""
     from fhir_gateway.synthetic import generate
+
+    if kind == "embedded":
+        live, stop = start_live_gateway(data, f"sqlite:///{data / 'ehr.sqlite3'}", auth=auth)
+        live.adapter.load(generate(3, 7, SEED_TODAY))
+        return live, stop
+    from tests import rest_support
+
+    no_cache = {"FHIR_GATEWAY_FHIR_REST_DEFAULT_CACHE_TTL": "0"}
+    if kind == "rest-gateway":
+        upstream = rest_support.seeded_upstream(data / "upstream")
+        store = EmbeddedAdapter(upstream.database_url)
+        live, stop = rest_support.start_rest_gateway(data / "front", upstream.base, no_cache,
+                                                     auth=auth, store=store)
+
+        def stop_all() -> None:
+            stop()
+            upstream.stop()
+
+        return live, stop_all
+    if kind == "rest-medplum":
+        from tests.medplum_support import start_medplum
+
+        base, stop_medplum = start_medplum()
+        store = rest_support.RestStore(base)
+        store.load(generate(3, 7, SEED_TODAY))
+        live, stop = rest_support.start_rest_gateway(data / "front", base, no_cache,
+                                                     auth=auth, store=store, vendor="medplum")
+
+        def stop_both() -> None:
+            stop()
+            stop_medplum()
+
+        return live, stop_both
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="module", params=EHRS)
+def smart_env(request, tmp_path_factory):
+    """A SQLite gateway with SMART on, 3 seeded patients, a public app `app-public`, patients
+    `ann` (pat-0001) and `bob` (pat-0002), and a proxy `carol` for pat-0001 and pat-0003;
+    once per EHR kind (`EHRS`)."""
     from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
 
     data = tmp_path_factory.mktemp("smart")
-    live, stop = start_live_gateway(data, f"sqlite:///{data / 'ehr.sqlite3'}", auth=True)
-    live.adapter.load(generate(3, 7, SEED_TODAY))
+    live, stop = start_ehr(request.param, data, auth=True)
     smart = live.app.extensions["smart"]
     smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
     smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])

@@ -102,3 +102,27 @@ def seeded_upstream(data: Path, patients: int = 3) -> UpstreamProcess:
 
 def fhir_client(timeout: float = 30) -> httpx.Client:
     return httpx.Client(timeout=timeout, headers={"Accept": FHIR_JSON})
+
+
+class RestStore:
+    """Direct access to an EHR that is only reachable over FHIR REST (Medplum): reads, searches
+    and writes without the gateway's cache, and `load` that keeps the resources' own ids."""
+
+    def __init__(self, base: str) -> None:
+        from adapters.fhir_rest import FhirRestAdapter, RestSettings
+
+        self.rest = FhirRestAdapter(RestSettings(base_url=base, vendor="medplum",
+                                                 default_cache_ttl=0, retries=0))
+
+    def __getattr__(self, name: str):
+        return getattr(self.rest, name)
+
+    def load(self, resources) -> int:
+        count = 0
+        for resource in resources:
+            self.rest.update(resource)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        self.rest.close()

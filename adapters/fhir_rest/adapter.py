@@ -175,8 +175,12 @@ class FhirRestAdapter(Adapter):
         if resp.status == 304 and entry is not None:
             self.cache.put(key, entry.raw, entry.etag)
             return self._cached_read(key, entry.raw, resource_type)
-        if resp.status in (404, 410):
+        if resp.status == 404:
             self.cache.drop(key)
+            raise NotFound(f"{resource_type}/{id} is not known", expression=resource_type)
+        if resp.status == 410:
+            self.cache.drop(key)
+            raise Gone(f"{resource_type}/{id} was deleted", expression=resource_type)
         raise_for_status(resp, f"the read of {resource_type}/{id}")
         resource = self._resource(resp.body, resp.raw, resource_type)
         if resource["id"] != id:

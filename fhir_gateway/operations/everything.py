@@ -33,9 +33,22 @@ def _types(ctx: OperationContext) -> list[str]:
             raise Invalid(f"_type {', '.join(unknown)} is not in the Patient compartment",
                           expression="_type")
     names = ["Patient", *[t for t in names if t != "Patient"]]
-    return [t for t in names
-            if "_compartment" in (service.caps.for_type(t).search_params
-                                  if service.caps.for_type(t) else {})]
+    return [t for t in names if _selector(service, t, "x") is not None]
+
+
+def _selector(service, rtype: str, pid: str) -> list[tuple[str, str]] | None:
+    """How to find the patient's resources of a type: `_compartment` where the EHR has it
+    (exact), else `patient` (or `_id` for the Patient), with the access post-check making it
+    exact; None when the type cannot be searched by patient at all."""
+    tc = service.caps.for_type(rtype)
+    params = tc.search_params if tc is not None and tc.allows("search-type") else {}
+    if "_compartment" in params:
+        return [("_compartment", pid)]
+    if rtype == "Patient" and "_id" in params:
+        return [("_id", pid)]
+    if "patient" in params:
+        return [("patient", f"Patient/{pid}")]
+    return None
 
 
 def everything(ctx: OperationContext) -> FhirResponse:
@@ -64,7 +77,8 @@ def everything(ctx: OperationContext) -> FhirResponse:
             decision = service.decide(search)
         except Forbidden:
             continue  # the token may not see this type at all
-        query = service.search_query(rtype, [("_compartment", pid)], strict=True).query
+        query = service.search_query(rtype, _selector(service, rtype, pid) or [],
+                                     strict=True).query
         query.count = count - len(found)
         query.cursor = inner if index == start else None
         query.with_total = False
