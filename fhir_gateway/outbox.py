@@ -8,7 +8,10 @@ never stores twice. After success it reads the resource back and records what th
 A permanent refusal (4xx) ends the entry as failed, with the EHR's OperationOutcome.
 
 Several gateway processes may share the database: an entry is claimed with a compare-and-set
-and a lease, so a process that dies mid-replay leaves it to another after the lease.
+and a short lease, which the claiming process renews in the background for as long as it is
+sending. A process that dies mid-replay (SIGKILL, crash, machine lost) stops renewing, so its
+entry is taken over after at most `LEASE` seconds, by any process, a restarted one included.
+The claim time is a fencing token: a process that lost its lease cannot settle the entry.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from adapters.errors import FhirError, UpstreamError, UpstreamUnavailable
 log = logging.getLogger("fhir_gateway.outbox")
 
 WRITE_ID_SYSTEM = "urn:fhir-gateway:write-id"
-LEASE = 120.0  # seconds a claimed entry stays with the process that claimed it
+LEASE = 10.0  # seconds a claimed entry stays with its process unless the process renews it
+RENEW_EVERY = LEASE / 4  # how often a live process renews the leases it holds
 STATES = ("queued", "sending", "stored", "failed", "dropped")
 TASK_STATUS = {"queued": "requested", "sending": "in-progress", "stored": "completed",
                "failed": "failed", "dropped": "cancelled"}
@@ -165,6 +169,10 @@ class Outbox:
         self.engine = engine
         self.max_attempts = max_attempts
         metadata.create_all(engine)
+        # Entries this process is sending: id -> claim token (the updated_at it set).
+        self._held: dict[str, float] = {}
+        self._held_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
 
     # -- queueing and looking -----------------------------------------------------------
 
@@ -247,23 +255,59 @@ class Outbox:
         return out[:limit]
 
     def claim(self, entry: Entry) -> bool:
+        """Take the entry for sending, if nobody changed it since it was read. On success the
+        entry is "sending" and its `updated_at` is this claim's token; the lease is renewed
+        in the background until the entry is settled (`stored`, `failed`, `later`)."""
         now = time.time()
         with self.engine.begin() as conn:
             done = conn.execute(update(outbox).where(and_(
                 outbox.c.id == entry.id, outbox.c.status == entry.status,
                 outbox.c.updated_at == entry.updated_at)).values(
                 status="sending", lease_until=now + LEASE, updated_at=now)).rowcount
-        return bool(done)
+        if not done:
+            return False
+        entry.status, entry.updated_at = "sending", now
+        with self._held_lock:
+            self._held[entry.id] = now
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_leases,
+                                                name="outbox-lease", daemon=True)
+                self._keeper.start()
+        return True
+
+    def _keep_leases(self) -> None:
+        """Renew the leases of the entries this process is sending; end when it holds none."""
+        while True:
+            time.sleep(RENEW_EVERY)
+            with self._held_lock:
+                held = dict(self._held)
+                if not held:
+                    self._keeper = None
+                    return
+            for entry_id, token in held.items():
+                try:
+                    with self.engine.begin() as conn:
+                        kept = conn.execute(update(outbox).where(
+                            outbox.c.id == entry_id, outbox.c.status == "sending",
+                            outbox.c.updated_at == token).values(
+                            lease_until=time.time() + LEASE)).rowcount
+                except Exception:  # noqa: BLE001 - retried on the next turn
+                    log.exception("outbox lease renewal failed id=%s", entry_id)
+                    continue
+                if not kept:
+                    with self._held_lock:
+                        if self._held.get(entry_id) == token:
+                            del self._held[entry_id]
 
     def stored(self, entry: Entry, ref: str | None, resource: dict | None) -> None:
-        self._finish(entry, status="stored", result_ref=ref, last_error=None,
-                     result=orjson.dumps(resource).decode() if resource else None)
-        log.info("outbox stored id=%s %s", entry.id, entry.resource_type)
+        if self._finish(entry, status="stored", result_ref=ref, last_error=None,
+                        result=orjson.dumps(resource).decode() if resource else None):
+            log.info("outbox stored id=%s %s", entry.id, entry.resource_type)
 
     def failed(self, entry: Entry, error: str, outcome: dict | None) -> None:
-        self._finish(entry, status="failed", last_error=error,
-                     outcome=orjson.dumps(outcome).decode() if outcome else None)
-        log.info("outbox failed id=%s %s", entry.id, entry.resource_type)
+        if self._finish(entry, status="failed", last_error=error,
+                        outcome=orjson.dumps(outcome).decode() if outcome else None):
+            log.info("outbox failed id=%s %s", entry.id, entry.resource_type)
 
     def later(self, entry: Entry, error: str, retry_after: float | None) -> None:
         attempts = entry.attempts + 1
@@ -275,11 +319,20 @@ class Outbox:
         self._finish(entry, status="queued", attempts=attempts, last_error=error,
                      next_at=time.time() + wait)
 
-    def _finish(self, entry: Entry, **values) -> None:
+    def _finish(self, entry: Entry, **values) -> bool:
+        """Settle an entry this process claimed. False (and nothing changed) when its lease
+        was lost and another process took the entry over in between."""
+        with self._held_lock:
+            if self._held.get(entry.id) == entry.updated_at:
+                del self._held[entry.id]
         with self.engine.begin() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == entry.id,
-                                              outbox.c.status == "sending").values(
-                updated_at=time.time(), lease_until=0.0, **values))
+            done = conn.execute(update(outbox).where(
+                outbox.c.id == entry.id, outbox.c.status == "sending",
+                outbox.c.updated_at == entry.updated_at).values(
+                updated_at=time.time(), lease_until=0.0, **values)).rowcount
+        if not done:
+            log.warning("outbox lease lost id=%s; another process settles it", entry.id)
+        return bool(done)
 
 
 class Replayer:

@@ -185,6 +185,9 @@ class FhirService:
         if decision is not None:  # the narrowing should have done it; check every resource
             page.resources = [r for r in page.resources if decision.permits(r)]
             page.included = [r for r in page.included if decision.permits(r)]
+            if not decision.exact:
+                page.total = self._visible_total(rtype, parsed.query, decision, page,
+                                                 first_page=not token)
         link = bundles.page_url
         self_url = link(base, rtype, parsed.used)
         nxt = link(base, rtype, parsed.used, self.signer.sign(page.next_cursor, digest)) \
@@ -194,6 +197,28 @@ class FhirService:
         bundle = bundles.searchset(base, page, self_url, nxt, prev,
                                    parsed.warnings + page.warnings)
         return FhirResponse(200, bundle, shape=True)
+
+    MAX_COUNTED = 20_000
+
+    def _visible_total(self, rtype: str, query: SearchQuery, decision: AccessDecision,
+                       page, first_page: bool) -> int | None:
+        """The total the caller may know when the EHR could not be asked exactly: counted
+        from what the post-check lets through (up to MAX_COUNTED), or none at all."""
+        if query.summary_count:
+            counted, seen = 0, 0
+            walk = SearchQuery(clauses=query.clauses, count=self.limits.max_count,
+                               with_total=False)
+            while seen < self.MAX_COUNTED:
+                found = self.adapter.search(rtype, walk)
+                counted += sum(1 for r in found.resources if decision.permits(r))
+                seen += len(found.resources)
+                if not found.next_cursor:
+                    return counted
+                walk.cursor = found.next_cursor
+            return None
+        if first_page and page.next_cursor is None:
+            return len(page.resources)  # the whole result is on this page
+        return None
 
     def _create(self, req: FhirRequest, base: str) -> FhirResponse:
         rtype = req.resource_type

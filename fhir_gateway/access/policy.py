@@ -57,6 +57,10 @@ class AccessDecision:
     patient: str | None = None  # confine to this patient's compartment
     queries: list[tuple[tuple[str, str], ...]] = field(default_factory=list)  # OR of ANDs
     narrowing: list[tuple[str, str]] = field(default_factory=list)
+    # True when the narrowing selects exactly what `permits` allows, so an EHR's count of
+    # matches is the caller's count; False when the post-check may drop some (then a total
+    # from the EHR would reveal that hidden resources exist).
+    exact: bool = True
 
     def permits(self, resource: dict) -> bool:
         """True when the resource may be shown to (or written by) the caller."""
@@ -144,8 +148,10 @@ class AccessPolicy:
                 clauses.append(("_compartment", decision.patient))
             elif rtype == "Patient":
                 clauses.append(("_id", decision.patient))
-            elif "patient" in params:
-                clauses.append(("patient", f"Patient/{decision.patient}"))
+            else:  # may also match resources that name another patient too
+                decision.exact = False
+                if "patient" in params:
+                    clauses.append(("patient", f"Patient/{decision.patient}"))
         if decision.queries:
             names = {name for q in decision.queries for name, _ in q}
             if len(decision.queries) == 1:
@@ -153,5 +159,6 @@ class AccessPolicy:
             elif len(names) == 1 and all(len(q) == 1 for q in decision.queries):
                 name = names.pop()
                 clauses.append((name, ",".join(q[0][1] for q in decision.queries)))
-            # otherwise the post-check alone filters (an OR of ANDs has no search syntax)
+            else:  # the post-check alone filters (an OR of ANDs has no search syntax)
+                decision.exact = False
         return clauses

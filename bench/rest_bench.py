@@ -1,0 +1,464 @@
+"""Benchmark: the REST adapter's cost, against the same upstream and a bare Flask floor, in one run.
+
+Four servers on loopback, each `gunicorn` gthread with the same workers and threads:
+  (a) the upstream: `fhir-gateway serve` with its embedded store (synthetic patients), SMART off;
+  (b) a gateway with `adapter.kind = fhir_rest` in front of it, cache off (TTL 0), SMART on;
+  (c) the same with the read-through cache on, SMART on;
+  (d) a bare Flask app returning the upstream's very bytes: the framework's floor.
+For Patient reads and `Observation?patient=<id>&_count=20` searches it measures throughput at
+concurrency 4, p50/p99 latency at concurrency 1 and 4, and the CPU seconds per request of the
+server's own processes (gunicorn master and workers, utime + stime from /proc/<pid>/stat). Each
+phase runs `--runs` times (interleaved over the servers) and the median is quoted: gthread workers
+with keep-alive clients sometimes serve a run slowly.
+
+    .venv/bin/python bench/rest_bench.py [--quick] [--runs 3] [--patients 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapters.embedded import EmbeddedAdapter  # noqa: E402
+from fhir_gateway.synthetic import generate  # noqa: E402
+
+FHIR_JSON = "application/fhir+json"
+PATIENT = "pat-0001"
+SEED_TODAY = dt.date(2026, 6, 15)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WORKERS, THREADS = 1, 4
+TARGETS = {"a": "upstream direct", "b": "gateway uncached", "c": "gateway cached",
+           "d": "bare Flask floor"}
+
+FLOOR_APP = '''\
+"""The framework's floor: Flask under gunicorn returning fixed bytes (written by rest_bench)."""
+from pathlib import Path
+
+from flask import Flask, Response
+
+HERE = Path(__file__).parent
+READ = (HERE / "read.json").read_bytes()
+SEARCH = (HERE / "search.json").read_bytes()
+app = Flask(__name__)
+
+
+@app.get("/fhir/Patient/<id>")
+def read(id):
+    return Response(READ, content_type="application/fhir+json")
+
+
+@app.get("/fhir/Observation")
+def search():
+    return Response(SEARCH, content_type="application/fhir+json")
+'''
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- CPU accounting from /proc ---------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 `state` is index 0)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (gunicorn master and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(tree)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of every thread of these processes, in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+# -- the servers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    key: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    proc: subprocess.Popen | None = None
+    pids: list[int] = field(default_factory=list)
+
+    def start(self, probe: str, timeout: float = 60.0) -> Server:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{TARGETS[self.key]} exited:\n"
+                                 f"{self.log.read_text()[-2000:]}")
+            try:
+                status, _ = get("127.0.0.1", self.port, probe)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"{TARGETS[self.key]} did not start:\n"
+                             f"{self.log.read_text()[-2000:]}")
+        # gunicorn forks its workers before they answer: the tree is complete now.
+        self.pids = process_tree(self.proc.pid)
+        return self
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pids)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def gateway_env(data: Path, port: int, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, FHIR_GATEWAY_DATA=str(data), FHIR_GATEWAY_PORT=str(port),
+               FHIR_GATEWAY_WORKERS=str(WORKERS), FHIR_GATEWAY_THREADS=str(THREADS), **extra)
+    env.pop("FHIR_GATEWAY_CONFIG", None)
+    return env
+
+
+def serve_argv() -> list[str]:
+    return [sys.executable, "-m", "fhir_gateway", "serve"]
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "fhir_gateway", *args], env=env, check=True,
+                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def front_gateway(key: str, data: Path, upstream: str, ttl: int) -> tuple[Server, str]:
+    """A SMART-on fhir_rest gateway; returns it (not started) and a patient token minted with
+    the admin CLI against its own state database, as an app would hold after a launch."""
+    port = free_port()
+    env = gateway_env(data, port, FHIR_GATEWAY_AUTH_ENABLED="true",
+                      FHIR_GATEWAY_ADAPTER="fhir_rest",
+                      FHIR_GATEWAY_FHIR_REST_BASE_URL=upstream,
+                      FHIR_GATEWAY_FHIR_REST_VENDOR="fhir-gateway",
+                      FHIR_GATEWAY_FHIR_REST_DEFAULT_CACHE_TTL=str(ttl))
+    data.mkdir(parents=True, exist_ok=True)
+    cli(env, "clients", "add", "--client-id", "bench", "--public",
+        "--redirect-uri", "http://127.0.0.1:9/cb")
+    token = cli(env, "token", "--client-id", "bench", "--scope", "patient/*.rs",
+                "--patient", PATIENT)
+    return Server(key, serve_argv(), env, port, data / "server.log"), token
+
+
+# -- the load generator -------------------------------------------------------------------------
+
+
+def get(host: str, port: int, path: str, headers: dict[str, str] | None = None
+        ) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # server CPU per request
+    size: int  # bytes of the last answer
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest rank."""
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+def load(server: Server, path: str, headers: dict[str, str], concurrency: int, count: int,
+         warmup: int) -> Run:
+    """`count` GETs of `path` over `concurrency` keep-alive connections (one thread each),
+    after `warmup` GETs per connection; server CPU is read around the measured part only."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[BaseException] = []
+    sizes = [0]
+    lock = threading.Lock()
+    issued = [0]
+    marks: dict[str, float] = {}
+
+    def begin() -> None:  # runs once, in one thread, when every connection is warm
+        marks["cpu"] = server.cpu()
+        marks["t"] = time.perf_counter()
+
+    barrier = threading.Barrier(concurrency, action=begin)
+
+    def one(conn: http.client.HTTPConnection) -> http.client.HTTPConnection:
+        for attempt in (1, 2):
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                conn.close()  # the server closed an idle keep-alive connection: reconnect
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                if attempt == 2:
+                    raise
+        if resp.status != 200:
+            raise RuntimeError(f"{TARGETS[server.key]}: {path} answered {resp.status}: "
+                               f"{body[:300]!r}")
+        sizes[0] = len(body)
+        return conn
+
+    def worker(mine: list[float]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            for _ in range(warmup):
+                conn = one(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        clock = time.perf_counter
+        try:
+            while True:
+                with lock:
+                    if issued[0] >= count:
+                        break
+                    issued[0] += 1
+                started = clock()
+                conn = one(conn)
+                mine.append(clock() - started)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(latencies[i],), daemon=True)
+               for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ended, cpu_after = time.perf_counter(), server.cpu()
+    if errors:
+        raise errors[0]
+    flat = sorted(x for per in latencies for x in per)
+    return Run(rps=count / (ended - marks["t"]), p50_ms=percentile(flat, 0.5) * 1000,
+               p99_ms=percentile(flat, 0.99) * 1000,
+               cpu_us=(cpu_after - marks["cpu"]) / count * 1e6, size=sizes[0])
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def median_run(runs: list[Run]) -> Run:
+    return Run(*(statistics.median(getattr(r, f) for r in runs)
+                 for f in ("rps", "p50_ms", "p99_ms", "cpu_us", "size")))
+
+
+def report(workload: str, c1: dict[str, Run], c4: dict[str, Run], runs: int,
+           concurrency: int) -> None:
+    print(f"\n{workload}  (median of {runs} runs; CPU = the server's own processes, "
+          "utime+stime)")
+    print(f"{'':22}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'x (d)':>7}"
+          f"  |{'p50 ms':>8}{'p99 ms':>9}{'CPU µs/req':>12}{'x (d)':>7}{'bytes':>8}")
+    print(f"{'':22}{f'c={concurrency}':>8}{'-------- concurrency 1 --------':>37}  |"
+          f"{f'------ concurrency {concurrency} ------':>36}")
+    floor1, floor4 = c1["d"].cpu_us, c4["d"].cpu_us
+    for key, name in TARGETS.items():
+        one, many = c1[key], c4[key]
+        print(f"({key}) {name:18}{many.rps:>8,.0f}{one.p50_ms:>9.2f}{one.p99_ms:>9.2f}"
+              f"{one.cpu_us:>12,.0f}{one.cpu_us / floor1:>7.2f}  |{many.p50_ms:>8.2f}"
+              f"{many.p99_ms:>9.2f}{many.cpu_us:>12,.0f}{many.cpu_us / floor4:>7.2f}"
+              f"{many.size:>8,}")
+    a = c1["a"].p50_ms
+    print(f"added p50 at concurrency 1: (b)-(a) {c1['b'].p50_ms - a:+.2f} ms, "
+          f"(c)-(a) {c1['c'].p50_ms - a:+.2f} ms   "
+          f"[targets: CPU (b) <= 2.0x (d), (c) <= 1.5x (d); added p50 < 2 ms]")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--runs", type=int, help="repeats per phase; the median is quoted")
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4, help="for the throughput phase")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    # requests per phase: (concurrency 1, concurrency N); warm-up per connection
+    n1, n4, warm = (100, 200, 20) if args.quick else (600, 1200, 50)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    print(f"machine: {machine()}")
+    print(f"servers: gunicorn gthread {WORKERS} worker x {THREADS} threads each, keep-alive; "
+          f"client: http.client, one thread per connection, in this process")
+    tmp = Path(tempfile.mkdtemp(prefix="rest-bench-"))
+    with ExitStack() as stack:
+        if args.keep:
+            print(f"data: {tmp}")
+        else:
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        servers: dict[str, Server] = {}
+        stack.callback(lambda: [s.stop() for s in servers.values()])
+
+        # (a) the upstream: a plain gateway over a seeded embedded store, SMART off
+        up_data = tmp / "upstream"
+        up_data.mkdir()
+        resources = generate(args.patients, 7, SEED_TODAY)
+        store = EmbeddedAdapter(f"sqlite:///{up_data / 'ehr.sqlite3'}")
+        store.load(resources)
+        store.close()
+        port = free_port()
+        servers["a"] = Server("a", serve_argv(), gateway_env(
+            up_data, port, FHIR_GATEWAY_AUTH_ENABLED="false"), port, up_data / "server.log")
+        servers["a"].start("/fhir/metadata")
+        upstream = f"http://127.0.0.1:{port}/fhir"
+
+        paths = {"read": f"/fhir/Patient/{PATIENT}",
+                 "search": f"/fhir/Observation?patient={PATIENT}&_count=20"}
+        accept = {"Accept": FHIR_JSON}
+        bodies = {}
+        for name, path in paths.items():
+            status, bodies[name] = get("127.0.0.1", port, path, accept)
+            assert status == 200, (path, status)
+        entries = bodies["search"].count(b'"fullUrl"')
+        print(f"upstream: {len(resources)} resources for {args.patients} patients; "
+              f"Patient read {len(bodies['read']):,} B, Observation search "
+              f"{len(bodies['search']):,} B ({entries} entries)")
+
+        # (b), (c): SMART-on fhir_rest gateways, cache off and on; a patient token each
+        tokens = {}
+        servers["b"], tokens["b"] = front_gateway("b", tmp / "uncached", upstream, ttl=0)
+        servers["c"], tokens["c"] = front_gateway("c", tmp / "cached", upstream, ttl=300)
+        # (d): the bare Flask floor, serving the upstream's bytes
+        floor = tmp / "floor"
+        floor.mkdir()
+        (floor / "read.json").write_bytes(bodies["read"])
+        (floor / "search.json").write_bytes(bodies["search"])
+        (floor / "floor_app.py").write_text(FLOOR_APP)
+        port = free_port()
+        servers["d"] = Server("d", [
+            sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
+            str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
+            f"127.0.0.1:{port}", "--chdir", str(floor), "floor_app:app"],
+            dict(os.environ), port, floor / "server.log")
+        for key in "bcd":
+            servers[key].start("/fhir/metadata" if key != "d" else paths["read"])
+
+        headers = {key: dict(accept) for key in TARGETS}
+        for key in "bc":
+            headers[key]["Authorization"] = f"Bearer {tokens[key]}"
+        for key in "bc":  # the token is checked: without it the gateway answers 401
+            status, _ = get("127.0.0.1", servers[key].port, paths["read"], accept)
+            assert status == 401, f"{TARGETS[key]} answered {status} without a token"
+
+        started = time.perf_counter()
+        results = {w: {c: {k: [] for k in TARGETS} for c in (1, args.concurrency)}
+                   for w in paths}
+        for r in range(runs):
+            for workload, path in paths.items():
+                for key, server in servers.items():
+                    for conc, count in ((1, n1), (args.concurrency, n4)):
+                        results[workload][conc][key].append(
+                            load(server, path, headers[key], conc, count, warm))
+            print(f"run {r + 1}/{runs} done ({time.perf_counter() - started:.0f}s)", flush=True)
+
+        for workload, label in (("read", f"GET Patient/{PATIENT}"),
+                                ("search", f"GET Observation?patient={PATIENT}&_count=20")):
+            c1 = {k: median_run(v) for k, v in results[workload][1].items()}
+            c4 = {k: median_run(v) for k, v in results[workload][args.concurrency].items()}
+            report(label, c1, c4, runs, args.concurrency)
+        print(textwrap.dedent(f"""
+            (a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in
+            front of it with SMART on (patient token checked on every request: RS256, jti
+            lookup, access decision, audit append), cache TTL 0 and 300 s; (d) bare Flask
+            returning (a)'s bytes. CPU of (b)/(c) excludes the upstream's. Clock tick
+            {1e6 / CLK_TCK:,.0f} µs; {n1} requests at concurrency 1 and {n4} at
+            {args.concurrency} per run, after {warm} per connection to warm up."""))
+
+
+if __name__ == "__main__":
+    main()
