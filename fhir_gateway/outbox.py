@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     and_,
     insert,
+    or_,
     select,
     update,
 )
@@ -262,7 +263,9 @@ class Outbox:
         with self.engine.begin() as conn:
             done = conn.execute(update(outbox).where(and_(
                 outbox.c.id == entry.id, outbox.c.status == entry.status,
-                outbox.c.updated_at == entry.updated_at)).values(
+                outbox.c.updated_at == entry.updated_at,
+                # a sending entry only once its lease ran out (renewals keep updated_at)
+                or_(outbox.c.status == "queued", outbox.c.lease_until <= now))).values(
                 status="sending", lease_until=now + LEASE, updated_at=now)).rowcount
         if not done:
             return False
