@@ -8,6 +8,7 @@ EHR cannot take the request now: a write may be queued); a body that is not FHIR
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -99,6 +100,10 @@ class UpstreamClient:
                 resp = self.http.request(method, path, params=params, content=content,
                                          headers=hdrs)
                 raw = resp.read()
+            except httpx.DecodingError:
+                self.breaker.success()  # it answered, in an encoding that does not decode
+                raise UpstreamError(f"The answer of the EHR ({name}) could not be decoded (its "
+                                    "Content-Encoding does not match its body)") from None
             except httpx.TransportError as exc:
                 self.breaker.failure()
                 kind = "timed out" if isinstance(exc, httpx.TimeoutException) else \
@@ -109,7 +114,9 @@ class UpstreamClient:
                 raise UpstreamUnavailable(f"The EHR ({name}) {kind}") from None
             if resp.status_code >= 500 or resp.status_code == 429:
                 wait = retry_after_seconds(resp.headers.get("Retry-After"))
-                if resp.status_code != 429:
+                if resp.status_code == 429:
+                    self.breaker.success()  # rate limiting, but answering: not a failure
+                else:
                     self.breaker.failure()
                 if resp.status_code in RETRY_STATUSES and not last and (
                         wait is None or wait <= self.settings.max_wait):
@@ -119,6 +126,11 @@ class UpstreamClient:
                     f"failed ({resp.status_code})"
                 raise UpstreamUnavailable(f"The EHR ({name}) {what}", retry_after=wait)
             self.breaker.success()
+            expected = resp.headers.get("Content-Length", "")
+            if (expected.isdigit() and resp.num_bytes_downloaded < int(expected)
+                    and method != "HEAD" and resp.status_code not in (204, 304)):
+                raise UpstreamError(f"The answer of the EHR ({name}) was cut off: "
+                                    f"{resp.num_bytes_downloaded} of {expected} bytes arrived")
             return UpstreamResponse(resp.status_code, resp.headers, self._parse(resp, raw), raw,
                                     str(resp.url))
         raise AssertionError("unreachable")
@@ -156,8 +168,17 @@ def _mime_param(rest: str, name: str) -> str | None:
     return None
 
 
-def upstream_issues(body: dict | None) -> tuple[str, list[dict]]:
-    """The first diagnostic text and the issues of an EHR's OperationOutcome, shortened."""
+def _hide_host(text: str, host: str) -> str:
+    """The EHR's words without its address: apps never learn upstream hosts."""
+    if not host:
+        return text
+    text = re.sub(rf"(?i)\b[a-z][a-z0-9+.-]*://{re.escape(host)}(:\d+)?", "", text)
+    return re.sub(rf"(?i){re.escape(host)}(:\d+)?", "the EHR", text)
+
+
+def upstream_issues(body: dict | None, host: str = "") -> tuple[str, list[dict]]:
+    """The first diagnostic text and the issues of an EHR's OperationOutcome, shortened;
+    `host` (the EHR's) is taken out of the texts."""
     if not body or body.get("resourceType") != "OperationOutcome":
         return "", []
     issues = []
@@ -168,7 +189,7 @@ def upstream_issues(body: dict | None) -> tuple[str, list[dict]]:
         out = {"severity": item.get("severity") if item.get("severity") in
                ("fatal", "error", "warning", "information") else "error",
                "code": item.get("code") if isinstance(item.get("code"), str) else "processing",
-               "diagnostics": f"EHR: {str(text)[:MAX_DIAGNOSTICS]}"}
+               "diagnostics": f"EHR: {_hide_host(str(text), host)[:MAX_DIAGNOSTICS]}"}
         if isinstance(item.get("expression"), list):
             out["expression"] = [str(e)[:200] for e in item["expression"][:5]]
         issues.append(out)
@@ -186,7 +207,7 @@ def raise_for_status(resp: UpstreamResponse, what: str) -> None:
     """Turn a 4xx from the EHR into the matching typed error, with the EHR's own words."""
     if resp.status < 400:
         return
-    first, issues = upstream_issues(resp.body)
+    first, issues = upstream_issues(resp.body, httpx.URL(resp.url).host)
     if resp.status in (401, 403):
         raise UpstreamError(f"The EHR refused the gateway's credentials for {what} "
                             f"({resp.status})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -22,15 +22,32 @@ class LinkSealer:
         self.base = base.rstrip("/") + "/"
 
     def relative(self, link: str) -> str | None:
-        """The link relative to the EHR's base, or None when it points anywhere else."""
+        """The link relative to the EHR's base, or None when it points anywhere else: another
+        origin, a path outside the base, or one that would leave it once resolved (`..`, `//`,
+        an absolute URL after the base). The base itself followed by a query is kept (HAPI's
+        `base?_getpages=...` links)."""
         if not isinstance(link, str):
             return None
-        if link.startswith(self.base):
-            return link[len(self.base):]
-        parts, base = urlsplit(link), urlsplit(self.base)
-        if not parts.scheme and not parts.netloc and link.startswith(base.path):
-            return link[len(base.path):]  # an absolute path on the same server
-        return None
+        try:
+            parts, base = urlsplit(link), urlsplit(self.base)
+        except ValueError:
+            return None
+        if (parts.scheme or parts.netloc) and (parts.scheme.lower(), parts.netloc.lower()) != (
+                base.scheme.lower(), base.netloc.lower()):
+            return None
+        if not parts.netloc and not parts.path.startswith("/"):
+            return None  # relative to some other document, or an opaque URI
+        if parts.path == base.path.rstrip("/"):
+            rest = ""
+        elif parts.path.startswith(base.path):
+            rest = parts.path[len(base.path):]
+        else:
+            return None
+        segments = rest.split("/")
+        if rest.startswith("/") or "//" in rest or ":" in segments[0] or any(
+                unquote(s) in (".", "..") for s in segments):
+            return None
+        return rest + (f"?{parts.query}" if parts.query else "")
 
     def seal(self, relative: str) -> str:
         return self._fernet.encrypt(relative.encode()).decode()

@@ -52,7 +52,8 @@ class CircuitOpen(Exception):
 
 class CircuitBreaker:
     """Closed -> open after `failures` consecutive failures; after `reset` seconds one trial
-    request goes through (half-open): success closes, failure opens again."""
+    request goes through (half-open): success closes, failure opens again. A trial whose outcome
+    is never reported (an unexpected exception) stops blocking after another `reset` seconds."""
 
     def __init__(self, failures: int, reset: float, clock=time.monotonic) -> None:
         self.failures = failures
@@ -61,7 +62,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._count = 0
         self._opened_at: float | None = None
-        self._trial = False
+        self._trial_at: float | None = None  # when the running half-open trial started
 
     @property
     def state(self) -> str:
@@ -77,20 +78,23 @@ class CircuitBreaker:
         with self._lock:
             if self._opened_at is None:
                 return
-            waited = self._clock() - self._opened_at
-            if waited < self.reset or self._trial:
-                raise CircuitOpen(max(0.0, self.reset - waited))
-            self._trial = True  # this request is the half-open trial
+            now = self._clock()
+            waited = now - self._opened_at
+            if waited < self.reset:
+                raise CircuitOpen(self.reset - waited)
+            if self._trial_at is not None and now - self._trial_at < self.reset:
+                raise CircuitOpen(self.reset - (now - self._trial_at))
+            self._trial_at = now  # this request is the half-open trial
 
     def success(self) -> None:
         with self._lock:
             self._count = 0
             self._opened_at = None
-            self._trial = False
+            self._trial_at = None
 
     def failure(self) -> None:
         with self._lock:
             self._count += 1
-            if self._trial or self._count >= self.failures:
+            if self._trial_at is not None or self._count >= self.failures:
                 self._opened_at = self._clock()
-            self._trial = False
+            self._trial_at = None
