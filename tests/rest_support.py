@@ -104,6 +104,18 @@ def fhir_client(timeout: float = 30) -> httpx.Client:
     return httpx.Client(timeout=timeout, headers={"Accept": FHIR_JSON})
 
 
+# What the synthetic seed holds and what the portal actions create.
+STORED_TYPES = (
+    "Account", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent",
+    "CarePlan", "CareTeam", "ChargeItem", "Communication", "Condition", "Coverage",
+    "DiagnosticReport", "DocumentReference", "Encounter", "Goal", "HealthcareService",
+    "Immunization", "Invoice", "List", "Location", "Medication", "MedicationRequest",
+    "Observation", "Organization", "Patient", "PaymentNotice", "PaymentReconciliation",
+    "Practitioner", "PractitionerRole", "Procedure", "Provenance", "RelatedPerson", "Schedule",
+    "ServiceRequest", "Slot", "Task",
+)
+
+
 class RestStore:
     """Direct access to an EHR that is only reachable over FHIR REST (Medplum): reads, searches
     and writes without the gateway's cache, and `load` that keeps the resources' own ids."""
@@ -116,6 +128,30 @@ class RestStore:
 
     def __getattr__(self, name: str):
         return getattr(self.rest, name)
+
+    def iter_all(self):
+        """Every resource of the types the seed and the portal actions write."""
+        from adapters.search import SearchQuery
+
+        for rtype in STORED_TYPES:
+            query = SearchQuery(count=1000)
+            while True:
+                page = self.rest.search(rtype, query)
+                yield from page.resources
+                if not page.next_cursor:
+                    break
+                query = SearchQuery(count=1000, cursor=page.next_cursor)
+
+    def count(self, resource_type: str | None = None) -> int:
+        from adapters.search import SearchQuery
+
+        types = (resource_type,) if resource_type else STORED_TYPES
+        return sum(self.rest.search(t, SearchQuery(summary_count=True)).total or 0
+                   for t in types)
+
+    def fingerprint(self) -> tuple:
+        return tuple(sorted((r["resourceType"], r["id"], r["meta"]["versionId"])
+                            for r in self.iter_all()))
 
     def load(self, resources) -> int:
         count = 0

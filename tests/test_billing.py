@@ -176,7 +176,8 @@ def test_pay_part_then_the_rest(smart_env, ann, caplog):
     assert receipt["detail"][0]["request"] == {"reference": "Invoice/inv-0001-03"}
     assert {"url": billing.ACCOUNT_NUMBER_EXTENSION, "valueString": "1111"} \
         in receipt["extension"]
-    assert part.headers["Location"].endswith(f"PaymentReconciliation/{receipt['id']}/_history/1")
+    assert part.headers["Location"].endswith(
+        f"PaymentReconciliation/{receipt['id']}/_history/{receipt['meta']['versionId']}")
     assert _balance(smart_env, "acct-0001") == start - 10
     assert _status(smart_env, "inv-0001-03") == "issued"
 

@@ -205,8 +205,9 @@ def test_unread_then_mark_read_is_a_receipt_once(smart_env, ann):
         assert resp.status_code == 200, resp.text
         read = resp.json()
         assert _recent(read["received"])
-        assert store.read("Communication", "comm-0001-01-02") == read
-        assert read["meta"]["versionId"] == "2"
+        before_read = store.read("Communication", "comm-0001-01-02")
+        assert before_read == read
+        assert len(store.history("Communication", "comm-0001-01-02", 10).entries) == 2
         both_validate(read)
         mark = smart_env.live.fingerprint()
         again = client.post("Communication/comm-0001-01-02/$mark-read")

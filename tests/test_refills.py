@@ -54,7 +54,8 @@ def test_refill_request_creates_the_task_and_a_second_returns_it(smart_env, bob)
         task = resp.json()
         stored = store.read("Task", task["id"])
         assert stored == task
-        assert resp.headers["Location"].endswith(f"/Task/{task['id']}/_history/1")
+        assert resp.headers["Location"].endswith(
+            f"/Task/{task['id']}/_history/{task['meta']['versionId']}")
         assert task["status"] == "requested" and task["intent"] == "order"
         assert {k: task["code"]["coding"][0][k] for k in ("system", "code")} == FULFILL
         assert task["focus"]["reference"] == "MedicationRequest/mr-0002-02"

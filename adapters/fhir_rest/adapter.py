@@ -46,10 +46,20 @@ from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
 from adapters.search import SearchQuery, valid_id
 from mappings.r4 import RESOURCE_TYPES
-from mappings.references import reference_target, rewrite_references
+from mappings.references import iter_references, reference_target, rewrite_references
 
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
+
+
+def _emulated_order(item: BundleEntryRequest) -> int:
+    """FHIR's order (DELETE, POST, PUT, GET), except that a conditional PUT that refers to no
+    entry of the bundle goes before the creates: when it loses a race nothing else was
+    written yet."""
+    if item.method == "PUT" and item.if_match is not None and not any(
+            ref.startswith("urn:") for _, ref in iter_references(item.resource or {})):
+        return 1
+    return {"DELETE": 0, "POST": 2, "PUT": 3, "GET": 4}[item.method]
 
 
 class FhirRestAdapter(Adapter):
@@ -65,6 +75,7 @@ class FhirRestAdapter(Adapter):
         self._matrix: Matrix | None = None
         self._matrix_at = 0.0
         self._matrix_lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(64)]
 
     # -- capabilities --------------------------------------------------------------------
 
@@ -352,9 +363,23 @@ class FhirRestAdapter(Adapter):
     # -- transactions ---------------------------------------------------------------------------
 
     def transaction(self, entries: list[BundleEntryRequest]) -> list:
-        if "transaction" in self.capabilities().system_interactions:
+        conditional = any(e.if_match is not None for e in entries)
+        if "transaction" in self.capabilities().system_interactions and (
+                self.vendor.transaction_if_match or not conditional):
             return self._upstream_transaction(entries)
-        return self._emulated_transaction(entries)
+        # Run entry by entry. Conditional ones are serialised in this process per resource
+        # (striped locks), so two requests through this gateway cannot interleave between one's
+        # If-Match and its other writes; several gateway processes in front of such an EHR do
+        # not share these locks (see README).
+        stripes = sorted({hash(f"{e.resource_type}/{e.id}") % len(self._stripes)
+                          for e in entries if e.if_match is not None})
+        for i in stripes:
+            self._stripes[i].acquire()
+        try:
+            return self._emulated_transaction(entries)
+        finally:
+            for i in reversed(stripes):
+                self._stripes[i].release()
 
     def _entry(self, item: BundleEntryRequest) -> dict:
         tc = self.capabilities().for_type(item.resource_type)
@@ -409,9 +434,10 @@ class FhirRestAdapter(Adapter):
                 if resource is None:
                     location = (reply.get("response") or {}).get("location") or ""
                     target = reference_target(urlsplit(location).path)
-                    if target is None:
+                    rid = target[1] if target else (item.id if item.method == "PUT" else None)
+                    if rid is None:
                         raise UpstreamError("The EHR's transaction answer names no resource")
-                    resource = self._fresh_read(item.resource_type, target[1])
+                    resource = self._fresh_read(item.resource_type, rid)
                 resource = self._resource(resource, resp.raw, item.resource_type)
                 meta = resource.get("meta") or {}
                 self._invalidate(item.resource_type, resource["id"])
@@ -424,12 +450,11 @@ class FhirRestAdapter(Adapter):
         """The EHR has no transaction: run the entries one by one (FHIR's order), and if one
         fails, undo the ones before it (delete what was created, put back what was updated).
         Not atomic for other readers in between; the README says so."""
-        order = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
         ids: dict[str, str] = {}
         done: list[tuple[str, BundleEntryRequest, dict | None, WriteResult]] = []
         results: list = [None] * len(entries)
         try:
-            for pos in sorted(range(len(entries)), key=lambda i: order[entries[i].method]):
+            for pos in sorted(range(len(entries)), key=lambda i: _emulated_order(entries[i])):
                 item = entries[pos]
                 body = rewrite_references(item.resource, ids.get) if item.resource else None
                 if item.method == "DELETE":
@@ -466,7 +491,7 @@ class FhirRestAdapter(Adapter):
         failures = []
         for method, item, before, result in reversed(done):
             try:
-                if method == "POST":
+                if method == "POST" or (method == "PUT" and before is None):
                     self.delete(item.resource_type, result.resource["id"])
                 elif before is not None:  # PUT or DELETE: put the earlier content back
                     restored = {k: v for k, v in before.items() if k != "meta"}

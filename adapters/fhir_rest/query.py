@@ -13,7 +13,14 @@ def query_params(rtype: str, query: SearchQuery, type_params: dict) -> list[tupl
     out: list[tuple[str, str]] = []
     for clause in query.clauses:
         name = f"{clause.name}:{clause.modifier}" if clause.modifier else clause.name
-        out.append((name, ",".join(clause.values)))
+        values = clause.values
+        definition = type_params.get(clause.name)
+        if clause.type == "reference" and clause.modifier is None and definition is not None \
+                and len(definition.targets) == 1:
+            # `patient=123` and `patient=Patient/123` mean the same in FHIR; some servers
+            # (Medplum) only match the typed form, so send that.
+            values = [v if "/" in v else f"{definition.targets[0]}/{v}" for v in values]
+        out.append((name, ",".join(values)))
     if query.summary_count:
         out.append(("_summary", "count"))
     else:

@@ -25,6 +25,9 @@ class VendorProfile:
     title: str
     deny: tuple[str, ...] = ()
     assume_standard: bool = False  # no CapabilityStatement: assume standard R4 interactions
+    # False when the server's transactions ignore `ifMatch` on their entries: then a
+    # transaction that needs it runs entry by entry, each PUT with If-Match, undone on failure.
+    transaction_if_match: bool = True
     notes: tuple[str, ...] = ()
 
 
@@ -49,9 +52,12 @@ PROFILES: dict[str, VendorProfile] = {p.name: p for p in (
         notes=("The public test server answers 403 to bearer tokens it does not know: use "
                "auth = none there.",)),
     VendorProfile(
-        "medplum", "Medplum", assume_standard=True,
+        "medplum", "Medplum", assume_standard=True, transaction_if_match=False,
         notes=("Medplum's FHIR router serves no CapabilityStatement of its own; the standard "
-               "R4 interactions are assumed.",)),
+               "R4 interactions are assumed.",
+               "Its transactions ignore ifMatch (seen with @medplum/fhir-router 4.5.2: ten "
+               "concurrent transactions with the same ifMatch all succeeded), so conditional "
+               "transactions run entry by entry with If-Match, which it honours.")),
     VendorProfile(
         "fhir-gateway", "Another fhir-gateway", assume_standard=True),
 )}
