@@ -208,6 +208,13 @@ class Outbox:
         with self.engine.connect() as conn:
             return [Entry.from_row(r) for r in conn.execute(query)]
 
+    def lane_busy(self, lane: str) -> bool:
+        """Writes of this lane still wait (queued or being sent)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(outbox.c.seq).where(
+                outbox.c.lane == lane, outbox.c.status.in_(("queued", "sending")))
+                .limit(1)).first() is not None
+
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
         with self.engine.connect() as conn:

@@ -238,15 +238,42 @@ class FhirService:
             write_id = assign_write_id(body)
             if condition is None:
                 condition = self.write_condition(rtype, write_id)
-        try:
-            result = self.adapter.create(body, condition)
-        except UpstreamUnavailable as exc:
-            return self.queue(exc, req, base, decision, body=body, write_id=write_id)
+        result = self.send_write(req, base, decision, lambda: self.adapter.create(body, condition),
+                                 body=body, write_id=write_id)
+        if isinstance(result, FhirResponse):
+            return result
         return self.write_response(result, req, base, 201 if result.created else 200)
 
     def write_condition(self, rtype: str, write_id: str) -> SearchQuery:
         return self.search_query(rtype, [("identifier", f"{WRITE_ID_SYSTEM}|{write_id}")],
                                  strict=True).query
+
+    def send_write(self, req: FhirRequest, base: str, decision: AccessDecision | None, send,
+                   body: dict | None = None, write_id: str | None = None):
+        """Run `send` (a write to the EHR) and return its WriteResult; or, when the EHR cannot
+        take it now, or earlier writes for the same patient still wait in the outbox (they
+        must land first), queue it and return the 202 FhirResponse."""
+        if self.outbox is not None and self.outbox.lane_busy(self.lane(req, decision, body)):
+            return self.queue(UpstreamUnavailable(
+                "Earlier changes to this patient's record are still waiting for the EHR"),
+                req, base, decision, body=body, write_id=write_id)
+        try:
+            return send()
+        except UpstreamUnavailable as exc:
+            return self.queue(exc, req, base, decision, body=body, write_id=write_id)
+
+    @staticmethod
+    def lane(req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
+        """The outbox lane of a write: the patient it belongs to, or "" for none."""
+        if decision is not None and decision.patient:
+            return decision.patient
+        if body is not None:
+            refs = patient_refs(body) if body.get("resourceType") != "Patient" else \
+                {body.get("id")} - {None}
+            return next(iter(refs)) if len(refs) == 1 else ""
+        if req.resource_type == "Patient":
+            return req.id or ""
+        return ""
 
     def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str,
               decision: AccessDecision | None, body: dict | None = None,
@@ -255,13 +282,7 @@ class FhirService:
         to follow it. Without an outbox the 503 stands."""
         if self.outbox is None:
             raise exc
-        lane = decision.patient if decision is not None and decision.patient else None
-        if lane is None and body is not None:
-            refs = patient_refs(body) if body.get("resourceType") != "Patient" else \
-                {body.get("id")} - {None}
-            lane = next(iter(refs)) if len(refs) == 1 else ""
-        if lane is None and req.resource_type == "Patient":
-            lane = req.id
+        lane = self.lane(req, decision, body)
         principal = req.principal
         entry = self.outbox.enqueue(
             method={"create": "POST", "update": "PUT", "delete": "DELETE"}[req.interaction],
@@ -310,10 +331,10 @@ class FhirService:
         if decision is not None:
             self.visible_for_write(decision, rtype, rid)
             self.check_write(decision, body)
-        try:
-            result = self.adapter.update(body, req.if_match)
-        except UpstreamUnavailable as exc:
-            return self.queue(exc, req, base, decision, body=body)
+        result = self.send_write(req, base, decision,
+                                 lambda: self.adapter.update(body, req.if_match), body=body)
+        if isinstance(result, FhirResponse):
+            return result
         return self.write_response(result, req, base, 201 if result.created else 200)
 
     def _delete(self, req: FhirRequest, base: str) -> FhirResponse:
@@ -321,10 +342,11 @@ class FhirService:
         decision = self.decide(req)
         if decision is not None:
             self.visible_for_write(decision, req.resource_type, self.check_id(req.id))
-        try:
-            result = self.adapter.delete(req.resource_type, self.check_id(req.id))
-        except UpstreamUnavailable as exc:
-            return self.queue(exc, req, base, decision)
+        rid = self.check_id(req.id)
+        result = self.send_write(req, base, decision,
+                                 lambda: self.adapter.delete(req.resource_type, rid))
+        if isinstance(result, FhirResponse):
+            return result
         headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
         return FhirResponse(204, None, headers)
 

@@ -436,9 +436,6 @@ def test_patient_lane_in_order_and_other_lanes_not_blocked(ehr) -> None:
     assert dropped["status"] == "cancelled" and "output" not in dropped
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py sends a write straight to the EHR even when its patient's lane still holds "
-    "queued writes; the older queued write is replayed after it and wins"))
 def test_direct_write_waits_behind_its_patients_queued_writes(ehr) -> None:
     live, proxy, store, outbox = ehr
     original = {k: v for k, v in store.read("Patient", "pat-0002").items() if k != "meta"}

@@ -531,10 +531,6 @@ def test_search_without_a_bundle_is_an_upstream_error(ehr, adapter):
     assert "without a Bundle" in info.value.diagnostics
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "adapter._page/_next assume every Bundle.entry and Bundle.link item is an object; a "
-    "malformed one raises AttributeError (500) instead of UpstreamError (502). Fix needed in "
-    "adapters/fhir_rest/adapter.py"))
 @pytest.mark.parametrize("broken", [{"entry": ["Patient/1"]}, {"link": ["next"]},
                                     {"entry": {"resource": PATIENT}}])
 def test_malformed_bundle_is_an_upstream_error(ehr, adapter, broken):
@@ -879,9 +875,6 @@ def test_static_bearer_is_sent_with_auth_bearer(ehr):
 
 
 @pytest.mark.filterwarnings("ignore:Using implicit key type")
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "auth.BackendServicesAuth.token_url puts the EHR's SMART configuration URL (the upstream "
-    "host) into the UpstreamError an app sees; auth.py is outside this change"))
 def test_backend_services_discovery_failure_does_not_name_the_host(ehr):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -216,7 +216,7 @@ class FhirRestAdapter(Adapter):
         raise_for_status(resp, f"the history of {resource_type}/{id}")
         bundle = self._bundle(resp, "history")
         entries = []
-        for item in bundle.get("entry") or []:
+        for item in self._items(bundle, "entry"):
             request = item.get("request") or {}
             response = item.get("response") or {}
             resource = item.get("resource")
@@ -239,8 +239,15 @@ class FhirRestAdapter(Adapter):
             raise UpstreamError(f"The EHR ({self.s.name}) answered a {kind} without a Bundle")
         return body
 
+    def _items(self, bundle: dict, name: str) -> list[dict]:
+        """Bundle.entry or Bundle.link, refusing a malformed one (not a list of objects)."""
+        items = bundle.get(name) or []
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise UpstreamError(f"The EHR ({self.s.name}) sent a malformed Bundle.{name}")
+        return items
+
     def _next(self, bundle: dict) -> tuple[str | None, list[str]]:
-        for link in bundle.get("link") or []:
+        for link in self._items(bundle, "link"):
             if link.get("relation") == "next":
                 relative = self.sealer.relative(link.get("url"))
                 if relative is None:
@@ -281,7 +288,7 @@ class FhirRestAdapter(Adapter):
 
     def _page(self, bundle: dict, raw: bytes, rtype: str) -> SearchPage:
         page = SearchPage(resources=[], total=bundle.get("total"))
-        for item in bundle.get("entry") or []:
+        for item in self._items(bundle, "entry"):
             mode = (item.get("search") or {}).get("mode", "match")
             resource = item.get("resource")
             if mode == "outcome":
@@ -416,7 +423,7 @@ class FhirRestAdapter(Adapter):
                     self._invalidate(e.resource_type, e.id)
         raise_for_status(resp, "the transaction")
         answer = self._bundle(resp, "transaction")
-        replies = answer.get("entry") or []
+        replies = self._items(answer, "entry")
         if len(replies) != len(entries):
             raise UpstreamError(f"The EHR answered a transaction of {len(entries)} entries "
                                 f"with {len(replies)}")

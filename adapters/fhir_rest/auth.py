@@ -7,6 +7,7 @@ gateway: the EHR sees only the gateway's credentials.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from joserfc.jwk import import_key
 from adapters.errors import UpstreamError
 from adapters.fhir_rest.settings import RestSettings
 
+log = logging.getLogger("adapters.fhir_rest.auth")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EARLY = 60  # renew a token this many seconds before it expires
 
@@ -55,8 +57,9 @@ class BackendServicesAuth(httpx.Auth):
                 found = self._http.get(url, headers={"Accept": "application/json"}).json()
                 self._token_url = found["token_endpoint"]
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                raise UpstreamError(f"The EHR's SMART configuration ({url}) names no token "
-                                    "endpoint; set token_url") from None
+                log.warning("no token_endpoint in %s", url)  # for the operator, not apps
+                raise UpstreamError("The EHR's SMART configuration names no token endpoint; "
+                                    "set fhir_rest.token_url") from None
         return self._token_url
 
     def assertion(self) -> str:
