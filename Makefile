@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench bench-rest venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ lint: venv
 
 bench: venv
 	$(PY) bench/gateway_bench.py
+
+bench-rest: venv
+	$(PY) bench/rest_bench.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -48,6 +48,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKERS, THREADS = 1, 4
 TARGETS = {"a": "upstream direct", "b": "gateway uncached", "c": "gateway cached",
            "d": "bare Flask floor"}
+# Requests per phase are fixed; faster servers get more so their CPU time spans enough clock ticks.
+SCALE = {"a": 2, "b": 1, "c": 1, "d": 8}
 
 FLOOR_APP = '''\
 """The framework's floor: Flask under gunicorn returning fixed bytes (written by rest_bench)."""
@@ -85,6 +87,32 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def code_version() -> str:
+    """The commit measured, and whether the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    n = len(changed.splitlines())
+    return f"{head}" + (f" + uncommitted changes in {n} files" if n else "")
+
+
+def filesystem(path: Path) -> str:
+    """The mount (device and type) holding `path`: SQLite commits wait for its fsync."""
+    best = ("?", "?", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, point, kind = line.split()[:3]
+            if str(path).startswith(point.rstrip("/") + "/") and len(point) >= len(best[2]):
+                best = (dev, kind, point)
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]})"
+
+
 def free_port() -> int:
     import socket
 
@@ -119,6 +147,23 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, []))
     return sorted(tree)
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the load generator)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -181,6 +226,12 @@ class Server:
             self.proc.wait(10)
         except ProcessLookupError:
             pass
+
+
+def logged_requests(log: Path) -> int:
+    """Requests a gateway served so far, from its one log line per request."""
+    with open(log, "rb") as fh:
+        return sum(1 for line in fh if b" fhir_gateway.request GET " in line)
 
 
 def gateway_env(data: Path, port: int, **extra: str) -> dict[str, str]:
@@ -367,12 +418,16 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
-    # requests per phase: (concurrency 1, concurrency N); warm-up per connection
-    n1, n4, warm = (100, 200, 20) if args.quick else (600, 1200, 50)
+    # requests per phase for the gateways, times SCALE: (concurrency 1, concurrency N); warm-up
+    # requests per connection
+    n1, n4, warm = (60, 120, 20) if args.quick else (300, 600, 50)
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    # Stop the servers on Ctrl-C (KeyboardInterrupt), kill or hang-up, unless told to ignore it.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _terminate)
     print(f"machine: {machine()}")
+    print(f"code: {code_version()}")
     print(f"servers: gunicorn gthread {WORKERS} worker x {THREADS} threads each, keep-alive; "
           f"client: http.client, one thread per connection, in this process")
     tmp = Path(tempfile.mkdtemp(prefix="rest-bench-"))
@@ -435,30 +490,51 @@ def main() -> None:
             status, _ = get("127.0.0.1", servers[key].port, paths["read"], accept)
             assert status == 401, f"{TARGETS[key]} answered {status} without a token"
 
+        print(f"load average before the measurements: {load_average()}", flush=True)
         started = time.perf_counter()
+        ours = own_cpu() + sum(s.cpu() for s in servers.values())
+        busy = machine_busy()
         results = {w: {c: {k: [] for k in TARGETS} for c in (1, args.concurrency)}
                    for w in paths}
+        forwarded = {key: [0, 0] for key in "bc"}  # upstream requests, gateway requests
         for r in range(runs):
             for workload, path in paths.items():
                 for key, server in servers.items():
+                    before = logged_requests(servers["a"].log)
                     for conc, count in ((1, n1), (args.concurrency, n4)):
                         results[workload][conc][key].append(
-                            load(server, path, headers[key], conc, count, warm))
+                            load(server, path, headers[key], conc, count * SCALE[key], warm))
+                    if key in forwarded:
+                        forwarded[key][0] += logged_requests(servers["a"].log) - before
+                        forwarded[key][1] += (n1 + n4 + warm * (1 + args.concurrency))
             print(f"run {r + 1}/{runs} done ({time.perf_counter() - started:.0f}s)", flush=True)
+        wall = time.perf_counter() - started
+        ours = own_cpu() + sum(s.cpu() for s in servers.values()) - ours
+        others = max(0.0, machine_busy() - busy - ours)
+        print(f"during the measurements ({wall:.0f}s): this benchmark used {ours / wall:.2f} "
+              f"cores, other processes {others / wall:.2f} of {os.cpu_count()}; load average "
+              f"now {load_average()}")
+        print("upstream requests per gateway request: " + ", ".join(
+            f"({key}) {up / total:.2f}" for key, (up, total) in forwarded.items()))
 
         for workload, label in (("read", f"GET Patient/{PATIENT}"),
                                 ("search", f"GET Observation?patient={PATIENT}&_count=20")):
             c1 = {k: median_run(v) for k, v in results[workload][1].items()}
             c4 = {k: median_run(v) for k, v in results[workload][args.concurrency].items()}
             report(label, c1, c4, runs, args.concurrency)
-        print(textwrap.dedent(f"""
-            (a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in
-            front of it with SMART on (patient token checked on every request: RS256, jti
-            lookup, access decision, audit append), cache TTL 0 and 300 s; (d) bare Flask
-            returning (a)'s bytes. CPU of (b)/(c) excludes the upstream's. Clock tick
-            {1e6 / CLK_TCK:,.0f} µs; {n1} requests at concurrency 1 and {n4} at
-            {args.concurrency} per run, after {warm} per connection to warm up."""))
+        print("\n" + textwrap.fill(
+            "(a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in "
+            "front of it with SMART on (a patient token checked on every request: RS256, jti "
+            "lookup, access decision, audit append), cache TTL 0 and 300 s; (d) bare Flask "
+            "returning (a)'s bytes. CPU of (b)/(c) excludes the upstream's. Per run and server, "
+            f"{n1} requests at concurrency 1 and {n4} at {args.concurrency} (times {SCALE['a']} "
+            f"for (a), {SCALE['d']} for (d)), after {warm} per connection to warm up; CPU clock "
+            f"tick {1e6 / CLK_TCK:,.0f} µs. SQLite state databases on {filesystem(tmp)}.",
+            width=98))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: servers stopped") from None
