@@ -1,4 +1,4 @@
-"""`fhir-gateway`: serve, seed, import, check-config, demo."""
+"""`fhir-gateway`: serve, seed, import, check-config, demo, capabilities, outbox, ..."""
 
 from __future__ import annotations
 
@@ -324,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML config file (or FHIR_GATEWAY_CONFIG)")
         p.set_defaults(func=func)
         return p
+
+    from fhir_gateway import ehr_commands
+
+    def add_with_config(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        return add(name, lambda args: func(args, _config(args)), help_text)
+
+    ehr_commands.add_commands(add_with_config)
 
     p = add("serve", cmd_serve, "Serve the FHIR API under gunicorn")
     p.add_argument("--host")

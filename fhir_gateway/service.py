@@ -12,7 +12,14 @@ from email.utils import format_datetime
 from urllib.parse import parse_qsl
 
 from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
-from adapters.errors import Forbidden, Gone, Invalid, NotFound, UpstreamUnavailable
+from adapters.errors import (
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    NotSupported,
+    UpstreamUnavailable,
+)
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
@@ -98,16 +105,29 @@ class FhirService:
         resource is Gone only for a caller who could see its last version."""
         try:
             resource = self.adapter.read(rtype, id)
+        except NotFound:
+            # Some EHRs answer 404, not 410, for a deleted resource: its history tells.
+            try:
+                deleted = bool(self.adapter.history(rtype, id, 1).entries)
+            except NotFound:
+                deleted = False
+            if not deleted:
+                raise
+            return self._visible_deleted(decision, rtype, id)
         except Gone:
-            if decision is not None:
-                last = next((e.resource for e in self.adapter.history(rtype, id, 2).entries
-                             if e.resource is not None), None)
-                if last is None or not decision.permits(last):
-                    raise self.hidden(rtype, id) from None
-            raise
+            return self._visible_deleted(decision, rtype, id)
         if decision is not None and not decision.permits(resource):
             raise self.hidden(rtype, id)
         return resource
+
+    def _visible_deleted(self, decision: AccessDecision | None, rtype: str, id: str):
+        """Gone for a caller who could see the last version; NotFound for anyone else."""
+        if decision is not None:
+            last = next((e.resource for e in self.adapter.history(rtype, id, 2).entries
+                         if e.resource is not None), None)
+            if last is None or not decision.permits(last):
+                raise self.hidden(rtype, id)
+        raise Gone(f"{rtype}/{id} was deleted", expression=rtype)
 
     def visible_for_write(self, decision: AccessDecision, rtype: str, id: str) -> None:
         """Apps change only what exists and is theirs; anything else looks absent."""
@@ -359,8 +379,13 @@ class FhirService:
             raise Invalid(f"${spec.name} runs on one {spec.resource_type}: "
                           f"{spec.resource_type}/[id]/${spec.name}",
                           expression=f"{spec.resource_type}.${spec.name}")
+        how, needs, why = spec.path(self.caps)
+        if how == "unavailable":
+            raise NotSupported(f"${spec.name} cannot run here: the EHR ({self.caps.software}) "
+                               f"does not offer {why}", expression=f"{spec.resource_type}."
+                               f"${spec.name}")
         if req.principal is not None:
-            for rtype, permission in spec.needs:
+            for rtype, permission in needs:
                 interaction = {v: k for k, v in PERMISSION.items()}[permission]
                 self.policy.decide(req.principal, interaction, rtype)
         params: dict[str, list] = {}
@@ -375,7 +400,8 @@ class FhirService:
 
         statement = capability_statement(self.caps, base, __version__, self.started)
         for entry in statement["rest"][0]["resource"]:
-            specs = self.operations.for_type(entry["type"])
+            specs = [spec for spec in self.operations.for_type(entry["type"])
+                     if spec.path(self.caps)[0] != "unavailable"]
             if specs:
                 entry["operation"] = [
                     {"name": s.name, "definition": f"{base}/OperationDefinition/{s.definition_id}"}

@@ -46,20 +46,20 @@ from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
 from adapters.search import SearchQuery, valid_id
 from mappings.r4 import RESOURCE_TYPES
-from mappings.references import iter_references, reference_target, rewrite_references
+from mappings.references import reference_target, rewrite_references
 
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
 
 
 def _emulated_order(item: BundleEntryRequest) -> int:
-    """FHIR's order (DELETE, POST, PUT, GET), except that a conditional PUT that refers to no
-    entry of the bundle goes before the creates: when it loses a race nothing else was
-    written yet."""
-    if item.method == "PUT" and item.if_match is not None and not any(
-            ref.startswith("urn:") for _, ref in iter_references(item.resource or {})):
-        return 1
-    return {"DELETE": 0, "POST": 2, "PUT": 3, "GET": 4}[item.method]
+    """FHIR's order (DELETE, POST, PUT, GET), with the conditional PUTs (If-Match) last among
+    the writes: the resource they guard changes only once everything else is written, so a
+    reader who sees its new version also sees the rest; when one loses a race the others are
+    undone."""
+    if item.method == "PUT" and item.if_match is not None:
+        return 3
+    return {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 4}[item.method]
 
 
 class FhirRestAdapter(Adapter):

@@ -69,7 +69,7 @@ class BackendServicesAuth(httpx.Auth):
             header["kid"] = self._s.key_id
         claims = {"iss": self._s.client_id, "sub": self._s.client_id, "aud": self.token_url(),
                   "jti": uuid.uuid4().hex, "iat": now, "exp": now + 240}
-        return jwt.encode(header, claims, self._key)
+        return jwt.encode(header, claims, self._key, algorithms=[self._alg])
 
     def token(self, force: bool = False) -> str:
         with self._lock:

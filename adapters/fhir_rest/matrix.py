@@ -49,8 +49,14 @@ class Matrix:
     params: dict[str, dict[str, SearchParamDef]] = field(default_factory=dict)
     conditional: dict[str, tuple[bool, bool]] = field(default_factory=dict)
     system: frozenset[str] = frozenset()
+    _caps: Capabilities | None = None  # built once, on first use
 
     def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            self._caps = self._build()
+        return self._caps
+
+    def _build(self) -> Capabilities:
         types = {}
         for rtype, row in self.cells.items():
             allowed = frozenset(i for i, c in row.items() if c.allowed)

@@ -15,7 +15,12 @@ from adapters.base import SearchPage
 from adapters.errors import Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhir_gateway import bundles
 from fhir_gateway.operations.common import patient_and_decision, search_all
-from fhir_gateway.operations.registry import OperationContext, OperationSpec, ParamSpec
+from fhir_gateway.operations.registry import (
+    Fallback,
+    OperationContext,
+    OperationSpec,
+    ParamSpec,
+)
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.service import version_headers
 from fhir_gateway.validation import validate_resource
@@ -43,6 +48,18 @@ def _medication(ctx: OperationContext, request: dict) -> dict | None:
         return None
 
 
+def _refill_message(ctx: OperationContext, request: dict, medication: dict | None,
+                    note: str | None) -> FhirResponse:
+    """The fallback where the EHR takes no Tasks from apps: a message to the prescriber."""
+    service, req = ctx.service, ctx.request
+    message = validate_resource(rules.build_refill_message(
+        request, datetime.now(UTC), note, medication), "Communication")
+    create = service.decide(FhirRequest("create", "Communication", principal=req.principal))
+    service.check_write(create, message)
+    result = service.adapter.create(message)
+    return service.write_response(result, req, ctx.base, 201)
+
+
 def refill_request(ctx: OperationContext) -> FhirResponse:
     service, req = ctx.service, ctx.request
     rid = service.check_id(req.id)
@@ -53,12 +70,15 @@ def refill_request(ctx: OperationContext) -> FhirResponse:
     read = FhirRequest("read", "MedicationRequest", rid, principal=req.principal)
     request = service._visible(service.decide(read), "MedicationRequest", rid)
     medication = _medication(ctx, request)
-    tasks = _refill_tasks(ctx, [rid])
+    direct = REFILL.path(service.caps)[0] == "direct"
+    tasks = _refill_tasks(ctx, [rid]) if direct else []
     try:
         rules.check_refillable(request, medication, tasks,
                                rules.code_list(service.config.portal.no_online_refill))
     except rules.RefillRefused as exc:
         raise Unprocessable(exc.message, expression=exc.expression) from None
+    if not direct:
+        return _refill_message(ctx, request, medication, note)
     create = service.decide(FhirRequest("create", "Task", principal=req.principal))
     waiting = rules.open_refill(rid, tasks)
     if waiting is not None:
@@ -113,9 +133,14 @@ REFILL = OperationSpec(
                 "substances cannot be refilled online. While a request is open, asking again "
                 "returns it (200) instead of creating another.",
     needs=(("MedicationRequest", "r"), ("Task", "c")),
+    fallback=Fallback(
+        needs=(("MedicationRequest", "r"), ("Communication", "c")),
+        description="a Communication to the prescriber (about the MedicationRequest) instead "
+                    "of a Task, where the EHR takes no Tasks from apps; no open-request check"),
     parameters=(
         ParamSpec("note", "string", documentation="A note for the prescriber"),
-        ParamSpec("return", "Task", min=1, use="out"),
+        ParamSpec("return", "Task", min=1, use="out",
+                  documentation="Or a Communication where the EHR takes no Tasks"),
     ),
 )
 HISTORY = OperationSpec(

@@ -19,6 +19,28 @@ class ParamSpec:
     documentation: str = ""
 
 
+INTERACTION_OF = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search-type"}
+
+
+def missing_at_ehr(caps, needs: tuple[tuple[str, str], ...]) -> list[str]:
+    """What of `needs` the EHR does not offer, as "Type interaction" phrases."""
+    out = []
+    for rtype, perm in needs:
+        tc = caps.for_type(rtype)
+        interaction = INTERACTION_OF[perm]
+        if tc is None or not tc.allows(interaction):
+            out.append(f"{rtype} {interaction}")
+    return out
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Another way to do an operation when the EHR lacks what the direct way needs."""
+
+    needs: tuple[tuple[str, str], ...]
+    description: str
+
+
 @dataclass(frozen=True)
 class OperationSpec:
     name: str  # without the $
@@ -32,6 +54,17 @@ class OperationSpec:
     needs: tuple[tuple[str, str], ...] = ()  # (resource type, c|r|u|d|s) the token must have
     parameters: tuple[ParamSpec, ...] = ()
     produces: str | None = None  # a non-FHIR media type the operation answers with (text/html)
+    fallback: Fallback | None = None
+
+    def path(self, caps) -> tuple[str, tuple[tuple[str, str], ...], str]:
+        """How the operation runs at this EHR: ("direct" | "fallback" | "unavailable", the
+        needs of that path, and what explains it: the fallback, or what the EHR lacks)."""
+        missing = missing_at_ehr(caps, self.needs)
+        if not missing:
+            return "direct", self.needs, ""
+        if self.fallback is not None and not missing_at_ehr(caps, self.fallback.needs):
+            return "fallback", self.fallback.needs, self.fallback.description
+        return "unavailable", self.needs, ", ".join(missing)
 
     @property
     def code(self) -> str:

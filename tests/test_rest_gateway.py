@@ -1,0 +1,228 @@
+"""The REST adapter end to end, over real HTTP: the capability matrix deciding what the gateway
+offers (405 and 501 naming what the EHR lacks, operations left out of the CapabilityStatement),
+the refill fallback, SMART Backend Services to the EHR, the cache never bypassing access
+checks, and the `capabilities` / `outbox` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc.jwk import RSAKey
+
+from adapters.embedded import EmbeddedAdapter
+from tests.conftest import start_live_gateway
+from tests.rest_support import seeded_upstream, start_rest_gateway
+from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    up = seeded_upstream(tmp_path_factory.mktemp("upstream"))
+    yield up
+    up.stop()
+
+
+def front(tmp_path, upstream, auth=False, **settings):
+    env = {f"FHIR_GATEWAY_FHIR_REST_{k.upper()}": v for k, v in settings.items()}
+    return start_rest_gateway(tmp_path, upstream.base, env, auth=auth,
+                              store=EmbeddedAdapter(upstream.database_url),
+                              vendor=settings.get("vendor", "fhir-gateway"))
+
+
+def test_epic_profile_refuses_what_epic_does_not_offer(tmp_path, upstream):
+    live, stop = front(tmp_path, upstream, vendor="epic")
+    try:
+        mark = live.fingerprint()
+        resp = live.post("Appointment", {"resourceType": "Appointment", "status": "proposed",
+                                         "participant": [{"status": "needs-action"}]})
+        assert resp.status_code == 405, resp.text
+        assert "create is not allowed on Appointment" in resp.json()["issue"][0]["diagnostics"]
+        resp = live.post("Appointment/$book", {"resourceType": "Parameters", "parameter": [
+            {"name": "slot", "valueString": "x"}, {"name": "patient", "valueString": "pat-0001"}]})
+        assert resp.status_code == 501, resp.text
+        text = resp.json()["issue"][0]["diagnostics"]
+        assert "$book" in text and "Appointment create" in text
+        resp = live.post("Invoice/inv-0001-01/$pay", {"resourceType": "Parameters"})
+        assert resp.status_code == 501 and "Invoice read" in resp.text
+        statement = live.get("metadata").json()
+        by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
+        assert "Invoice" not in by_type
+        assert {i["code"] for i in by_type["Appointment"]["interaction"]} <= {
+            "read", "vread", "search-type", "history-instance"}
+        assert "book" not in {o["name"] for o in by_type["Appointment"].get("operation", [])}
+        assert "everything" in {o["name"] for o in by_type["Patient"]["operation"]}
+        assert {"update"} <= {i["code"] for i in by_type["Task"]["interaction"]}
+        assert live.fingerprint() == mark  # nothing reached the EHR
+    finally:
+        stop()
+
+
+def test_refill_falls_back_to_a_message_when_tasks_are_not_writable(tmp_path, upstream):
+    live, stop = front(tmp_path, upstream, deny="Task.create")
+    store = live.adapter
+    try:
+        resp = live.post("MedicationRequest/mr-0002-02/$refill-request",
+                         {"resourceType": "Parameters", "parameter": [
+                             {"name": "note", "valueString": "Two left"}]})
+        assert resp.status_code == 201, resp.text
+        message = resp.json()
+        assert message["resourceType"] == "Communication"
+        assert message["about"][0]["reference"] == "MedicationRequest/mr-0002-02"
+        assert "Two left" in message["payload"][0]["contentString"]
+        stored = store.read("Communication", message["id"])
+        assert stored["recipient"] == store.read("MedicationRequest", "mr-0002-02")["requester"] \
+            or stored["recipient"][0]["reference"].startswith("Practitioner/")
+        assert not [r for r in store.iter_all() if r["resourceType"] == "Task"
+                    and r.get("focus", {}).get("reference") == "MedicationRequest/mr-0002-02"
+                    and r.get("status") == "requested"]
+    finally:
+        stop()
+    live, stop = front(tmp_path / "none", upstream, deny="Task.create,Communication.create")
+    try:
+        mark = live.fingerprint()
+        resp = live.post("MedicationRequest/mr-0002-02/$refill-request",
+                         {"resourceType": "Parameters"})
+        assert resp.status_code == 501
+        assert "Task create" in resp.json()["issue"][0]["diagnostics"]
+        assert live.fingerprint() == mark
+    finally:
+        stop()
+
+
+def test_capabilities_and_outbox_commands(tmp_path, upstream):
+    env = {"FHIR_GATEWAY_DATA": str(tmp_path), "FHIR_GATEWAY_ADAPTER": "fhir_rest",
+           "FHIR_GATEWAY_FHIR_REST_BASE_URL": upstream.base,
+           "FHIR_GATEWAY_FHIR_REST_VENDOR": "oracle", "FHIR_GATEWAY_FHIR_REST_NAME": "clinic-a",
+           "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "fhir_gateway", "capabilities", "--ehr",
+                          "clinic-a"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "vendor profile: oracle" in out and "CapabilityStatement: served" in out
+    task_row = next(line for line in out.splitlines() if line.startswith("Task "))
+    assert "no (profile oracle)" in task_row
+    book = next(line for line in out.splitlines() if "Appointment/$book" in line)
+    assert "direct" in book
+    refill = next(line for line in out.splitlines() if "$refill-request" in line)
+    assert "fallback" in refill
+    pay = next(line for line in out.splitlines() if "Invoice/$pay" in line)
+    assert "unavailable (501)" in pay
+    run = subprocess.run([sys.executable, "-m", "fhir_gateway", "capabilities", "--ehr",
+                          "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no EHR called 'nope'" in run.stderr
+
+    from fhir_gateway.outbox import Outbox
+    from smart_launch.db import make_state_engine
+
+    outbox = Outbox(make_state_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}"))
+    entry = outbox.enqueue(method="POST", resource_type="Observation", resource_id=None,
+                           body={"resourceType": "Observation"}, if_match=None, write_id="w",
+                           lane="pat-0001", client_id="", error="EHR down", retry_after=60)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fhir_gateway", "outbox", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listing = cli("list")
+    assert listing.returncode == 0 and entry.id in listing.stdout and "queued" in listing.stdout
+    assert "EHR down" in listing.stdout and "Observation\"" not in listing.stdout
+    assert cli("drop", entry.id).returncode == 0
+    assert outbox.get(entry.id).status == "dropped"
+    again = cli("drop", entry.id)
+    assert again.returncode == 1 and "it is dropped" in again.stderr
+    assert cli("retry").returncode == 2
+
+
+@pytest.fixture
+def smart_upstream(tmp_path):
+    """An upstream gateway with SMART on and a backend-services client `gateway-a` whose
+    public key it knows; the private key is written to a file for the front."""
+    from fhir_gateway.synthetic import generate
+    from tests.conftest import SEED_TODAY
+
+    live, stop = start_live_gateway(tmp_path / "up", f"sqlite:///{tmp_path / 'ehr.sqlite3'}",
+                                    auth=True)
+    live.adapter.load(generate(2, 7, SEED_TODAY))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (tmp_path / "gateway-a.pem").write_bytes(pem)
+    public = RSAKey.import_key(pem).as_dict(private=False)
+    public.update({"kid": "k1", "alg": "RS384", "use": "sig"})
+    live.app.extensions["smart"].clients.add("gateway-a", "asymmetric",
+                                              jwks={"keys": [public]}, scope="system/*.rs")
+    yield live, tmp_path / "gateway-a.pem"
+    stop()
+
+
+def test_backend_services_to_the_ehr(tmp_path, smart_upstream):
+    up, pem = smart_upstream
+    settings = {"FHIR_GATEWAY_FHIR_REST_AUTH": "backend-services",
+                "FHIR_GATEWAY_FHIR_REST_CLIENT_ID": "gateway-a",
+                "FHIR_GATEWAY_FHIR_REST_PRIVATE_KEY_FILE": str(pem),
+                "FHIR_GATEWAY_FHIR_REST_KEY_ID": "k1",
+                "FHIR_GATEWAY_FHIR_REST_SCOPE": "system/*.rs"}
+    live, stop = start_rest_gateway(tmp_path / "front", up.base, settings, auth=False)
+    try:
+        resp = live.get("Patient/pat-0001")
+        assert resp.status_code == 200, resp.text
+        assert live.get("Observation", params={"patient": "pat-0001"}).json()["total"] > 0
+        # the EHR saw the gateway's own client, never an app's token
+        rows = up.app.extensions["fhir_gateway"].audit.search(count=200)
+        assert {r["client_id"] for r in rows if r["action"] in ("read", "search-type")} \
+            == {"gateway-a"}
+    finally:
+        stop()
+    bad = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "bad.pem").write_bytes(bad.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    live, stop = start_rest_gateway(tmp_path / "front2", up.base, {
+        **settings, "FHIR_GATEWAY_FHIR_REST_PRIVATE_KEY_FILE": str(tmp_path / "bad.pem")},
+        auth=False)
+    try:
+        resp = live.get("Patient/pat-0001")
+        assert resp.status_code == 502, resp.text
+        text = resp.json()["issue"][0]["diagnostics"]
+        assert "refused the gateway's backend-services credentials" in text
+        assert "127.0.0.1" not in text
+    finally:
+        stop()
+
+
+def test_cached_reads_are_still_checked_for_each_token(tmp_path, upstream):
+    """A resource one patient read (and the gateway cached) stays hidden from another."""
+    live, stop = front(tmp_path, upstream, auth=True, default_cache_ttl="300")
+    smart = live.app.extensions["smart"]
+    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
+    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
+    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
+    env = SmartEnv(live, smart)
+    try:
+        ann = env.patient_token("app-public", "ann")["access_token"]
+        bob = env.patient_token("app-public", "bob")["access_token"]
+        with env.fhir(ann) as client:
+            first = client.get("Patient/pat-0001")
+            again = client.get("Patient/pat-0001")
+            obs = client.get("Observation", params={"patient": "pat-0001", "_count": "1"})
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json()
+        oid = obs.json()["entry"][0]["resource"]["id"]
+        with env.fhir(ann) as client:
+            assert client.get(f"Observation/{oid}").status_code == 200  # now cached
+        with env.fhir(bob) as client:
+            assert client.get("Patient/pat-0001").status_code == 404
+            assert client.get(f"Observation/{oid}").status_code == 404
+            found = client.get("Observation", params={"patient": "pat-0001"})
+            assert found.status_code in (200, 403)
+            if found.status_code == 200:
+                assert not found.json().get("entry")
+        assert json.dumps(first.json()).count("pat-0001") >= 1
+    finally:
+        env.browser.close()
+        stop()
