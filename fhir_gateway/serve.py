@@ -35,9 +35,9 @@ class GatewayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from fhir_gateway.app import create_app
+        from fhir_gateway.tenants import create_wsgi
 
-        return create_app(self.gateway_config)
+        return create_wsgi(self.gateway_config)
 
 
 def serve(config: Config) -> None:
