@@ -7,11 +7,14 @@ token's `jti` is recorded so revocation takes effect on the very next request.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from cachetools import TTLCache
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 
@@ -87,8 +90,29 @@ class TokenVerifier:
         self.keys = keys
         self.records = records
         self.clock = clock
+        self._verified: TTLCache = TTLCache(maxsize=20_000, ttl=600)
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> VerifiedToken:
+        """Signature, issuer and audience are checked once per token and remembered (by the
+        token's hash) until it expires; expiry and revocation are checked on every call."""
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            claims = self._verified.get(key)
+        if claims is None:
+            claims = self._check_signed(token)
+            with self._lock:
+                self._verified[key] = claims
+        elif claims["exp"] <= int(self.clock()):
+            raise TokenError("The access token has expired")
+        known, revoked = self.records.access_token_state(claims["jti"])
+        if not known:
+            raise TokenError("The access token is not known here")
+        if revoked:
+            raise TokenError("The access token has been revoked")
+        return VerifiedToken(claims)
+
+    def _check_signed(self, token: str) -> dict:
         try:
             decoded = jwt.decode(token, self.keys.public_set(), algorithms=["RS256"])
         except (JoseError, ValueError, TypeError):
@@ -106,9 +130,4 @@ class TokenVerifier:
             raise TokenError("The access token has expired") from None
         except JoseError:
             raise TokenError("The access token is not valid for this server") from None
-        known, revoked = self.records.access_token_state(claims["jti"])
-        if not known:
-            raise TokenError("The access token is not known here")
-        if revoked:
-            raise TokenError("The access token has been revoked")
-        return VerifiedToken(claims)
+        return claims

@@ -279,11 +279,16 @@ def start_ehr(kind: str, data: Path, *, auth: bool) -> tuple[LiveGateway, callab
 def smart_env(request, tmp_path_factory):
     """A SQLite gateway with SMART on, 3 seeded patients, a public app `app-public`, patients
     `ann` (pat-0001) and `bob` (pat-0002), and a proxy `carol` for pat-0001 and pat-0003;
-    once per EHR kind (`EHRS`)."""
+    once per EHR kind (`EHRS`). Modules about the authorization server itself, which no EHR
+    changes, override it with `make_smart_env(..., ["embedded"])`."""
+    yield from make_smart_env(tmp_path_factory, request.param)
+
+
+def make_smart_env(tmp_path_factory, kind: str):
     from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
 
     data = tmp_path_factory.mktemp("smart")
-    live, stop = start_ehr(request.param, data, auth=True)
+    live, stop = start_ehr(kind, data, auth=True)
     smart = live.app.extensions["smart"]
     smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
     smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])

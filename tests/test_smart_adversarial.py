@@ -29,7 +29,14 @@ from sqlalchemy import func, select
 
 from smart_launch import authorization_code
 from smart_launch.records import issued_token
+from tests.conftest import make_smart_env
 from tests.smart_support import PASSWORD, REDIRECT, pkce_pair
+
+
+@pytest.fixture(scope="module", params=["embedded", "rest-gateway"])
+def smart_env(request, tmp_path_factory):
+    """The authorization server does not depend on the EHR: the embedded store and one REST EHR."""
+    yield from make_smart_env(tmp_path_factory, request.param)
 
 PATIENT_SCOPE = "launch/patient openid fhirUser patient/*.cruds"
 OFFLINE_SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"

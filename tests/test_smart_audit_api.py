@@ -6,6 +6,14 @@ from __future__ import annotations
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from tests.conftest import make_smart_env
+
+
+@pytest.fixture(scope="module", params=["embedded"])
+def smart_env(request, tmp_path_factory):
+    """The authorization server does not depend on the EHR: the embedded store only."""
+    yield from make_smart_env(tmp_path_factory, request.param)
+
 
 @pytest.fixture(scope="module")
 def tokens(smart_env):

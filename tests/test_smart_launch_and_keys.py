@@ -14,7 +14,14 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from tests.conftest import make_smart_env
 from tests.smart_support import REDIRECT
+
+
+@pytest.fixture(scope="module", params=["embedded"])
+def smart_env(request, tmp_path_factory):
+    """The authorization server does not depend on the EHR: the embedded store only."""
+    yield from make_smart_env(tmp_path_factory, request.param)
 
 
 def test_launch_endpoint_needs_practitioner_or_system(smart_env):

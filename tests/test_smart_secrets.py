@@ -27,7 +27,14 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from fhir_gateway.audit import AuditLog
+from tests.conftest import make_smart_env
 from tests.smart_support import PASSWORD, REDIRECT, pkce_pair
+
+
+@pytest.fixture(scope="module", params=["embedded"])
+def smart_env(request, tmp_path_factory):
+    """The authorization server does not depend on the EHR: the embedded store only."""
+    yield from make_smart_env(tmp_path_factory, request.param)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

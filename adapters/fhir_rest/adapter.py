@@ -52,6 +52,17 @@ PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the ga
                  "not follow it, so the results stop here")
 
 
+def _pack_page(page: SearchPage) -> bytes:
+    return orjson.dumps({"m": page.resources, "i": page.included, "t": page.total,
+                         "n": page.next_cursor, "w": page.warnings})
+
+
+def _unpack_page(raw: bytes) -> SearchPage:
+    data = orjson.loads(raw)
+    return SearchPage(resources=data["m"], included=data["i"], total=data["t"],
+                      next_cursor=data["n"], warnings=data["w"])
+
+
 def _emulated_order(item: BundleEntryRequest) -> int:
     """FHIR's order (DELETE, POST, PUT, GET), with the conditional PUTs (If-Match) last among
     the writes: the resource they guard changes only once everything else is written, so a
@@ -198,7 +209,8 @@ class FhirRestAdapter(Adapter):
             raise UpstreamError(f"The EHR sent {resource_type}/{resource['id']} for a read "
                                 f"of {resource_type}/{id}")
         if ttl > 0:
-            self.cache.put(key, resp.raw, resp.headers.get("ETag"))
+            raw = resp.raw if resource is resp.body else orjson.dumps(resource)
+            self.cache.put(key, raw, resp.headers.get("ETag"))
         return resource
 
     def vread(self, resource_type: str, id: str, version_id: str) -> dict:
@@ -271,19 +283,19 @@ class FhirRestAdapter(Adapter):
         key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
         entry = self.cache.get(key) if ttl > 0 else None
         if entry is not None and entry.age() < ttl:
-            return self._page(orjson.loads(entry.raw), entry.raw, resource_type)
+            return _unpack_page(entry.raw)
         try:
             resp = self.client.send("GET", path, params=params)
         except UpstreamUnavailable as exc:
             if entry is not None and entry.age() < self.s.stale_for:
                 add_notice("stale", f"The EHR is unavailable ({exc.diagnostics}); these results "
                            "are a copy kept by the gateway and may be out of date", entry.age())
-                return self._page(orjson.loads(entry.raw), entry.raw, resource_type)
+                return _unpack_page(entry.raw)
             raise
         raise_for_status(resp, f"the search of {resource_type}")
         page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
-        if ttl > 0:
-            self.cache.put(key, resp.raw, None)
+        if ttl > 0:  # kept checked and localised, so a hit costs one JSON parse
+            self.cache.put(key, _pack_page(page), None)
         return page
 
     def _page(self, bundle: dict, raw: bytes, rtype: str) -> SearchPage:
