@@ -166,6 +166,28 @@ def build_refill_task(request: dict, now: datetime, note: str | None = None,
     return task
 
 
+def build_refill_message(request: dict, now: datetime, note: str | None = None,
+                         medication: dict | None = None) -> dict:
+    """The same request as a Communication to the prescriber, for EHRs where apps cannot
+    create Tasks (the gateway's documented fallback)."""
+    task = build_refill_task(request, now, note, medication)
+    patient = task["for"]
+    text = task["description"] + (f". Note from the patient: {note}" if note else "")
+    message: dict = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "category": [{"text": "Refill request"}],
+        "subject": patient,
+        "about": [task["focus"]],
+        "sender": patient,
+        "sent": task["authoredOn"],
+        "payload": [{"contentString": text}],
+    }
+    if "owner" in task:
+        message["recipient"] = [task["owner"]]
+    return message
+
+
 def group_by_request(requests: Iterable[dict], tasks: Iterable[dict]) -> list[tuple[dict, list]]:
     """Each MedicationRequest with its refill Tasks (newest first); active orders first, then
     newest authored first."""
