@@ -81,14 +81,19 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
 
 
 def _init_outbox(app: Flask, gateway: Gateway) -> None:
-    """Writes a remote EHR cannot take now are kept and replayed (see fhir_gateway.outbox)."""
+    """Writes a remote EHR cannot take now are kept and replayed (see fhir_gateway.outbox);
+    payments it cannot take at all go to the billing ledger (fhir_gateway.ledger)."""
     from fhir_gateway.http.outbox_api import bp as outbox_bp
     from fhir_gateway.outbox import Outbox, Replayer, Worker
 
     cfg = gateway.config
     cfg.data_path.mkdir(parents=True, exist_ok=True)
-    outbox = Outbox(make_state_engine(cfg.state_database_url), cfg.outbox.max_attempts)
+    engine = make_state_engine(cfg.state_database_url)
+    outbox = Outbox(engine, cfg.outbox.max_attempts)
     gateway.service.outbox = outbox
+    from fhir_gateway.ledger import Ledger
+
+    gateway.service.ledger = Ledger(engine)
     app.register_blueprint(outbox_bp, url_prefix="/fhir")
     if cfg.outbox.worker:
         worker = Worker(Replayer(outbox, gateway.service), cfg.outbox.interval)

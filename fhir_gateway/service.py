@@ -44,6 +44,7 @@ class FhirService:
         self.security: dict | None = None  # CapabilityStatement.rest.security, set with SMART
         self.payment_provider: PaymentProvider = OfflinePaymentProvider()
         self.outbox: Outbox | None = None  # set when the EHR is remote (fhir_rest)
+        self.ledger = None  # fhir_gateway.ledger.Ledger, likewise
         self.operations = Registry()
         for spec in builtin_operations():
             self.operations.add(spec)

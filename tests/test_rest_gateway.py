@@ -226,3 +226,54 @@ def test_cached_reads_are_still_checked_for_each_token(tmp_path, upstream):
     finally:
         env.browser.close()
         stop()
+
+
+def _pay(live, invoice: str, amount: float, key: str):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "amount", "valueMoney": {"value": amount, "currency": "USD"}},
+        {"name": "card-number", "valueString": "4111 1111 1111 1111"},
+        {"name": "card-expiry", "valueString": "11/38"},
+        {"name": "card-holder", "valueString": "Bob"}]}
+    return live.post(f"Invoice/{invoice}/$pay", body, headers={
+        "Content-Type": "application/fhir+json", "Idempotency-Key": key})
+
+
+def test_payments_go_to_the_ledger_where_the_ehr_takes_none(tmp_path, upstream):
+    """acct-0002 holds 105.50; inv-0002-01 owes 75.50 (the seed). The EHR here serves
+    Invoices and Accounts but takes no payment resources."""
+    from concurrent.futures import ThreadPoolExecutor
+    from decimal import Decimal
+
+    from mappings.portal import billing
+
+    live, stop = front(tmp_path, upstream,
+                       deny="PaymentReconciliation.create,PaymentNotice.create,Account.update")
+    try:
+        mark = live.fingerprint()
+        first = _pay(live, "inv-0002-01", 20, "key-1")
+        assert first.status_code == 201, first.text
+        receipt = first.json()
+        assert receipt["resourceType"] == "PaymentReconciliation"
+        assert receipt["paymentAmount"] == {"value": 20.0, "currency": "USD"}
+        again = _pay(live, "inv-0002-01", 20, "key-1")
+        assert again.status_code == 200 and again.json()["id"] == receipt["id"]
+        assert "4111" not in first.text and "11/38" not in first.text
+        too_much = _pay(live, "inv-0002-01", 60, "key-2")  # 55.50 left on the invoice
+        assert too_much.status_code == 422
+        assert too_much.json()["issue"][0]["expression"] == ["amount"]
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda i: _pay(live, "inv-0002-01", 20, f"race-{i}"),
+                                range(6)))
+        paid = [r for r in got if r.status_code == 201]
+        assert all(r.status_code in (201, 409, 422) for r in got), [r.text for r in got]
+        assert 1 <= len(paid) <= 2  # 55.50 left: at most two more payments of 20
+        assert live.fingerprint() == mark  # nothing was written to the EHR
+        statement = live.get("Account/acct-0002/$statement", headers={"Accept": "text/html"})
+        assert statement.status_code == 200
+        start = billing.account_balance(live.adapter.read("Account", "acct-0002"))
+        left = start - 20 * (1 + len(paid))
+        assert f"Balance due: ${left:,.2f}" in statement.text
+        assert statement.text.count("Card ending 1111") == 1 + len(paid)
+        assert left < start and Decimal(str(start)) == Decimal("105.50")
+    finally:
+        stop()

@@ -22,7 +22,13 @@ from decimal import Decimal
 
 from adapters.base import BundleEntryRequest
 from adapters.errors import Conflict, Invalid, NotFound, PreconditionFailed, Unprocessable
-from fhir_gateway.operations.registry import OperationContext, OperationSpec, ParamSpec
+from fhir_gateway.ledger import LedgerConflict
+from fhir_gateway.operations.registry import (
+    Fallback,
+    OperationContext,
+    OperationSpec,
+    ParamSpec,
+)
 from fhir_gateway.payments import Card, PaymentProvider, PaymentResult
 from fhir_gateway.request import FhirRequest, FhirResponse
 from fhir_gateway.service import version_headers
@@ -143,6 +149,8 @@ def pay(ctx: OperationContext) -> FhirResponse:
     account = _account_of(ctx, invoice)
     key_hash = billing.idempotency_hash(invoice_id, key)
     pr_id, pn_id = billing.payment_ids(key_hash)
+    if PAY.path(service.caps)[0] == "fallback":
+        return _pay_to_ledger(ctx, invoice, account, key_hash, pr_id, pn_id)
     first = _existing(ctx, pr_id, key_hash)
     if first is not None:
         return FhirResponse(200, first, version_headers(first))
@@ -197,9 +205,68 @@ def pay(ctx: OperationContext) -> FhirResponse:
             provider.void(charged)
 
 
-def _entries(invoice: dict, account: dict, pr_id: str, pn_id: str, key_hash: str,
-             amount: Decimal, balance: Decimal, outstanding: Decimal,
-             charged: PaymentResult) -> list[BundleEntryRequest]:
+def _pay_to_ledger(ctx: OperationContext, invoice: dict, account: dict, key_hash: str,
+                   pr_id: str, pn_id: str) -> FhirResponse:
+    """The EHR takes no payment resources: record the payment in the gateway's ledger (see
+    fhir_gateway.ledger), with the same checks, receipt and idempotency as the direct path."""
+    ledger = ctx.service.ledger
+    first = ledger.receipt(key_hash)
+    if first is not None:
+        return FhirResponse(200, first)
+    try:
+        amount = billing.parse_amount(ctx.one("amount", required=True))
+    except BillingError as exc:
+        raise _refuse(exc) from None
+    card = _card(ctx)
+    provider = payment_provider(ctx.service)
+    charged: PaymentResult | None = None
+    recorded = False
+    try:
+        for _attempt in range(MAX_ATTEMPTS):
+            paid, version = ledger.paid_on_account(account["id"])
+            first = ledger.receipt(key_hash)
+            if first is not None:
+                recorded = True  # the same key's concurrent twin won: its charge is ours
+                return FhirResponse(200, first)
+            if invoice.get("status") != "issued":
+                raise Unprocessable(f"Invoice/{invoice['id']} is {invoice.get('status')}, "
+                                    "not open for payment", expression="Invoice.status")
+            balance = billing.account_balance(account)
+            if balance is None:
+                raise Unprocessable("The account has no balance in US dollars to pay",
+                                    expression="Invoice.account")
+            notices = [notice for notice, _ in ledger.payments(invoice["id"])]
+            outstanding = billing.invoice_outstanding(invoice, notices)
+            try:
+                billing.check_amount(amount, balance - paid, outstanding)
+            except BillingError as exc:
+                raise _refuse(exc) from None
+            if charged is None:
+                charged = provider.charge(card, amount, billing.CURRENCY, key_hash)
+                if not charged.approved:
+                    raise Unprocessable(f"The card was declined: {charged.message}",
+                                        expression="card-number")
+            receipt, notice = _receipt_and_notice(invoice, pr_id, pn_id, key_hash, amount,
+                                                  charged)
+            receipt["meta"] = {"versionId": "1", "lastUpdated": receipt["created"]}
+            try:
+                ledger.record(key_hash=key_hash, account_id=account["id"],
+                              invoice_id=invoice["id"], amount=amount, receipt=receipt,
+                              notice=notice, seen_version=version)
+            except LedgerConflict:
+                time.sleep(random.uniform(0.005, 0.03))
+                continue
+            recorded = True
+            return FhirResponse(201, receipt)
+        raise Conflict("Too many payments on this account at once; try again",
+                       expression="amount")
+    finally:
+        if charged is not None and not recorded:
+            provider.void(charged)
+
+
+def _receipt_and_notice(invoice: dict, pr_id: str, pn_id: str, key_hash: str,
+                        amount: Decimal, charged: PaymentResult) -> tuple[dict, dict]:
     now = _now()
     created = now.isoformat(timespec="seconds").replace("+00:00", "Z")
     today = now.date().isoformat()
@@ -211,6 +278,13 @@ def _entries(invoice: dict, account: dict, pr_id: str, pn_id: str, key_hash: str
     notice = validate_resource(billing.build_payment_notice(
         id=pn_id, key_hash=key_hash, invoice=invoice, patient_ref=payer, amount=amount,
         reconciliation_id=pr_id, created=created, payment_date=today), "PaymentNotice")
+    return receipt, notice
+
+
+def _entries(invoice: dict, account: dict, pr_id: str, pn_id: str, key_hash: str,
+             amount: Decimal, balance: Decimal, outstanding: Decimal,
+             charged: PaymentResult) -> list[BundleEntryRequest]:
+    receipt, notice = _receipt_and_notice(invoice, pr_id, pn_id, key_hash, amount, charged)
     new_account = validate_resource(billing.with_balance(account, balance - amount), "Account")
     entries = [
         BundleEntryRequest("PUT", "PaymentReconciliation", pr_id, receipt),
@@ -233,7 +307,18 @@ def statement(ctx: OperationContext) -> FhirResponse:
     invoices = _search_all(ctx, "Invoice", [("account", f"Account/{account['id']}")])
     invoices.sort(key=lambda i: (i.get("date") or "", i["id"]), reverse=True)
     payments: list[tuple[dict, dict | None]] = []
-    for invoice in invoices:
+    ledger = service.ledger if PAY.path(service.caps)[0] == "fallback" else None
+    if ledger is not None:  # the payments are in the gateway's ledger, not the EHR
+        for invoice in invoices:
+            payments += ledger.payments(invoice["id"])
+        paid, _ = ledger.paid_on_account(account["id"])
+        balance = billing.account_balance(account)
+        if balance is not None:
+            account = billing.with_balance(account, balance - paid)
+        invoices = [billing.balanced_invoice(i) if i.get("status") == "issued"
+                    and billing.invoice_outstanding(i, [n for n, _ in ledger.payments(i["id"])])
+                    == 0 else i for i in invoices]
+    for invoice in invoices if ledger is None else []:
         for notice in _notices(ctx, invoice["id"]):
             ref = (notice.get("payment") or {}).get("reference", "")
             receipt = None
@@ -362,6 +447,12 @@ PAY = OperationSpec(
                 "invoice returns the first receipt (200) and charges once. Only the card's "
                 "last four digits are kept.",
     needs=(("Invoice", "r"), ("Account", "r"), ("PaymentReconciliation", "c")),
+    ehr_needs=(("Invoice", "r"), ("Account", "r"), ("PaymentReconciliation", "c"),
+               ("PaymentNotice", "c"), ("Account", "u")),
+    fallback=Fallback(
+        needs=(("Invoice", "r"), ("Account", "r")),
+        description="the payment is recorded in the gateway's billing ledger (receipt and "
+                    "notice kept by the gateway; balances shown less ledger payments)"),
     parameters=(
         ParamSpec("amount", "Money", min=1, documentation="USD, from 0.01 up to the account "
                   "balance and the invoice's outstanding amount"),

@@ -35,10 +35,12 @@ def missing_at_ehr(caps, needs: tuple[tuple[str, str], ...]) -> list[str]:
 
 @dataclass(frozen=True)
 class Fallback:
-    """Another way to do an operation when the EHR lacks what the direct way needs."""
+    """Another way to do an operation when the EHR lacks what the direct way needs: `needs`
+    at the EHR, and `token_needs` (default: the operation's own) of the caller's token."""
 
     needs: tuple[tuple[str, str], ...]
     description: str
+    token_needs: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,18 @@ class OperationSpec:
     parameters: tuple[ParamSpec, ...] = ()
     produces: str | None = None  # a non-FHIR media type the operation answers with (text/html)
     fallback: Fallback | None = None
+    ehr_needs: tuple[tuple[str, str], ...] | None = None  # at the EHR; default `needs`
 
     def path(self, caps) -> tuple[str, tuple[tuple[str, str], ...], str]:
-        """How the operation runs at this EHR: ("direct" | "fallback" | "unavailable", the
-        needs of that path, and what explains it: the fallback, or what the EHR lacks)."""
-        missing = missing_at_ehr(caps, self.needs)
+        """How the operation runs at this EHR: ("direct" | "fallback" | "unavailable", what
+        the caller's token needs on that path, and what explains it: the fallback, or what
+        the EHR lacks)."""
+        missing = missing_at_ehr(caps, self.ehr_needs or self.needs)
         if not missing:
             return "direct", self.needs, ""
         if self.fallback is not None and not missing_at_ehr(caps, self.fallback.needs):
-            return "fallback", self.fallback.needs, self.fallback.description
+            return ("fallback", self.fallback.token_needs or self.needs,
+                    self.fallback.description)
         return "unavailable", self.needs, ", ".join(missing)
 
     @property
