@@ -107,14 +107,17 @@ class FhirService:
         try:
             resource = self.adapter.read(rtype, id)
         except NotFound:
-            # Some EHRs answer 404, not 410, for a deleted resource: its history tells.
+            # Some EHRs answer 404, not 410, for a deleted resource: its history tells (and
+            # shows a resource created since the read as its newest version).
             try:
-                deleted = bool(self.adapter.history(rtype, id, 1).entries)
+                newest = self.adapter.history(rtype, id, 1).entries[:1]
             except NotFound:
-                deleted = False
-            if not deleted:
+                newest = []
+            if not newest:
                 raise
-            return self._visible_deleted(decision, rtype, id)
+            if newest[0].resource is None:
+                return self._visible_deleted(decision, rtype, id)
+            resource = newest[0].resource
         except Gone:
             return self._visible_deleted(decision, rtype, id)
         if decision is not None and not decision.permits(resource):

@@ -277,3 +277,43 @@ def test_payments_go_to_the_ledger_where_the_ehr_takes_none(tmp_path, upstream):
         assert left < start and Decimal(str(start)) == Decimal("105.50")
     finally:
         stop()
+
+
+def test_two_gateways_share_the_redis_cache(tmp_path):
+    """With REDIS_URL both processes read one cache: what one cached the other serves, and a
+    write through one invalidates the other's searches."""
+    import uuid
+
+    import redis
+
+    from tests.conftest import skip_or_fail
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        skip_or_fail("GATEWAY_REQUIRE_REDIS", "Redis is not running on 127.0.0.1:6379")
+    up = seeded_upstream(tmp_path / f"up-{uuid.uuid4().hex[:6]}", patients=1)
+    env = {"REDIS_URL": url, "FHIR_GATEWAY_FHIR_REST_DEFAULT_CACHE_TTL": "300",
+           "FHIR_GATEWAY_FHIR_REST_RETRIES": "0",
+           "FHIR_GATEWAY_FHIR_REST_NAME": f"ehr-{uuid.uuid4().hex[:8]}"}  # its own keys
+    one, stop_one = start_rest_gateway(tmp_path / "one", up.base, env)
+    two, stop_two = start_rest_gateway(tmp_path / "two", up.base, env)
+    try:
+        found = one.get("Observation", params={"patient": "pat-0001", "_count": "5"}).json()
+        assert found["total"] > 0
+        assert one.get("Patient/pat-0001").status_code == 200
+        created = two.post("Observation", {
+            "resourceType": "Observation", "status": "final", "code": {"text": "shared"},
+            "subject": {"reference": "Patient/pat-0001"}})
+        assert created.status_code == 201
+        after = one.get("Observation", params={"patient": "pat-0001", "_count": "5"}).json()
+        assert after["total"] == found["total"] + 1  # two's write reached one's cache keys
+        up.kill()
+        cached = two.get("Patient/pat-0001")  # one cached it; two serves it, EHR down
+        assert cached.status_code == 200 and cached.json()["id"] == "pat-0001"
+        assert two.get("Practitioner/prac-01").status_code == 503  # never cached: 503
+    finally:
+        stop_one()
+        stop_two()
+        up.stop()

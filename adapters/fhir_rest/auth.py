@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Generator
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jwt
 from joserfc.jwk import import_key
 
@@ -42,8 +44,10 @@ class BackendServicesAuth(httpx.Auth):
         if not settings.client_id or not settings.private_key_pem:
             raise ValueError("backend-services auth needs a client_id and a private key")
         self._s = settings
-        self._key = import_key(settings.private_key_pem)
-        self._alg = "ES384" if self._key.key_type == "EC" else "RS384"
+        loaded = serialization.load_pem_private_key(settings.private_key_pem, password=None)
+        kty = "EC" if isinstance(loaded, ec.EllipticCurvePrivateKey) else "RSA"
+        self._key = import_key(settings.private_key_pem, kty)
+        self._alg = "ES384" if kty == "EC" else "RS384"
         self._http = token_client
         self._lock = threading.Lock()
         self._token: str | None = None
