@@ -38,7 +38,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    update,
+    text,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -167,6 +167,17 @@ def _check(record: AuditRecord) -> None:
             raise ValueError(f"{name} contains a NUL character")
 
 
+_COLUMNS = ("seq", "recorded", *_FIELDS, "prev_hash", "hash")
+_TOUCH_HEAD = text("UPDATE audit_head SET seq = seq WHERE id = 1")
+_READ_HEAD = text("SELECT seq, hash FROM audit_head WHERE id = 1")
+_READ_HEAD_LOCKED = text("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+_INSERT_ENTRY = text(
+    "INSERT INTO audit_log (" + ", ".join(f'"{c}"' for c in _COLUMNS) + ") VALUES ("
+    + ", ".join(f":{c}" for c in _COLUMNS) + ")")
+_MOVE_HEAD = text("UPDATE audit_head SET seq = :new_seq, hash = :new_hash "
+                  "WHERE id = 1 AND seq = :seq AND hash = :hash")
+
+
 class AuditLog:
     """The audit log on one database. Thread-safe; any number of processes may append."""
 
@@ -177,6 +188,7 @@ class AuditLog:
         self._attempts = attempts
         self._lock = threading.Lock()  # threads of this process queue here, not in the DB
         self._sqlite = engine.dialect.name == "sqlite"
+        self._row_locks = engine.dialect.name != "sqlite"  # SELECT ... FOR UPDATE
         try:
             metadata.create_all(engine)
         except (IntegrityError, OperationalError, ProgrammingError):  # a racing creator won
@@ -212,25 +224,22 @@ class AuditLog:
         raise AssertionError("unreachable")
 
     def _append_in(self, conn: Connection, record: AuditRecord) -> int:
+        # Plain SQL built once (module level): this runs on every request, and building Core
+        # statements each time cost more than the database work.
         if self._sqlite:
             # Writing first makes pysqlite begin the transaction and take SQLite's write lock
             # now, whatever the engine's begin mode; later reads see the latest committed head.
-            conn.execute(update(audit_head).where(audit_head.c.id == 1)
-                         .values(seq=audit_head.c.seq))
-        head = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
-                            .where(audit_head.c.id == 1).with_for_update()).first()
+            conn.execute(_TOUCH_HEAD)
+        head = conn.execute(_READ_HEAD_LOCKED if self._row_locks else _READ_HEAD).first()
         if head is None:
             raise AuditChainError("audit_head is missing; run verify() and investigate")
         entry: dict[str, Any] = {"seq": head.seq + 1, "recorded": utc_stamp(self._clock()),
                                  **asdict(record)}
         entry["prev_hash"] = head.hash
         entry["hash"] = entry_hash(head.hash, entry)
-        conn.execute(insert(audit_log).values(**entry))
-        moved = conn.execute(
-            update(audit_head)
-            .where(audit_head.c.id == 1, audit_head.c.seq == head.seq,
-                   audit_head.c.hash == head.hash)
-            .values(seq=entry["seq"], hash=entry["hash"]))
+        conn.execute(_INSERT_ENTRY, entry)
+        moved = conn.execute(_MOVE_HEAD, {"new_seq": entry["seq"], "new_hash": entry["hash"],
+                                          "seq": head.seq, "hash": head.hash})
         if moved.rowcount != 1:
             raise _HeadMoved()
         return entry["seq"]

@@ -23,6 +23,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +60,7 @@ issued_token = Table(
     Column("expires_at", Float, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
 )
+_TOKEN_STATE = text("SELECT revoked FROM issued_token WHERE jti = :jti")
 
 refresh_token = Table(
     "refresh_token", metadata,
@@ -211,9 +213,8 @@ class Records:
 
     def access_token_state(self, jti: str) -> tuple[bool, bool]:
         """(known, revoked) for an access token id."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(issued_token.c.revoked).where(
-                issued_token.c.jti == jti)).first()
+        with self.engine.connect() as conn:  # on every request: plain SQL, built once
+            row = conn.execute(_TOKEN_STATE, {"jti": jti}).first()
         return (row is not None, bool(row.revoked) if row else False)
 
     def revoke_access_token(self, jti: str) -> None:
