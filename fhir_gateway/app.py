@@ -110,7 +110,7 @@ def _init_smart(app: Flask, gateway: Gateway) -> None:
     cfg = gateway.config
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     engine = make_state_engine(cfg.state_database_url)
-    gateway.audit = AuditLog(engine)
+    gateway.audit = AuditLog(engine, batch_window=cfg.auth.audit_batch_ms / 1000)
 
     def patient_name(pid: str) -> str | None:
         try:

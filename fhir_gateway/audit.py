@@ -13,8 +13,10 @@ The class has no update or delete; retention and database grants are the operato
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import logging
 import random
 import re
 import threading
@@ -42,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+log = logging.getLogger("fhir_gateway.audit")
 GENESIS = "0" * 64
 OBSERVER = "fhir-gateway"
 MAX_COUNT = 1000
@@ -182,8 +185,17 @@ class AuditLog:
     """The audit log on one database. Thread-safe; any number of processes may append."""
 
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None,
-                 attempts: int = 30) -> None:
+                 attempts: int = 30, batch_window: float = 0.0) -> None:
+        """`batch_window` > 0 makes `append` return at once and a background thread write
+        what arrived within that many seconds in one transaction (group commit); readers of
+        this object flush first. A process killed outright loses at most that window."""
         self.engine = engine
+        self._window = batch_window
+        self._pending: list[AuditRecord] = []
+        self._pending_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._attempts = attempts
         self._lock = threading.Lock()  # threads of this process queue here, not in the DB
@@ -209,9 +221,20 @@ class AuditLog:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def append(self, record: AuditRecord) -> int:
-        """Record one event; returns its sequence number (1, 2, ...)."""
+    def append(self, record: AuditRecord) -> int | None:
+        """Record one event; returns its sequence number (1, 2, ...), or None when batched
+        (it is written within the batch window)."""
         _check(record)
+        if self._window > 0:
+            with self._pending_lock:
+                self._pending.append(record)
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_behind,
+                                                    name="audit-writer", daemon=True)
+                    self._writer.start()
+                    atexit.register(self.flush)
+            self._wake.set()
+            return None
         with self._lock:
             for attempt in range(self._attempts):
                 try:
@@ -222,6 +245,42 @@ class AuditLog:
                         raise
                     time.sleep(min(0.2, 0.005 * 2 ** attempt) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
+
+    def _write_behind(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self._window)  # let the window fill: one transaction for all of it
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - kept in memory and retried next round
+                log.exception("audit write failed; %d entries kept for retry",
+                              len(self._pending))
+                time.sleep(min(1.0, self._window * 20))
+                self._wake.set()
+
+    def flush(self) -> None:
+        """Write every pending entry now (batched mode); no-op otherwise."""
+        with self._drain_lock:
+            while True:
+                with self._pending_lock:
+                    batch = self._pending[:500]
+                if not batch:
+                    return
+                with self._lock:
+                    for attempt in range(self._attempts):
+                        try:
+                            with self.engine.begin() as conn:
+                                for record in batch:
+                                    self._append_in(conn, record)
+                            break
+                        except (_HeadMoved, IntegrityError, OperationalError):
+                            if attempt == self._attempts - 1:
+                                raise
+                            time.sleep(min(0.2, 0.005 * 2 ** attempt)
+                                       * random.uniform(0.5, 1.5))
+                with self._pending_lock:
+                    del self._pending[:len(batch)]
 
     def _append_in(self, conn: Connection, record: AuditRecord) -> int:
         # Plain SQL built once (module level): this runs on every request, and building Core
@@ -248,6 +307,7 @@ class AuditLog:
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the newest entry; worth copying elsewhere to anchor the chain."""
+        self.flush()
         with self.engine.connect() as conn:
             row = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
                                .where(audit_head.c.id == 1)).first()
@@ -257,6 +317,7 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Recompute the chain from GENESIS to the head; report the first bad entry."""
+        self.flush()
         with self.engine.connect() as conn:
             head = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
                                 .where(audit_head.c.id == 1)).first()
@@ -306,6 +367,7 @@ class AuditLog:
                client_id: str | None = None, since: str | None = None, count: int = 50,
                before_seq: int | None = None) -> list[dict]:
         """Entries matching every given filter, newest first; page on with the last seq."""
+        self.flush()
         if count < 1:
             raise ValueError("count must be at least 1")
         query = select(audit_log).order_by(audit_log.c.seq.desc()).limit(min(count, MAX_COUNT))

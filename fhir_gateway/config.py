@@ -101,6 +101,10 @@ class AuthConfig:
     # anyone who can reach the port reads and writes everything.
     enabled: bool = True
     secret_key: str = ""  # signs browser sessions; default: a key file under the data dir
+    # The access log is written behind the request, in one transaction per this many
+    # milliseconds (0: every request waits for its own entry). A process killed outright
+    # loses at most this window; a normal stop writes everything.
+    audit_batch_ms: int = 5
 
 
 @dataclass

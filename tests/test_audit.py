@@ -7,19 +7,21 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 
 from fhir_gateway.audit import (
     GENESIS,
     AuditChainError,
     AuditLog,
     AuditRecord,
+    audit_log,
     entry_hash,
     metadata,
 )
@@ -233,7 +235,38 @@ def test_a_removed_head_is_not_silently_restarted(log, engine):
 
 def test_only_appends_are_offered():
     public = {name for name in dir(AuditLog) if not name.startswith("_")}
-    assert public == {"append", "verify", "search", "as_audit_event", "head"}
+    # flush only writes what append already accepted (batched mode)
+    assert public == {"append", "flush", "verify", "search", "as_audit_event", "head"}
+
+
+def test_batched_appends_from_threads_make_one_chain(tmp_path):
+    """Behind-the-request writing: appends return at once, land within the window in one
+    transaction per batch, and readers see them all (they flush first)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    log = AuditLog(engine, batch_window=0.005)
+    assert log.append(sample(0)) is None
+
+    def many(tag: int) -> None:
+        for i in range(50):
+            log.append(sample(tag * 100 + i))
+
+    threads = [threading.Thread(target=many, args=(t,)) for t in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(log.search(count=1000)) == 401  # search flushed what was still pending
+    assert_one_chain(log, 401)
+    deadline = time.monotonic() + 5  # and the writer alone gets there too
+    log.append(sample(999))
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(select(func.count()).select_from(audit_log)).scalar() == 402:
+                break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the background writer did not write the last entry")
+    engine.dispose()
 
 
 @pytest.mark.parametrize("record", [

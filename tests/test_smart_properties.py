@@ -629,6 +629,7 @@ def test_every_fhir_access_is_audited_without_secrets(smart_env, world):
     engine = audit.engine
 
     def last_seq() -> int:
+        audit.flush()  # the log is written behind the requests
         with engine.connect() as conn:
             return conn.execute(select(func.max(audit_log.c.seq))).scalar() or 0
 
