@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, has_app_context, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter, collect_notices
@@ -50,8 +51,24 @@ class Gateway:
             log.exception("audit append failed request_id=%s", request_id)
 
 
+class _FhirApiWithoutSessions(SecureCookieSessionInterface):
+    """The FHIR API is stateless (a bearer token per request): no session cookie to open or
+    save there; the sign-in pages under /auth keep theirs."""
+
+    def open_session(self, app: Flask, request):
+        if request.path.startswith("/fhir/"):
+            return self.null_session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        if isinstance(session, self.null_session_class):
+            return
+        super().save_session(app, session, response)
+
+
 def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app = Flask("fhir_gateway")
+    app.session_interface = _FhirApiWithoutSessions()
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes + 1  # see rest._body
     app.json.sort_keys = False
     adapter = adapter or build_adapter(config)

@@ -23,7 +23,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -60,7 +59,6 @@ issued_token = Table(
     Column("expires_at", Float, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
 )
-_TOKEN_STATE = text("SELECT revoked FROM issued_token WHERE jti = :jti")
 
 refresh_token = Table(
     "refresh_token", metadata,
@@ -178,6 +176,8 @@ class Records:
     def __init__(self, engine: Engine, clock=time.time) -> None:
         self.engine = engine
         self.clock = clock
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._token_state_sql = f"SELECT revoked FROM issued_token WHERE jti = {mark}"
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -213,9 +213,17 @@ class Records:
 
     def access_token_state(self, jti: str) -> tuple[bool, bool]:
         """(known, revoked) for an access token id."""
-        with self.engine.connect() as conn:  # on every request: plain SQL, built once
-            row = conn.execute(_TOKEN_STATE, {"jti": jti}).first()
-        return (row is not None, bool(row.revoked) if row else False)
+        # On every request: straight to the driver through the pool (SQLAlchemy's statement
+        # machinery cost more than the lookup itself).
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(self._token_state_sql, (jti,))
+            row = cur.fetchone()
+            cur.close()
+        finally:
+            raw.close()
+        return (row is not None, bool(row[0]) if row else False)
 
     def revoke_access_token(self, jti: str) -> None:
         with self.engine.begin() as conn:
