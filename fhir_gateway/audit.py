@@ -271,8 +271,7 @@ class AuditLog:
                     for attempt in range(self._attempts):
                         try:
                             with self.engine.begin() as conn:
-                                for record in batch:
-                                    self._append_in(conn, record)
+                                self._append_many_in(conn, batch)
                             break
                         except (_HeadMoved, IntegrityError, OperationalError):
                             if attempt == self._attempts - 1:
@@ -281,6 +280,29 @@ class AuditLog:
                                        * random.uniform(0.5, 1.5))
                 with self._pending_lock:
                     del self._pending[:len(batch)]
+
+    def _append_many_in(self, conn: Connection, records: list[AuditRecord]) -> None:
+        """Several entries in one transaction: one head read, one multi-row insert, one head
+        move (compare-and-set, as in `_append_in`)."""
+        if self._sqlite:
+            conn.execute(_TOUCH_HEAD)
+        head = conn.execute(_READ_HEAD_LOCKED if self._row_locks else _READ_HEAD).first()
+        if head is None:
+            raise AuditChainError("audit_head is missing; run verify() and investigate")
+        seq, prev = head.seq, head.hash
+        rows = []
+        for record in records:
+            entry: dict[str, Any] = {"seq": seq + 1, "recorded": utc_stamp(self._clock()),
+                                     **asdict(record)}
+            entry["prev_hash"] = prev
+            entry["hash"] = entry_hash(prev, entry)
+            rows.append(entry)
+            seq, prev = entry["seq"], entry["hash"]
+        conn.execute(_INSERT_ENTRY, rows)
+        moved = conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev,
+                                          "seq": head.seq, "hash": head.hash})
+        if moved.rowcount != 1:
+            raise _HeadMoved()
 
     def _append_in(self, conn: Connection, record: AuditRecord) -> int:
         # Plain SQL built once (module level): this runs on every request, and building Core

@@ -104,7 +104,7 @@ class AuthConfig:
     # The access log is written behind the request, in one transaction per this many
     # milliseconds (0: every request waits for its own entry). A process killed outright
     # loses at most this window; a normal stop writes everything.
-    audit_batch_ms: int = 5
+    audit_batch_ms: int = 10
 
 
 @dataclass
