@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter, collect_notices
 from adapters.errors import FhirError
+from fhir_gateway.access.policy import remember_patient_refs
 from fhir_gateway.audit import AuditLog, AuditRecord
 from fhir_gateway.config import Config
 from fhir_gateway.ehr import build_adapter
@@ -189,6 +190,8 @@ def _register_logging(app: Flask) -> None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
         g.adapter_notices = collect_notices()
+        # Only while nothing changes a resource as it is shown (reads); off for writes.
+        remember_patient_refs(request.method in ("GET", "HEAD"))
 
     @app.after_request
     def finish(resp: Response) -> Response:

@@ -7,6 +7,8 @@ embedded store narrow a search exactly, so totals and pages hold only what the c
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from mappings.r4 import PATIENT_COMPARTMENT
 
 # In the R4 compartment definition, but clinic data when its actor is a practitioner.
@@ -18,7 +20,7 @@ def requires_membership(resource_type: str) -> bool:
     return resource_type in PATIENT_COMPARTMENT and resource_type not in _OPTIONAL
 
 
-def in_compartment(resource_type: str, resource_id: str | None, patient_ids: set[str],
+def in_compartment(resource_type: str, resource_id: str | None, patient_ids: Set[str],
                    patient: str) -> bool:
     """The rule, given the ids of every Patient the resource references."""
     if resource_type == "Patient":

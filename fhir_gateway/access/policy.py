@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from adapters.embedded.indexer import index as index_resource
@@ -71,10 +72,30 @@ class AccessDecision:
         return True
 
 
-def patient_refs(resource: dict) -> set[str]:
+# Within one read-only request the same resource is checked by the access post-check and
+# looked at again for the access log; `remember_patient_refs()` lets the second look reuse the
+# first walk. Entries pin their resource, so an id is never confused with another object's.
+_REFS_MEMO: ContextVar[dict[int, tuple[dict, frozenset[str]]] | None] = ContextVar(
+    "patient_refs_memo", default=None)
+
+
+def remember_patient_refs(on: bool) -> None:
+    """Memoise `patient_refs` for the rest of this (read-only) request, or stop doing so."""
+    _REFS_MEMO.set({} if on else None)
+
+
+def patient_refs(resource: dict) -> frozenset[str]:
     """Ids of every Patient the resource references, in any spelling of the reference."""
+    memo = _REFS_MEMO.get()
+    if memo is not None:
+        hit = memo.get(id(resource))
+        if hit is not None and hit[0] is resource:
+            return hit[1]
     targets = (reference_target(ref) for _, ref in iter_references(resource))
-    return {t[1] for t in targets if t is not None and t[0] == "Patient"}
+    refs = frozenset(t[1] for t in targets if t is not None and t[0] == "Patient")
+    if memo is not None:
+        memo[id(resource)] = (resource, refs)
+    return refs
 
 
 def in_compartment(resource: dict, patient: str) -> bool:

@@ -143,7 +143,7 @@ def _whose(resource: dict | None) -> str | None:
     if resource.get("resourceType") == "Patient":
         return resource.get("id")
     refs = patient_refs(resource)
-    return refs.pop() if len(refs) == 1 else None
+    return next(iter(refs)) if len(refs) == 1 else None
 
 
 def _shape_all(resource: dict, summary: str | None, fields: list[str] | None) -> dict:
