@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -27,6 +28,13 @@ from smart_launch.discovery import Endpoints, oauth_uris_extension
 from smart_launch.server import SmartServer
 
 log = logging.getLogger("fhir_gateway.request")
+# Request ids: a random prefix per process and a counter (unique, and no system call each).
+_ID_PREFIX = uuid.uuid4().hex[:8]
+_ID_COUNTER = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 @dataclass
@@ -187,7 +195,7 @@ def _register_logging(app: Flask) -> None:
 
     @app.before_request
     def start() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or _next_request_id()
         g.started = time.perf_counter()
         g.adapter_notices = collect_notices()
         # Only while nothing changes a resource as it is shown (reads); off for writes.

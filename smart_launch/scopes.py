@@ -21,6 +21,7 @@ Standard library only, no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -183,8 +184,10 @@ class ScopeSet:
         return ScopeSet(grants=grants, other=kept_other, **flags)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_scopes(text: str) -> ScopeSet:
-    """Parse a space-separated scope string; raises ScopeError for a malformed resource scope."""
+    """Parse a space-separated scope string; raises ScopeError for a malformed resource scope.
+    Cached: every request parses its token's scopes, and a ScopeSet is immutable."""
     grants: list[Grant] = []
     other: list[str] = []
     flags: dict[str, bool] = {}

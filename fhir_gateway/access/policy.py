@@ -100,8 +100,10 @@ def patient_refs(resource: dict) -> frozenset[str]:
 
 def in_compartment(resource: dict, patient: str) -> bool:
     """The resource is this patient's (or belongs to no patient), and names no other patient."""
-    return compartment_rule(resource.get("resourceType", ""), resource.get("id"),
-                            patient_refs(resource), patient)
+    rtype = resource.get("resourceType", "")
+    if rtype == "Patient":  # the rule needs only its id: no need to walk its references
+        return compartment_rule(rtype, resource.get("id"), frozenset(), patient)
+    return compartment_rule(rtype, resource.get("id"), patient_refs(resource), patient)
 
 
 def matches(resource: dict, query: tuple[tuple[str, str], ...]) -> bool:

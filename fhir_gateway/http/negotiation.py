@@ -17,6 +17,9 @@ _XML_LIKE = ("xml", "text/xml", "application/xml", "application/fhir+xml", "ttl"
              "application/fhir+turtle", "text/turtle", "html", "text/html")
 
 
+_ACCEPTED: dict[str, str] = {}  # Accept header -> the JSON flavour chosen for it
+
+
 def response_mimetype(request: Request) -> str:
     """The JSON flavour to answer with, or NotAcceptable for a format this server lacks."""
     fmt = request.args.get("_format")
@@ -27,15 +30,24 @@ def response_mimetype(request: Request) -> str:
         raise NotAcceptable(
             f"_format={fmt} is not served; this server speaks application/fhir+json only",
             expression="_format")
+    header = request.headers.get("Accept")
+    if not header:
+        return FHIR_JSON
+    known = _ACCEPTED.get(header)
+    if known is not None:
+        return known
     accept = request.accept_mimetypes
-    if not accept or not request.headers.get("Accept"):
+    if not accept:
         return FHIR_JSON
     best = accept.best_match(SERVED)
     if best is None:
         raise NotAcceptable(
             f"Accept: {request.headers.get('Accept')} cannot be met; this server answers "
             "application/fhir+json or application/json", expression="Accept")
-    return FHIR_JSON if accept[FHIR_JSON] >= accept[JSON] else JSON
+    chosen = FHIR_JSON if accept[FHIR_JSON] >= accept[JSON] else JSON
+    if len(_ACCEPTED) < 256:  # clients send few distinct Accept headers; keep it bounded
+        _ACCEPTED[header] = chosen
+    return chosen
 
 
 def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:

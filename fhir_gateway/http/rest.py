@@ -33,7 +33,13 @@ def _service() -> FhirService:
 
 def base_url() -> str:
     configured = current_app.extensions["fhir_gateway"].config.server.base_url
-    return configured.rstrip("/") if configured else request.url_root.rstrip("/") + "/fhir"
+    if configured:
+        return configured.rstrip("/")
+    base = g.get("fhir_base")
+    if base is None:
+        # scheme://host[:port]/script-root, as url_root gives it, without its IRI decoding
+        base = g.fhir_base = f"{request.scheme}://{request.host}{request.script_root}/fhir"
+    return base
 
 
 def _body(req: Request) -> dict:
