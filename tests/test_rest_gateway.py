@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -316,4 +317,57 @@ def test_two_gateways_share_the_redis_cache(tmp_path):
     finally:
         stop_one()
         stop_two()
+        up.stop()
+
+
+def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
+    """With the EHR down a patient's write is queued (202); the status Task and the outbox
+    listing show it to that patient only, and it is stored once the EHR is back."""
+    up = seeded_upstream(tmp_path / "up", patients=2)
+    live, stop = start_rest_gateway(tmp_path / "front", up.base, {
+        "FHIR_GATEWAY_FHIR_REST_RETRIES": "0", "FHIR_GATEWAY_FHIR_REST_BREAKER_RESET": "0.5"},
+        auth=True, store=EmbeddedAdapter(up.database_url))
+    smart = live.app.extensions["smart"]
+    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
+    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
+    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
+    env = SmartEnv(live, smart)
+    try:
+        ann = env.patient_token("app-public", "ann", scope="launch/patient openid fhirUser "
+                                "patient/*.cruds")["access_token"]
+        bob = env.patient_token("app-public", "bob")["access_token"]
+        up.kill()
+        with env.fhir(ann) as client:
+            queued = client.post("Observation", json={
+                "resourceType": "Observation", "status": "final",
+                "code": {"text": "home reading"},
+                "subject": {"reference": "Patient/pat-0001"}},
+                headers={"Content-Type": "application/fhir+json"})
+            assert queued.status_code == 202, queued.text
+            status_url = queued.headers["Content-Location"]
+            assert f"127.0.0.1:{up.port}" not in queued.text
+            mine = client.get(status_url)
+            assert mine.status_code == 200 and mine.json()["status"] == "requested"
+            assert mine.json()["for"] == {"reference": "Patient/pat-0001"}
+            listed = client.get("_outbox").json()
+            assert [e["resource"]["id"] for e in listed["entry"]] == [mine.json()["id"]]
+        with env.fhir(bob) as client:
+            assert client.get(status_url).status_code == 404
+            assert client.get("_outbox").json()["total"] == 0
+        assert live.get("_outbox").status_code == 401  # no token, no outbox
+        up.start()
+        deadline = time.monotonic() + 30
+        with env.fhir(ann) as client:
+            while time.monotonic() < deadline:
+                task = client.get(status_url).json()
+                if task["status"] == "completed":
+                    break
+                time.sleep(0.2)
+        assert task["status"] == "completed", task
+        ref = task["output"][0]["valueReference"]["reference"]
+        rtype, rid = ref.split("/")[:2]
+        assert live.adapter.read(rtype, rid)["code"] == {"text": "home reading"}
+    finally:
+        env.browser.close()
+        stop()
         up.stop()
