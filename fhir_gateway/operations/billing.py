@@ -136,6 +136,72 @@ def _card(ctx: OperationContext) -> Card:
     return Card(digits, str(expiry).strip(), holder.strip())
 
 
+class _EhrBooks:
+    """Payments recorded in the EHR: one transaction (receipt, notice, Account with If-Match,
+    Invoice balanced when paid in full)."""
+
+    def __init__(self, ctx: OperationContext, invoice: dict, account: dict, pr_id: str,
+                 pn_id: str, key_hash: str) -> None:
+        self.ctx, self.pr_id, self.pn_id, self.key_hash = ctx, pr_id, pn_id, key_hash
+        self.invoice_id, self.account_id = invoice["id"], account["id"]
+
+    def existing(self) -> dict | None:
+        return _existing(self.ctx, self.pr_id, self.key_hash)
+
+    def read(self) -> tuple[dict, dict, list[dict], Decimal]:
+        """Account, Invoice, the invoice's notices, and payments not yet in the balance.
+        Account first: any payment stored after this read moves it, so our If-Match fails
+        and we start over rather than act on what we read after it."""
+        adapter = self.ctx.service.adapter
+        account = adapter.read("Account", self.account_id)
+        invoice = adapter.read("Invoice", self.invoice_id)
+        return account, invoice, _notices(self.ctx, self.invoice_id), Decimal(0)
+
+    def record(self, account: dict, invoice: dict, balance: Decimal, outstanding: Decimal,
+               amount: Decimal, charged: PaymentResult) -> FhirResponse | None:
+        entries = _entries(invoice, account, self.pr_id, self.pn_id, self.key_hash, amount,
+                           balance, outstanding, charged)
+        try:
+            results = self.ctx.service.adapter.transaction(entries)
+        except PreconditionFailed:
+            return None
+        return self.ctx.service.write_response(results[0], self.ctx.request, self.ctx.base,
+                                               201)
+
+
+class _LedgerBooks:
+    """Payments recorded in the gateway's ledger (the EHR takes no payment resources): the
+    EHR's Invoice and Account are read once; balances are theirs less the ledger's."""
+
+    def __init__(self, ctx: OperationContext, invoice: dict, account: dict, pr_id: str,
+                 pn_id: str, key_hash: str) -> None:
+        self.ledger = ctx.service.ledger
+        self.invoice, self.account = invoice, account
+        self.pr_id, self.pn_id, self.key_hash = pr_id, pn_id, key_hash
+        self.version = 0
+
+    def existing(self) -> dict | None:
+        return self.ledger.receipt(self.key_hash)
+
+    def read(self) -> tuple[dict, dict, list[dict], Decimal]:
+        paid, self.version = self.ledger.paid_on_account(self.account["id"])
+        notices = [notice for notice, _ in self.ledger.payments(self.invoice["id"])]
+        return self.account, self.invoice, notices, paid
+
+    def record(self, account: dict, invoice: dict, balance: Decimal, outstanding: Decimal,
+               amount: Decimal, charged: PaymentResult) -> FhirResponse | None:
+        receipt, notice = _receipt_and_notice(invoice, self.pr_id, self.pn_id, self.key_hash,
+                                              amount, charged)
+        receipt["meta"] = {"versionId": "1", "lastUpdated": receipt["created"]}
+        try:
+            self.ledger.record(key_hash=self.key_hash, account_id=account["id"],
+                               invoice_id=invoice["id"], amount=amount, receipt=receipt,
+                               notice=notice, seen_version=self.version)
+        except LedgerConflict:
+            return None
+        return FhirResponse(201, receipt, version_headers(receipt))
+
+
 def pay(ctx: OperationContext) -> FhirResponse:
     req, service = ctx.request, ctx.service
     for name in CARD_PARAMS:
@@ -149,9 +215,10 @@ def pay(ctx: OperationContext) -> FhirResponse:
     account = _account_of(ctx, invoice)
     key_hash = billing.idempotency_hash(invoice_id, key)
     pr_id, pn_id = billing.payment_ids(key_hash)
-    if PAY.path(service.caps)[0] == "fallback":
-        return _pay_to_ledger(ctx, invoice, account, key_hash, pr_id, pn_id)
-    first = _existing(ctx, pr_id, key_hash)
+    ledger = PAY.path(service.caps)[0] == "fallback"
+    books = (_LedgerBooks if ledger else _EhrBooks)(ctx, invoice, account, pr_id, pn_id,
+                                                     key_hash)
+    first = books.existing()
     if first is not None:
         return FhirResponse(200, first, version_headers(first))
     try:
@@ -164,14 +231,11 @@ def pay(ctx: OperationContext) -> FhirResponse:
     recorded = False
     try:
         for _attempt in range(MAX_ATTEMPTS):
-            # Account first: any payment stored after this read moves it, so our If-Match
-            # fails and we start over rather than act on what we read below.
-            account = service.adapter.read("Account", account["id"])
-            first = _existing(ctx, pr_id, key_hash)
+            account, invoice, notices, taken = books.read()
+            first = books.existing()
             if first is not None:
                 recorded = True  # the same key's concurrent twin won: its charge is ours
                 return FhirResponse(200, first, version_headers(first))
-            invoice = service.adapter.read("Invoice", invoice_id)
             if invoice.get("status") != "issued":
                 raise Unprocessable(f"Invoice/{invoice_id} is {invoice.get('status')}, "
                                     "not open for payment", expression="Invoice.status")
@@ -179,66 +243,9 @@ def pay(ctx: OperationContext) -> FhirResponse:
             if balance is None:
                 raise Unprocessable("The account has no balance in US dollars to pay",
                                     expression="Invoice.account")
-            outstanding = billing.invoice_outstanding(invoice, _notices(ctx, invoice_id))
-            try:
-                billing.check_amount(amount, balance, outstanding)
-            except BillingError as exc:
-                raise _refuse(exc) from None
-            if charged is None:
-                charged = provider.charge(card, amount, billing.CURRENCY, key_hash)
-                if not charged.approved:
-                    raise Unprocessable(f"The card was declined: {charged.message}",
-                                        expression="card-number")
-            entries = _entries(invoice, account, pr_id, pn_id, key_hash, amount, balance,
-                               outstanding, charged)
-            try:
-                results = service.adapter.transaction(entries)
-            except PreconditionFailed:
-                time.sleep(random.uniform(0.005, 0.03))
-                continue
-            recorded = True
-            return service.write_response(results[0], req, ctx.base, 201)
-        raise Conflict("Too many payments on this account at once; try again",
-                       expression="amount")
-    finally:
-        if charged is not None and not recorded:
-            provider.void(charged)
-
-
-def _pay_to_ledger(ctx: OperationContext, invoice: dict, account: dict, key_hash: str,
-                   pr_id: str, pn_id: str) -> FhirResponse:
-    """The EHR takes no payment resources: record the payment in the gateway's ledger (see
-    fhir_gateway.ledger), with the same checks, receipt and idempotency as the direct path."""
-    ledger = ctx.service.ledger
-    first = ledger.receipt(key_hash)
-    if first is not None:
-        return FhirResponse(200, first)
-    try:
-        amount = billing.parse_amount(ctx.one("amount", required=True))
-    except BillingError as exc:
-        raise _refuse(exc) from None
-    card = _card(ctx)
-    provider = payment_provider(ctx.service)
-    charged: PaymentResult | None = None
-    recorded = False
-    try:
-        for _attempt in range(MAX_ATTEMPTS):
-            paid, version = ledger.paid_on_account(account["id"])
-            first = ledger.receipt(key_hash)
-            if first is not None:
-                recorded = True  # the same key's concurrent twin won: its charge is ours
-                return FhirResponse(200, first)
-            if invoice.get("status") != "issued":
-                raise Unprocessable(f"Invoice/{invoice['id']} is {invoice.get('status')}, "
-                                    "not open for payment", expression="Invoice.status")
-            balance = billing.account_balance(account)
-            if balance is None:
-                raise Unprocessable("The account has no balance in US dollars to pay",
-                                    expression="Invoice.account")
-            notices = [notice for notice, _ in ledger.payments(invoice["id"])]
             outstanding = billing.invoice_outstanding(invoice, notices)
             try:
-                billing.check_amount(amount, balance - paid, outstanding)
+                billing.check_amount(amount, balance - taken, outstanding)
             except BillingError as exc:
                 raise _refuse(exc) from None
             if charged is None:
@@ -246,18 +253,12 @@ def _pay_to_ledger(ctx: OperationContext, invoice: dict, account: dict, key_hash
                 if not charged.approved:
                     raise Unprocessable(f"The card was declined: {charged.message}",
                                         expression="card-number")
-            receipt, notice = _receipt_and_notice(invoice, pr_id, pn_id, key_hash, amount,
-                                                  charged)
-            receipt["meta"] = {"versionId": "1", "lastUpdated": receipt["created"]}
-            try:
-                ledger.record(key_hash=key_hash, account_id=account["id"],
-                              invoice_id=invoice["id"], amount=amount, receipt=receipt,
-                              notice=notice, seen_version=version)
-            except LedgerConflict:
+            answer = books.record(account, invoice, balance, outstanding, amount, charged)
+            if answer is None:  # another payment moved the account first: read again
                 time.sleep(random.uniform(0.005, 0.03))
                 continue
             recorded = True
-            return FhirResponse(201, receipt)
+            return answer
         raise Conflict("Too many payments on this account at once; try again",
                        expression="amount")
     finally:
