@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.embedded import EmbeddedAdapter  # noqa: E402
 from adapters.search import ParamClause, SearchQuery  # noqa: E402
+from bench.common import free_port, machine  # noqa: E402
 from fhir_gateway.synthetic import generate  # noqa: E402
 from fhir_gateway.validation import validate_resource  # noqa: E402
 
@@ -40,26 +40,6 @@ def rate(fn, seconds: float, max_calls: int = 200_000) -> float:
         fn()
         calls += 1
     return calls / (time.perf_counter() - start)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(data: Path, port: int, threads: int) -> subprocess.Popen:

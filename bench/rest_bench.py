@@ -21,7 +21,6 @@ import datetime as dt
 import http.client
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters.embedded import EmbeddedAdapter  # noqa: E402
+from bench.common import free_port, machine  # noqa: E402
 from fhir_gateway.synthetic import generate  # noqa: E402
 
 FHIR_JSON = "application/fhir+json"
@@ -74,19 +74,6 @@ def search():
 '''
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
-
-
 def code_version() -> str:
     """The commit measured, and whether the working tree differs from it."""
     try:
@@ -111,14 +98,6 @@ def filesystem(path: Path) -> str:
     except OSError:
         pass
     return f"{best[0]} ({best[1]})"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- CPU accounting from /proc ---------------------------------------------------------------
