@@ -83,3 +83,7 @@ class UpstreamUnavailable(FhirError):
 
 class UpstreamError(FhirError):
     code = "exception"
+
+
+class WrongFhirVersion(UpstreamError):
+    """The EHR speaks another FHIR version than R4."""

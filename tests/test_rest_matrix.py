@@ -4,6 +4,7 @@ and an EHR that declares another FHIR version is refused."""
 
 from __future__ import annotations
 
+import httpx
 import orjson
 import pytest
 import respx
@@ -277,4 +278,24 @@ def test_no_statement_is_none(ehr):
     a = _adapter(vendor="medplum")
     assert a.statement() is None
     assert set(a.capabilities().for_type("Patient").interactions) == set(STANDARD)
+    a.close()
+
+
+def test_an_ehr_of_another_version_is_offered_nothing(ehr):
+    """An R5 server is not guessed at: no type is served, so no request reaches it."""
+    ehr.get("/metadata").respond(200, content=orjson.dumps(statement(
+        resource("Patient", "read"), version="5.0.0")), headers={"Content-Type": FJ})
+    a = _adapter(vendor="hapi")
+    assert a.capabilities().types == {}
+    a.close()
+
+
+def test_an_unreachable_ehr_is_not_asked_on_every_call(ehr):
+    """While the EHR cannot be asked, the assumed matrix stands for a few seconds instead of
+    a new attempt at every capabilities() call (several per request)."""
+    route = ehr.get("/metadata").mock(side_effect=httpx.ConnectError("down"))
+    a = _adapter(vendor="hapi")
+    for _ in range(5):
+        assert a.capabilities().for_type("Patient") is not None  # hapi: standard assumed
+    assert route.call_count == 1
     a.close()

@@ -11,6 +11,7 @@ else entry by entry with compensating undo (documented in the README).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ from adapters.errors import (
     NotSupported,
     UpstreamError,
     UpstreamUnavailable,
+    WrongFhirVersion,
 )
 from adapters.fhir_rest.cache import ResponseCache, make_cache
 from adapters.fhir_rest.client import UpstreamClient, UpstreamResponse, raise_for_status
@@ -48,6 +50,8 @@ from adapters.search import SearchQuery, valid_id
 from mappings.r4 import RESOURCE_TYPES
 from mappings.references import reference_target, rewrite_references
 
+log = logging.getLogger("adapters.fhir_rest")
+RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
 
@@ -107,7 +111,7 @@ class FhirRestAdapter(Adapter):
             return None
         version = str(body.get("fhirVersion") or "")
         if version and not version.startswith("4.0"):
-            raise UpstreamError(f"The EHR ({self.s.name}) declares FHIR {version}; this gateway "
+            raise WrongFhirVersion(f"The EHR ({self.s.name}) declares FHIR {version}; this gateway "
                                 "speaks R4 (4.0)")
         self.cache.put("metadata", orjson.dumps(body), None)
         return body
@@ -117,17 +121,22 @@ class FhirRestAdapter(Adapter):
             fresh = time.monotonic() - self._matrix_at < self.s.capability_ttl
             if self._matrix is not None and fresh and not refresh:
                 return self._matrix
+            known = True
             try:
                 statement = self.statement()
-                known = True
-            except (UpstreamUnavailable, UpstreamError):
+            except WrongFhirVersion as exc:  # not R4: offer nothing rather than guess
+                log.warning("the EHR's CapabilityStatement is unusable: %s", exc.diagnostics)
+                statement = {"rest": [{"mode": "server", "resource": []}]}
+            except (UpstreamUnavailable, UpstreamError):  # cannot ask now: ask again soon
                 statement, known = None, False
             matrix = build_matrix(self.s.name, self.vendor, statement, self.s.granted_scopes,
                                   self.s.allow, self.s.deny)
             if known or self._matrix is None:
                 self._matrix = matrix
-                # An EHR that could not be asked is asked again on the next request.
-                self._matrix_at = time.monotonic() if known else 0.0
+            now = time.monotonic()
+            # An EHR that could not be asked is asked again after RETRY_UNKNOWN seconds, not
+            # on every call (several per request).
+            self._matrix_at = now if known else now - self.s.capability_ttl + RETRY_UNKNOWN
             return self._matrix
 
     def capabilities(self) -> Capabilities:

@@ -26,6 +26,7 @@ from adapters.errors import (
     Unprocessable,
     UpstreamError,
     UpstreamUnavailable,
+    WrongFhirVersion,
 )
 from adapters.fhir_rest.auth import make_auth
 from adapters.fhir_rest.resilience import (
@@ -148,7 +149,7 @@ class UpstreamClient:
                                 "instead of FHIR JSON")
         version = _mime_param(rest, "fhirversion")
         if version and not version.startswith("4.0"):
-            raise UpstreamError(f"The EHR answered FHIR version {version}; this gateway "
+            raise WrongFhirVersion(f"The EHR answered FHIR version {version}; this gateway "
                                 "speaks R4 (4.0)")
         try:
             data = orjson.loads(raw)
