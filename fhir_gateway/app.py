@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, has_app_context, request
 from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter, collect_notices
@@ -86,10 +87,14 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     app.secret_key = config.auth.secret_key or load_or_create_key(keys / "session.key")
     gateway = Gateway(config, adapter, FhirService(adapter, config, signer))
     app.extensions["fhir_gateway"] = gateway
-    if config.auth.enabled:
-        _init_smart(app, gateway)
-    if config.adapter.kind == "fhir_rest":
-        _init_outbox(app, gateway)
+    remote = config.adapter.kind == "fhir_rest"
+    if config.auth.enabled or remote:  # the gateway's own state: one engine, one pool
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        state = make_state_engine(config.state_database_url)
+        if config.auth.enabled:
+            _init_smart(app, gateway, state)
+        if remote:
+            _init_outbox(app, gateway, state)
 
     from fhir_gateway.http.rest import bp as fhir_bp
 
@@ -106,19 +111,16 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
     return app
 
 
-def _init_outbox(app: Flask, gateway: Gateway) -> None:
+def _init_outbox(app: Flask, gateway: Gateway, engine: Engine) -> None:
     """Writes a remote EHR cannot take now are kept and replayed (see fhir_gateway.outbox);
     payments it cannot take at all go to the billing ledger (fhir_gateway.ledger)."""
     from fhir_gateway.http.outbox_api import bp as outbox_bp
+    from fhir_gateway.ledger import Ledger
     from fhir_gateway.outbox import Outbox, Replayer, Worker
 
     cfg = gateway.config
-    cfg.data_path.mkdir(parents=True, exist_ok=True)
-    engine = make_state_engine(cfg.state_database_url)
     outbox = Outbox(engine, cfg.outbox.max_attempts)
     gateway.service.outbox = outbox
-    from fhir_gateway.ledger import Ledger
-
     gateway.service.ledger = Ledger(engine)
     app.register_blueprint(outbox_bp, url_prefix="/fhir")
     if cfg.outbox.worker:
@@ -127,15 +129,13 @@ def _init_outbox(app: Flask, gateway: Gateway) -> None:
         app.extensions["outbox_worker"] = worker
 
 
-def _init_smart(app: Flask, gateway: Gateway) -> None:
+def _init_smart(app: Flask, gateway: Gateway, engine: Engine) -> None:
     """The SMART authorization server, its endpoints, the audit log and CORS."""
     from smart_launch.authorize import bp as authorize_bp
     from smart_launch.endpoints import bp as endpoints_bp
     from smart_launch.endpoints import discovery_bp
 
     cfg = gateway.config
-    cfg.data_path.mkdir(parents=True, exist_ok=True)
-    engine = make_state_engine(cfg.state_database_url)
     gateway.audit = AuditLog(engine, batch_window=cfg.auth.audit_batch_ms / 1000)
 
     def patient_name(pid: str) -> str | None:

@@ -191,21 +191,14 @@ def _coerce(section: str, key: str, value: Any, target: Any, problems: list[str]
             return False
         problems.append(f"'{where}' must be true or false, not {value!r}.")
         return target
-    if want is float:
+    if want in (int, float):
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            return want(value)
         except (TypeError, ValueError):
-            problems.append(f"'{where}' must be a number, not {value!r}.")
-            return target
-    if want is int:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            problems.append(f"'{where}' must be a whole number, not {value!r}.")
+            kind = "a whole number" if want is int else "a number"
+            problems.append(f"'{where}' must be {kind}, not {value!r}.")
             return target
     if want is str:
         if not isinstance(value, str | int | float):
@@ -275,6 +268,22 @@ def load_config(path: str | os.PathLike | None = None,
     return cfg
 
 
+def items(text: str) -> tuple[str, ...]:
+    """A comma-separated setting as its items."""
+    return tuple(filter(None, (p.strip() for p in text.split(","))))
+
+
+def cache_ttls(text: str) -> dict[str, int]:
+    """`fhir_rest.cache_ttl`, "Patient=300,Observation=60", as seconds per type."""
+    out = {}
+    for part in items(text):
+        rtype, _, seconds = part.partition("=")
+        if not seconds.strip().isdigit():
+            raise ValueError(f"fhir_rest.cache_ttl: {part!r} must look like Patient=300.")
+        out[rtype.strip()] = int(seconds)
+    return out
+
+
 def check(cfg: Config) -> list[str]:
     """Problems with values that parsed but cannot work."""
     out = []
@@ -311,6 +320,18 @@ def check(cfg: Config) -> list[str]:
         if rest.auth == "bearer" and not (rest.bearer_token or rest.bearer_token_file):
             out.append("fhir_rest.auth = bearer needs FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN or "
                        "fhir_rest.bearer_token_file.")
+        from adapters.fhir_rest.matrix import override_target
+
+        for label, text in (("allow", rest.allow), ("deny", rest.deny)):
+            for entry in items(text):
+                try:
+                    override_target(entry)
+                except ValueError as exc:
+                    out.append(f"fhir_rest.{label}: {exc}.")
+        try:
+            cache_ttls(rest.cache_ttl)
+        except ValueError as exc:
+            out.append(str(exc))
         if rest.auth == "backend-services" and not (rest.client_id and rest.private_key_file):
             out.append("fhir_rest.auth = backend-services needs fhir_rest.client_id and "
                        "fhir_rest.private_key_file.")

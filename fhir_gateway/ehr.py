@@ -6,22 +6,8 @@ import os
 from pathlib import Path
 
 from adapters.base import Adapter
-from fhir_gateway.config import Config
+from fhir_gateway.config import Config, cache_ttls, items
 from fhir_gateway.paging import load_or_create_key
-
-
-def _ttls(text: str) -> dict[str, int]:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        rtype, _, seconds = part.partition("=")
-        if not seconds.strip().isdigit():
-            raise ValueError(f"fhir_rest.cache_ttl: {part!r} must look like Patient=300")
-        out[rtype.strip()] = int(seconds)
-    return out
-
-
-def _items(text: str) -> tuple[str, ...]:
-    return tuple(filter(None, (p.strip() for p in text.split(","))))
 
 
 def rest_settings(config: Config):
@@ -36,11 +22,11 @@ def rest_settings(config: Config):
     return RestSettings(
         base_url=rc.base_url, name=rc.name, vendor=rc.vendor, auth=rc.auth, bearer_token=token,
         client_id=rc.client_id, token_url=rc.token_url, private_key_pem=key, key_id=rc.key_id,
-        scope=rc.scope, granted_scopes=rc.granted_scopes, allow=_items(rc.allow),
-        deny=_items(rc.deny), connect_timeout=rc.connect_timeout, read_timeout=rc.read_timeout,
+        scope=rc.scope, granted_scopes=rc.granted_scopes, allow=items(rc.allow),
+        deny=items(rc.deny), connect_timeout=rc.connect_timeout, read_timeout=rc.read_timeout,
         write_timeout=rc.read_timeout, retries=rc.retries, backoff=rc.backoff, max_wait=rc.max_wait,
         breaker_failures=rc.breaker_failures, breaker_reset=rc.breaker_reset,
-        cache_ttl=_ttls(rc.cache_ttl), default_cache_ttl=rc.default_cache_ttl,
+        cache_ttl=cache_ttls(rc.cache_ttl), default_cache_ttl=rc.default_cache_ttl,
         stale_for=rc.stale_for, capability_ttl=rc.capability_ttl,
         cursor_key=load_or_create_key(config.data_path / "keys" / "upstream-cursor.key"),
         redis_url=config.redis_url)

@@ -379,10 +379,8 @@ class Replayer:
             if entry.method == "POST":
                 condition = None
                 if entry.write_id:
-                    condition = self.service.search_query(
-                        entry.resource_type,
-                        [("identifier", f"{WRITE_ID_SYSTEM}|{entry.write_id}")],
-                        strict=True).query
+                    condition = self.service.write_condition(entry.resource_type,
+                                                             entry.write_id)
                 result = adapter.create(entry.body, condition)
             elif entry.method == "PUT":
                 result = adapter.update(entry.body, entry.if_match)

@@ -277,14 +277,17 @@ class FhirService:
         """Run `send` (a write to the EHR) and return its WriteResult; or, when the EHR cannot
         take it now, or earlier writes for the same patient still wait in the outbox (they
         must land first), queue it and return the 202 FhirResponse."""
-        if self.outbox is not None and self.outbox.lane_busy(self.lane(req, decision, body)):
+        if self.outbox is None:
+            return send()
+        lane = self.lane(req, decision, body)
+        if self.outbox.lane_busy(lane):
             return self.queue(UpstreamUnavailable(
                 "Earlier changes to this patient's record are still waiting for the EHR"),
-                req, base, decision, body=body, write_id=write_id)
+                req, base, lane, body, write_id)
         try:
             return send()
         except UpstreamUnavailable as exc:
-            return self.queue(exc, req, base, decision, body=body, write_id=write_id)
+            return self.queue(exc, req, base, lane, body, write_id)
 
     @staticmethod
     def lane(req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
@@ -299,19 +302,15 @@ class FhirService:
             return req.id or ""
         return ""
 
-    def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str,
-              decision: AccessDecision | None, body: dict | None = None,
-              write_id: str | None = None) -> FhirResponse:
+    def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str, lane: str,
+              body: dict | None, write_id: str | None) -> FhirResponse:
         """The EHR cannot take the write now: keep it in the outbox and answer 202 with where
-        to follow it. Without an outbox the 503 stands."""
-        if self.outbox is None:
-            raise exc
-        lane = self.lane(req, decision, body)
+        to follow it."""
         principal = req.principal
         entry = self.outbox.enqueue(
             method={"create": "POST", "update": "PUT", "delete": "DELETE"}[req.interaction],
             resource_type=req.resource_type or "", resource_id=req.id, body=body,
-            if_match=req.if_match, write_id=write_id, lane=lane or "",
+            if_match=req.if_match, write_id=write_id, lane=lane,
             client_id=getattr(principal, "client_id", "") or "", error=exc.diagnostics,
             retry_after=exc.retry_after)
         status_url = f"{base}/_outbox/{entry.id}"
@@ -364,9 +363,9 @@ class FhirService:
     def _delete(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "delete")
         decision = self.decide(req)
-        if decision is not None:
-            self.visible_for_write(decision, req.resource_type, self.check_id(req.id))
         rid = self.check_id(req.id)
+        if decision is not None:
+            self.visible_for_write(decision, req.resource_type, rid)
         result = self.send_write(req, base, decision,
                                  lambda: self.adapter.delete(req.resource_type, rid))
         if isinstance(result, FhirResponse):

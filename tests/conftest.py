@@ -285,17 +285,11 @@ def smart_env(request, tmp_path_factory):
 
 
 def make_smart_env(tmp_path_factory, kind: str):
-    from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
+    from tests.smart_support import smart_env_for
 
     data = tmp_path_factory.mktemp("smart")
     live, stop = start_ehr(kind, data, auth=True)
-    smart = live.app.extensions["smart"]
-    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
-    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
-    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
-    smart.accounts.add("carol", PASSWORD, fhir_user="Patient/pat-0001",
-                       patients=["pat-0001", "pat-0003"])
-    env = SmartEnv(live, smart)
+    env = smart_env_for(live)
     yield env
     env.browser.close()
     stop()

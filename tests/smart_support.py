@@ -102,3 +102,15 @@ class SmartEnv:
         return httpx.Client(base_url=self.base + "/", timeout=30,
                             headers={"Authorization": f"Bearer {token}",
                                      "Accept": "application/fhir+json"})
+
+
+def smart_env_for(live) -> SmartEnv:
+    """The usual cast on a live gateway with SMART on: a public app `app-public`, patients
+    `ann` (pat-0001) and `bob` (pat-0002), and a proxy `carol` for pat-0001 and pat-0003."""
+    smart = live.app.extensions["smart"]
+    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
+    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
+    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
+    smart.accounts.add("carol", PASSWORD, fhir_user="Patient/pat-0001",
+                       patients=["pat-0001", "pat-0003"])
+    return SmartEnv(live, smart)

@@ -70,3 +70,42 @@ def test_missing_config_file_is_explained(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "nope.toml", env={})
     assert "does not exist" in err.value.problems[0]
+
+
+REST = {"FHIR_GATEWAY_ADAPTER": "fhir_rest",
+        "FHIR_GATEWAY_FHIR_REST_BASE_URL": "https://ehr.example.org/fhir"}
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"FHIR_GATEWAY_ADAPTER": "fhir_rest"}, "fhir_rest.base_url must be the EHR's FHIR base"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_VENDOR": "acme"}, "fhir_rest.vendor 'acme' is unknown"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_AUTH": "magic"}, "fhir_rest.auth must be one of"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_AUTH": "bearer"}, "needs FHIR_GATEWAY_FHIR_REST_BEARER"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_AUTH": "backend-services"},
+     "needs fhir_rest.client_id and fhir_rest.private_key_file"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_MAX_WAIT": "soon"}, "'fhir_rest.max_wait' must be a number"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_RETRIES": "1.5"}, "must be a whole number"),
+    ({**REST, "REDIS_URL": "http://cache"}, "redis_url must be a redis:// URL"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_DENY": "Task.fly"}, "fhir_rest.deny: 'Task.fly'"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_ALLOW": "Taks.update"}, "not an R4 resource type"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_CACHE_TTL": "Patient=soon"}, "must look like Patient=300"),
+])
+def test_rest_adapter_settings_are_checked(env, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    assert any(words in p for p in info.value.problems), info.value.problems
+
+
+def test_rest_adapter_settings_load_from_the_environment():
+    cfg = load_config(env={**REST, "FHIR_GATEWAY_FHIR_REST_VENDOR": "epic",
+                           "FHIR_GATEWAY_FHIR_REST_MAX_WAIT": "2.5",
+                           "FHIR_GATEWAY_OUTBOX_INTERVAL": "0.5"})
+    assert (cfg.fhir_rest.vendor, cfg.fhir_rest.max_wait, cfg.outbox.interval) == \
+        ("epic", 2.5, 0.5)
+
+
+def test_tenant_names_are_checked(tmp_path):
+    (tmp_path / "main.toml").write_text('[tenants]\n"Bad Name" = "x.toml"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "main.toml", env={})
+    assert any("tenants.Bad Name" in p for p in info.value.problems)

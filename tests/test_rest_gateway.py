@@ -18,7 +18,7 @@ from joserfc.jwk import RSAKey
 from adapters.embedded import EmbeddedAdapter
 from tests.conftest import start_live_gateway
 from tests.rest_support import seeded_upstream, start_rest_gateway
-from tests.smart_support import PASSWORD, REDIRECT, SmartEnv
+from tests.smart_support import smart_env_for
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +199,7 @@ def test_backend_services_to_the_ehr(tmp_path, smart_upstream):
 def test_cached_reads_are_still_checked_for_each_token(tmp_path, upstream):
     """A resource one patient read (and the gateway cached) stays hidden from another."""
     live, stop = front(tmp_path, upstream, auth=True, default_cache_ttl="300")
-    smart = live.app.extensions["smart"]
-    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
-    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
-    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
-    env = SmartEnv(live, smart)
+    env = smart_env_for(live)
     try:
         ann = env.patient_token("app-public", "ann")["access_token"]
         bob = env.patient_token("app-public", "bob")["access_token"]
@@ -327,11 +323,7 @@ def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
     live, stop = start_rest_gateway(tmp_path / "front", up.base, {
         "FHIR_GATEWAY_FHIR_REST_RETRIES": "0", "FHIR_GATEWAY_FHIR_REST_BREAKER_RESET": "0.5"},
         auth=True, store=EmbeddedAdapter(up.database_url))
-    smart = live.app.extensions["smart"]
-    smart.clients.add("app-public", "public", redirect_uris=[REDIRECT])
-    smart.accounts.add("ann", PASSWORD, fhir_user="Patient/pat-0001", patients=["pat-0001"])
-    smart.accounts.add("bob", PASSWORD, fhir_user="Patient/pat-0002", patients=["pat-0002"])
-    env = SmartEnv(live, smart)
+    env = smart_env_for(live)
     try:
         ann = env.patient_token("app-public", "ann", scope="launch/patient openid fhirUser "
                                 "patient/*.cruds")["access_token"]

@@ -122,7 +122,8 @@ def _granted(scopes: str) -> dict[str, set[str]] | None:
     return out
 
 
-def _target(entry: str) -> tuple[str, str]:
+def override_target(entry: str) -> tuple[str, str]:
+    """`Type.interaction` (or `Type.*`) -> (type, interaction); ValueError saying what is wrong."""
     rtype, _, interaction = entry.partition(".")
     if not rtype or not interaction:
         raise ValueError(f"{entry!r} must look like Type.interaction (or Type.*)")
@@ -171,7 +172,7 @@ def build_matrix(ehr: str, vendor: VendorProfile, statement: dict | None,
             m.params.setdefault(rtype, _param_defs(rtype, None))
 
     for entry in vendor.deny:
-        set_cell(*_target(entry), False, f"profile {vendor.name}")
+        set_cell(*override_target(entry), False, f"profile {vendor.name}")
     granted = _granted(granted_scopes)
     if granted is not None:
         for rtype, row in m.cells.items():
@@ -180,7 +181,7 @@ def build_matrix(ehr: str, vendor: VendorProfile, statement: dict | None,
                 if cell.allowed and interaction not in may:
                     row[interaction] = Cell(False, "scope")
     for entry in allow:
-        set_cell(*_target(entry), True, "override")
+        set_cell(*override_target(entry), True, "override")
     for entry in deny:
-        set_cell(*_target(entry), False, "override")
+        set_cell(*override_target(entry), False, "override")
     return m

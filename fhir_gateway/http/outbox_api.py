@@ -4,7 +4,7 @@ the EHR's OperationOutcome contained); `GET /fhir/_outbox` lists the caller's ow
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from adapters.errors import NotFound
 from fhir_gateway.http.negotiation import render, response_mimetype
@@ -39,15 +39,11 @@ def status(entry_id: str) -> Response:
     entry = _outbox().get(entry_id)
     if entry is None or not _mine(entry):
         raise NotFound(f"No queued write {entry_id!r} is known", expression="id")
-    from flask import request
-
     return render(entry.as_task(base_url()), 200, response_mimetype(request), False)
 
 
 @bp.get("/_outbox")
 def listing() -> Response:
-    from flask import request
-
     entries = [e for e in _outbox().list() if _mine(e)]
     base = base_url()
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
