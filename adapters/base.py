@@ -62,6 +62,10 @@ class SearchPage:
     next_cursor: str | None = None
     prev_cursor: str | None = None
     warnings: list[str] = field(default_factory=list)  # shown as an OperationOutcome entry
+    # The Patient ids each resource references (`resources`, then `included`, in order), when
+    # the adapter already has them (a cached page keeps them): the access checks reuse them
+    # instead of walking every resource again. None: not known.
+    patients: list[frozenset[str]] | None = None
 
 
 @dataclass

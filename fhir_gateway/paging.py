@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 from pathlib import Path
 
+from cachetools import LRUCache
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from adapters.errors import Invalid
@@ -36,9 +38,20 @@ def search_digest(resource_type: str, params: list[tuple[str, str]]) -> str:
 class CursorSigner:
     def __init__(self, key: bytes) -> None:
         self._s = URLSafeSerializer(key, salt="fhir-gateway.cursor")
+        # Signing is deterministic (no timestamp), and a cached search page carries the same
+        # cursor every time it is served: sign each (cursor, search) once.
+        self._signed: LRUCache = LRUCache(maxsize=4096)
+        self._lock = threading.Lock()
 
     def sign(self, cursor: str, digest: str) -> str:
-        return self._s.dumps([cursor, digest])
+        key = (cursor, digest)
+        with self._lock:
+            token = self._signed.get(key)
+        if token is None:
+            token = self._s.dumps([cursor, digest])
+            with self._lock:
+                self._signed[key] = token
+        return token
 
     def verify(self, token: str, digest: str) -> str:
         try:

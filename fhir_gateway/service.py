@@ -23,7 +23,7 @@ from adapters.errors import (
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
-from fhir_gateway.access.policy import PERMISSION, patient_refs
+from fhir_gateway.access.policy import PERMISSION, know_patient_refs, patient_refs
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
@@ -206,6 +206,8 @@ class FhirService:
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)
         page = self.adapter.search(rtype, parsed.query)
+        if page.patients is not None:
+            know_patient_refs([*page.resources, *page.included], page.patients)
         if decision is not None:  # the narrowing should have done it; check every resource
             page.resources = [r for r in page.resources if decision.permits(r)]
             page.included = [r for r in page.included if decision.permits(r)]

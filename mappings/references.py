@@ -45,6 +45,35 @@ def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_references(item, f"{path}[{i}]")
 
 
+def patient_targets(node: object) -> frozenset[str]:
+    """Ids of every Patient that a `reference` anywhere in `node` points at, in any spelling.
+
+    The access checks and the store's compartment index both read a resource's patients here.
+    It runs on every resource a patient's app is shown, so it walks with a stack, builds no
+    element paths, and parses only references that can name a Patient. A `reference` that is
+    not a string is walked into too (stricter than skipping it: it can only add patients).
+    """
+    found: set[str] = set()
+    stack = [node]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(value, str):
+                    if key == "reference" and "Patient/" in value:
+                        target = reference_target(value)
+                        if target is not None and target[0] == "Patient":
+                            found.add(target[1])
+                elif isinstance(value, (dict, list)):
+                    push(value)
+        elif isinstance(item, list):
+            for value in item:
+                if isinstance(value, (dict, list)):
+                    push(value)
+    return frozenset(found)
+
+
 def rewrite_references(node: object, change: Callable[[str], str | None]) -> object:
     """A copy of `node` where each `reference` for which `change` returns a string is replaced."""
     if isinstance(node, dict):

@@ -9,9 +9,11 @@ the whole family (OAuth 2.0 Security BCP, section 4.13/4.14).
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from sqlalchemy import (
     Boolean,
     Column,
@@ -28,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from smart_launch.db import digest, metadata
+from smart_launch.revocation_epoch import RevocationEpoch
 
 auth_code = Table(
     "auth_code", metadata,
@@ -178,6 +181,11 @@ class Records:
         self.clock = clock
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._token_state_sql = f"SELECT revoked FROM issued_token WHERE jti = {mark}"
+        # Tokens found live, with the revocation epoch read before asking (see
+        # smart_launch.revocation_epoch); None where processes cannot share an epoch.
+        self._epoch = RevocationEpoch.shared_with(engine)
+        self._live: LRUCache = LRUCache(maxsize=50_000)
+        self._live_lock = threading.Lock()
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -212,9 +220,28 @@ class Records:
                 patient=patient, scope=scope, expires_at=expires_at, revoked=False))
 
     def access_token_state(self, jti: str) -> tuple[bool, bool]:
-        """(known, revoked) for an access token id."""
-        # On every request: straight to the driver through the pool (SQLAlchemy's statement
-        # machinery cost more than the lookup itself).
+        """(known, revoked) for an access token id, as the database says now. A token found
+        live is remembered until the next revocation anywhere moves the shared epoch."""
+        epoch = self._epoch.read() if self._epoch is not None else None
+        if epoch is not None:
+            with self._live_lock:
+                seen = self._live.get(jti)
+            if seen == epoch:
+                return True, False
+        known, revoked = self._lookup_token_state(jti)
+        if epoch is not None and known and not revoked:
+            with self._live_lock:
+                self._live[jti] = epoch
+        return known, revoked
+
+    def _revoked(self) -> None:
+        """Called after every revocation committed: others ask the database again."""
+        if self._epoch is not None:
+            self._epoch.bump()
+
+    def _lookup_token_state(self, jti: str) -> tuple[bool, bool]:
+        # Straight to the driver through the pool (SQLAlchemy's statement machinery cost more
+        # than the lookup itself).
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
@@ -229,6 +256,7 @@ class Records:
         with self.engine.begin() as conn:
             conn.execute(update(issued_token).where(issued_token.c.jti == jti)
                          .values(revoked=True))
+        self._revoked()
 
     # -- refresh tokens ---------------------------------------------------------------------
 
@@ -257,6 +285,7 @@ class Records:
                          .values(revoked=True))
             conn.execute(update(refresh_token).where(refresh_token.c.family == family)
                          .values(revoked=True))
+        self._revoked()
 
     def revoke_client_for_patient(self, client_id: str, patient: str) -> int:
         """Revoke an app's access to one patient (the patient's 'revoke app' action)."""
@@ -270,6 +299,7 @@ class Records:
             if families:
                 conn.execute(update(refresh_token).where(refresh_token.c.family.in_(families))
                              .values(revoked=True))
+        self._revoked()
         return n
 
     # -- launch contexts --------------------------------------------------------------------

@@ -3,6 +3,8 @@ and the FHIR AuditEvent view (validated with fhir.resources R4B)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -14,8 +16,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, event, func, select, text
 
+from fhir_gateway import audit as audit_module
 from fhir_gateway.audit import (
     GENESIS,
     AuditChainError,
@@ -344,24 +349,83 @@ def test_concurrent_appends_sqlite_with_explicit_begin(tmp_path):
     append_from_engines([explicit_begin_sqlite(url) for _ in range(4)])
 
 
-def test_a_stale_head_cannot_fork_the_chain(tmp_path):
+def test_a_stale_head_cannot_fork_the_chain(tmp_path, monkeypatch):
     """Without the lock step, a writer whose head went stale is refused and retries."""
     engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
     other = AuditLog(engine)
+    stale = AuditLog(engine)
+    stale._sqlite = False  # skip taking SQLite's write lock before reading the head
     interleaved: list[int] = []
+    started: list[bool] = []
+    real_hash = audit_module.entry_hash
 
-    def clock() -> datetime:  # runs after the head was read: another writer gets in first
-        if not interleaved:
+    def hashing(prev: str, entry: dict) -> str:  # after the head was read: another writer
+        if not started:
+            started.append(True)
             t = threading.Thread(target=lambda: interleaved.append(other.append(sample(1))))
             t.start()
             t.join(30)
-        return datetime.now(UTC)
+        return real_hash(prev, entry)
 
-    stale = AuditLog(engine, clock=clock)
-    stale._sqlite = False  # skip taking SQLite's write lock before reading the head
+    monkeypatch.setattr(audit_module, "entry_hash", hashing)
     assert stale.append(sample(2)) == 2
     assert interleaved == [1]
     assert_one_chain(stale, 2)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "sqlite-autocommit", "postgres"])
+def test_a_refused_append_leaves_nothing_behind(kind, tmp_path, request, monkeypatch):
+    """The entries and the head move are one transaction, also on a driver connection in
+    autocommit mode: when the head cannot be moved, no entry stays."""
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}" if kind != "postgres" else \
+        request.getfixturevalue("pg_url")
+    engine = explicit_begin_sqlite(url) if kind == "sqlite-autocommit" else create_engine(url)
+    try:
+        log = AuditLog(engine, attempts=1)
+        assert log.append(sample(0)) == 1
+        monkeypatch.setattr(log._sql, "move_head", log._sql.move_head + " AND 1 = 0")
+        with pytest.raises(audit_module._HeadMoved):
+            log.append(sample(1))
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(audit_log)).scalar() == 1
+        monkeypatch.undo()
+        assert log.append(sample(2)) == 2
+        assert log.verify().ok
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["user", "client_id", "patient", "detail", "action"]),
+                       st.text(), min_size=1), st.integers(0, 2**62),
+       st.one_of(st.none(), st.integers(-2**31, 2**31)))
+def test_entry_hash_is_unchanged_for_chains_written_before(texts, seq, status):
+    """Chains written with json.dumps verify: orjson writes the same canonical bytes."""
+    entry = {"seq": seq, "recorded": "2026-06-15T08:30:00.123Z", "outcome": "allowed",
+             "resource_type": None, "resource_id": None, "request_id": None, "user": None,
+             "client_id": None, "patient": None, "detail": None, "action": "read",
+             "status": status, **texts}
+    body = {name: entry[name] for name in ("seq", "recorded", *audit_module._FIELDS)}
+    try:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: neither way could ever store it
+        with pytest.raises(TypeError):
+            entry_hash(GENESIS, entry)
+        return
+    assert entry_hash(GENESIS, entry) == hashlib.sha256(GENESIS.encode() + canonical).hexdigest()
+
+
+def test_batched_entries_carry_the_time_they_were_appended(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    now = [datetime(2026, 6, 15, 8, 30, 0, 123000, tzinfo=UTC)]
+    log = AuditLog(engine, clock=lambda: now[0], batch_window=60)  # the writer waits 60 s
+    log.append(sample(0))
+    now[0] += timedelta(minutes=5)
+    log.flush()
+    assert log.search(count=1)[0]["recorded"] == "2026-06-15T08:30:00.123Z"
     engine.dispose()
 
 

@@ -225,6 +225,41 @@ def test_cached_reads_are_still_checked_for_each_token(tmp_path, upstream):
         stop()
 
 
+def test_cached_search_pages_still_drop_what_names_another_patient(tmp_path, upstream):
+    """A cached page keeps the Patients each resource names, so a hit skips walking them
+    again; a resource that names another patient stays hidden on the hit as on the miss."""
+    live, stop = front(tmp_path, upstream, auth=True, default_cache_ttl="300")
+    env = smart_env_for(live)
+    store = EmbeddedAdapter(upstream.database_url)
+    code = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}],
+            "text": "cache-check"}
+
+    def observation(**extra) -> str:
+        body = {"resourceType": "Observation", "status": "final", "code": code,
+                "subject": {"reference": "Patient/pat-0001"}, **extra}
+        return store.create(body).resource["id"]
+
+    try:
+        own = observation()
+        mixed = observation(performer=[{"reference": "Patient/pat-0002"}])
+        ann = env.patient_token("app-public", "ann")["access_token"]
+        params = {"patient": "pat-0001", "code": "http://loinc.org|8867-4", "_count": "50"}
+        with env.fhir(ann) as client:
+            miss = client.get("Observation", params=params)
+            store.delete("Observation", own)  # behind the gateway's back: the cache serves
+            hit = client.get("Observation", params=params)
+        for page in (miss, hit):
+            assert page.status_code == 200, page.text
+            ids = {e["resource"]["id"] for e in page.json().get("entry", [])
+                   if e.get("search", {}).get("mode") == "match"}
+            assert own in ids  # the hit still shows it: it came from the cache
+            assert mixed not in ids
+    finally:
+        store.close()
+        env.browser.close()
+        stop()
+
+
 def _pay(live, invoice: str, amount: float, key: str):
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "amount", "valueMoney": {"value": amount, "currency": "USD"}},

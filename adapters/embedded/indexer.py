@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from adapters.embedded.params import SORT_DATE, IndexedParam, params_for
 from adapters.search import HIGHEST, LOWEST, date_range, normalize_string
-from mappings.references import iter_references, reference_target
+from mappings.references import patient_targets, reference_target
 
 MAX_LEN = 250
 PATIENT_REF = "_patient-ref"  # internal index key: every reference to a Patient
@@ -132,10 +132,8 @@ def index(resource: dict) -> IndexRows:
                     for target_type, target_id in _refs(value, param):
                         rows.refs.append((param.name, target_type, target_id))
     # Every Patient the resource names, at any path: the compartment narrowing reads these.
-    for _, ref in iter_references(resource):
-        target = reference_target(ref)
-        if target is not None and target[0] == "Patient":
-            rows.refs.append((PATIENT_REF, "Patient", target[1]))
+    for patient in patient_targets(resource):
+        rows.refs.append((PATIENT_REF, "Patient", patient))
     # The same value reached twice (e.g. name and name.family) is one row.
     rows.tokens = sorted(set(rows.tokens), key=str)
     rows.strings = sorted(set(rows.strings))

@@ -48,7 +48,7 @@ from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
 from adapters.search import SearchQuery, valid_id
 from mappings.r4 import RESOURCE_TYPES
-from mappings.references import reference_target, rewrite_references
+from mappings.references import patient_targets, reference_target, rewrite_references
 
 log = logging.getLogger("adapters.fhir_rest")
 RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
@@ -57,14 +57,20 @@ PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the ga
 
 
 def _pack_page(page: SearchPage) -> bytes:
+    """A checked, localised page for the cache, with the Patients each resource names (so a
+    hit skips that walk too)."""
+    patients = [sorted(patient_targets(r)) for r in (*page.resources, *page.included)]
     return orjson.dumps({"m": page.resources, "i": page.included, "t": page.total,
-                         "n": page.next_cursor, "w": page.warnings})
+                         "n": page.next_cursor, "w": page.warnings, "p": patients})
 
 
 def _unpack_page(raw: bytes) -> SearchPage:
     data = orjson.loads(raw)
+    patients = data.get("p")
     return SearchPage(resources=data["m"], included=data["i"], total=data["t"],
-                      next_cursor=data["n"], warnings=data["w"])
+                      next_cursor=data["n"], warnings=data["w"],
+                      patients=[frozenset(p) for p in patients] if patients is not None
+                      else None)
 
 
 def _emulated_order(item: BundleEntryRequest) -> int:

@@ -21,7 +21,7 @@ from adapters.errors import Forbidden
 from adapters.search import parse_token
 from mappings.compartment import in_compartment as compartment_rule
 from mappings.compartment import requires_membership
-from mappings.references import iter_references, reference_target
+from mappings.references import patient_targets
 from smart_launch.scopes import Grant, ScopeSet
 
 CLINICIANS = ("Practitioner", "PractitionerRole")
@@ -84,6 +84,15 @@ def remember_patient_refs(on: bool) -> None:
     _REFS_MEMO.set({} if on else None)
 
 
+def know_patient_refs(resources: list[dict], refs: list[frozenset[str]]) -> None:
+    """Patient ids already known for these resources (an adapter's cached page keeps them),
+    used by `patient_refs` for the rest of this read-only request."""
+    memo = _REFS_MEMO.get()
+    if memo is not None and len(resources) == len(refs):
+        for resource, known in zip(resources, refs, strict=True):
+            memo[id(resource)] = (resource, known)
+
+
 def patient_refs(resource: dict) -> frozenset[str]:
     """Ids of every Patient the resource references, in any spelling of the reference."""
     memo = _REFS_MEMO.get()
@@ -91,8 +100,7 @@ def patient_refs(resource: dict) -> frozenset[str]:
         hit = memo.get(id(resource))
         if hit is not None and hit[0] is resource:
             return hit[1]
-    targets = (reference_target(ref) for _, ref in iter_references(resource))
-    refs = frozenset(t[1] for t in targets if t is not None and t[0] == "Patient")
+    refs = patient_targets(resource)
     if memo is not None:
         memo[id(resource)] = (resource, refs)
     return refs
