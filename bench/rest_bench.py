@@ -352,6 +352,36 @@ def load(server: Server, path: str, headers: dict[str, str], concurrency: int, c
                cpu_us=(cpu_after - marks["cpu"]) / count * 1e6, size=sizes[0])
 
 
+def client_cost(port: int, path: str, count: int) -> dict[str, float]:
+    """CPU µs per GET of the outbound client alone, in this process (one thread, keep-alive):
+    httpx as the REST adapter uses it, and http.client, the standard library's floor."""
+    import httpx
+
+    out = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir/",
+                      headers={"Accept": FHIR_JSON}) as client:
+        rel = path.removeprefix("/fhir/")
+
+        def with_httpx() -> None:
+            client.get(rel).read()
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def with_http_client() -> None:
+            conn.request("GET", path, headers={"Accept": FHIR_JSON})
+            conn.getresponse().read()
+
+        for name, call in (("httpx", with_httpx), ("http.client", with_http_client)):
+            for _ in range(20):
+                call()
+            started = time.process_time()
+            for _ in range(count):
+                call()
+            out[name] = (time.process_time() - started) / count * 1e6
+        conn.close()
+    return out
+
+
 # -- the report -----------------------------------------------------------------------------------
 
 
@@ -496,11 +526,16 @@ def main() -> None:
         print("upstream requests per gateway request: " + ", ".join(
             f"({key}) {up / total:.2f}" for key, (up, total) in forwarded.items()))
 
+        clients = {w: client_cost(servers["a"].port, path, n1) for w, path in paths.items()}
         for workload, label in (("read", f"GET Patient/{PATIENT}"),
                                 ("search", f"GET Observation?patient={PATIENT}&_count=20")):
             c1 = {k: median_run(v) for k, v in results[workload][1].items()}
             c4 = {k: median_run(v) for k, v in results[workload][args.concurrency].items()}
             report(label, c1, c4, runs, args.concurrency)
+            floor = c1["d"].cpu_us
+            print("the outbound call alone, CPU in the client process: " + ", ".join(
+                f"{name} {us:,.0f} µs ({us / floor:.2f} x (d))"
+                for name, us in clients[workload].items()))
         print("\n" + textwrap.fill(
             "(a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in "
             "front of it with SMART on (a patient token checked on every request: RS256, jti "

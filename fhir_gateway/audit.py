@@ -124,7 +124,7 @@ _FIELDS = tuple(f.name for f in fields(AuditRecord))
 def utc_stamp(moment: datetime | None = None) -> str:
     """UTC instant, ISO 8601 with milliseconds and `Z` (fixed width, sorts as a string)."""
     moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def normalize_since(since: str) -> str:
@@ -252,13 +252,17 @@ class AuditLog:
         item = (record, utc_stamp(self._clock()))
         if self._window > 0:
             with self._pending_lock:
+                first = not self._pending
                 self._pending.append(item)
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_behind,
                                                     name="audit-writer", daemon=True)
                     self._writer.start()
                     atexit.register(self.flush)
-            self._wake.set()
+            # Only the first entry of a window wakes the writer: the others join its batch
+            # (a flush drains until it sees the list empty, under the same lock).
+            if first:
+                self._wake.set()
             return None
         return self._write([item])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
@@ -432,8 +433,10 @@ class FhirService:
         return FhirResponse(status, resource, headers)
 
 
+@lru_cache(maxsize=4096)
 def http_date(instant: str) -> str:
-    """A FHIR instant as an HTTP date (Last-Modified)."""
+    """A FHIR instant as an HTTP date (Last-Modified); remembered, as the same versions are
+    served again and again."""
     return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
 
 

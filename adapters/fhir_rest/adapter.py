@@ -186,7 +186,10 @@ class FhirRestAdapter(Adapter):
         rid = body.get("id")
         if not isinstance(rid, str) or not valid_id(rid):
             raise UpstreamError(f"The EHR ({self.s.name}) sent a {kind} without a valid id")
-        if raw is None or self._base_bytes in raw:
+        # `raw` (what the EHR sent) may be a whole Bundle, whose fullUrls all hold the EHR's
+        # base, or spell slashes as `\/`: then this resource's own JSON decides.
+        if (raw is None or self._base_bytes in raw or b"\\/" in raw) \
+                and self._base_bytes in orjson.dumps(body):
             body = rewrite_references(body, self._local)
         return body
 

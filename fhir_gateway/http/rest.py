@@ -86,14 +86,17 @@ def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = N
         g.fhir_access = (f"${extra.get('operation')}", rtype, id)
     if interaction != "operation":
         g.fhir_access = (interaction, rtype, id)
+    headers = request.headers
     return FhirRequest(
         interaction=interaction, resource_type=rtype, id=id, principal=who,
         params=list(request.args.items(multi=True)),
-        if_match=parse_etag(request.headers.get("If-Match")),
-        if_none_exist=request.headers.get("If-None-Exist"),
-        prefer=parse_prefer(request.headers.get("Prefer")),
-        headers={k.lower(): v for k, v in request.headers.items()
-                 if k.lower() in OPERATION_HEADERS},
+        if_match=parse_etag(headers.get("If-Match")),
+        if_none_exist=headers.get("If-None-Exist"),
+        prefer=parse_prefer(headers.get("Prefer")),
+        # Only operations read other headers; looking for them walks the whole WSGI environ.
+        headers={name: value for name in OPERATION_HEADERS
+                 if (value := headers.get(name)) is not None}
+        if interaction == "operation" else {},
         **extra,
     )
 
