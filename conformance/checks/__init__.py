@@ -1,0 +1,13 @@
+"""The checks, one module per group; importing this package registers them all."""
+
+from conformance.checks import (  # noqa: F401
+    access,
+    capability,
+    http,
+    portal,
+    read,
+    search,
+    smart,
+    validity,
+    write,
+)

@@ -1,0 +1,1 @@
+"""access checks (see the module docstring of conformance.checks)."""

@@ -1,0 +1,1 @@
+"""portal checks (see the module docstring of conformance.checks)."""

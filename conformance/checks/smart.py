@@ -1,0 +1,1 @@
+"""smart checks (see the module docstring of conformance.checks)."""
