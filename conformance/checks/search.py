@@ -143,7 +143,8 @@ def params_on_data(ctx: RunContext) -> str | None:
             tried.append(f"{rtype}.{name}")
     if not tried:
         raise Skip("no declared parameter could be tried on data found on the server")
-    return f"{len(tried)} parameters: " + ", ".join(tried)
+    more = f", and {len(tried) - 12} more" if len(tried) > 12 else ""
+    return f"{len(tried)} parameters: " + ", ".join(tried[:12]) + more
 
 
 def _compartment_sample(ctx: RunContext) -> tuple[str, str]:
