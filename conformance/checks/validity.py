@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from conformance.context import RunContext
 from conformance.model import SPEC, Fail, Skip, check
 from conformance.validation import validate
@@ -10,11 +13,10 @@ from conformance.validation import validate
 @check("validity.r4", "validity", f"{SPEC}/validation.html")
 def resources_valid(ctx: RunContext) -> str | None:
     """Every resource returned during the run is valid R4 (fhir.resources R4B models)"""
-    done: set[tuple] = set()
+    done: set[bytes] = set()
     bad = []
     for res, ex in ctx.seen:
-        key = (res.get("resourceType"), res.get("id"), (res.get("meta") or {}).get("versionId"),
-               res.get("id") is None and repr(sorted(res))[:200])
+        key = hashlib.sha256(json.dumps(res, sort_keys=True).encode()).digest()
         if key in done:
             continue
         done.add(key)

@@ -1,0 +1,135 @@
+"""Every check can fail: the runner against the real gateway with exactly one rule broken by
+a WSGI middleware in front of it (tests/conformance_support.py). Each case asserts the
+matching check fails with evidence that shows the broken rule, and that no other check
+in the groups it ran failed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conformance.cli import _options, build_parser
+from conformance.model import Status
+from conformance.runner import RunReport, run
+from tests.conformance_support import smart_args, start_breakable_gateway
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    gateway = start_breakable_gateway(tmp_path_factory.mktemp("broken"))
+    yield gateway
+    gateway.stop()
+
+
+def run_with(gw, rule: str | None, groups: list[str], *extra: str,
+             confidential: bool = False) -> RunReport:
+    gw.breaker.rule = rule
+    try:
+        args = build_parser().parse_args([*smart_args(gw, confidential=confidential),
+                                          "--groups", ",".join(groups), *extra])
+        return run(_options(args))
+    finally:
+        gw.breaker.rule = None
+
+
+def by_id(report: RunReport) -> dict:
+    return {r.check.id: r for r in report.results}
+
+
+def failed(report: RunReport) -> set[str]:
+    return {r.check.id for r in report.results if r.status in (Status.FAIL, Status.ERROR)}
+
+
+def evidence_text(result) -> str:
+    parts = []
+    for ex in result.evidence:
+        parts += [ex.method, ex.url, str(ex.status), repr(ex.response_headers),
+                  ex.response_body]
+    return "\n".join(parts)
+
+
+def test_unbroken_gateway_passes_these_groups(gw):
+    report = run_with(gw, None, ["read", "search", "http", "write", "smart", "access",
+                                 "validity"], "--allow-writes")
+    assert failed(report) == set(), [(r.check.id, r.message) for r in report.results
+                                     if r.status in (Status.FAIL, Status.ERROR)]
+    assert report.exit_code() == 0
+
+
+# rule, groups run, the checks that must fail, a check that must still pass, what the
+# evidence of the first failing check must show
+CASES = [
+    ("wrong-content-type", ["http", "read"], {"http.content-type", "http.accept-json",
+                                              "http.format-param"},
+     "read.vread", "text/html"),
+    ("no-outcome", ["read", "http", "search"], {"read.not-found", "read.gone",
+                                                "http.errors-have-outcome",
+                                                "http.not-acceptable",
+                                                "http.unsupported-media-type"},
+     "search.paging", "text/plain"),
+    ("paging-repeats", ["search"], {"search.paging"}, "search.count", "_cursor"),
+    ("ignore-if-match", ["write"], {"write.if-match"}, "write.update", "PUT"),
+    ("plain-pkce", ["smart"], {"smart.pkce-plain-refused"}, "smart.pkce-verifier",
+     "code_challenge_method=plain"),
+    ("cross-patient-read", ["access"], {"access.read-other-patient"},
+     "access.search-other-patient", "pat-0002"),
+    ("ignored-param", ["search"], {"search.params-on-data"}, "search.paging", "gender="),
+    ("etag-mismatch", ["read"], {"read.etag-version"}, "read.vread", 'W/"999"'),
+    ("no-cors", ["http"], {"http.cors-discovery"}, "http.content-type", "Origin"),
+    ("invalid-resource", ["read", "validity"], {"validity.r4"}, "read.vread", "xyz"),
+    ("wrong-aud-accepted", ["smart"], {"smart.wrong-aud"}, "smart.pkce-plain-refused",
+     "conformance.invalid"),
+    ("token-cacheable", ["smart"], {"smart.token-response"}, "smart.refresh-subset",
+     "/auth/token"),
+    ("revocation-ignored", ["smart"], {"smart.revoked-refused"}, "smart.token-response",
+     "/auth/revoke"),
+    ("accepts-invalid", ["write"], {"write.invalid-rejected"}, "write.update", "not-a-status"),
+]
+
+
+@pytest.mark.parametrize("rule,groups,must_fail,must_pass,shown", CASES,
+                         ids=[c[0] for c in CASES])
+def test_one_broken_rule_fails_its_check(gw, rule, groups, must_fail, must_pass, shown):
+    report = run_with(gw, rule, groups, "--allow-writes")
+    results = by_id(report)
+    assert failed(report) == must_fail, [(r.check.id, r.status, r.message)
+                                         for r in report.results if r.status != Status.PASS]
+    for check_id in must_fail:
+        assert results[check_id].status is Status.FAIL, results[check_id].message
+        assert results[check_id].message
+        assert results[check_id].evidence, f"{check_id} failed without evidence"
+    first = results[sorted(must_fail)[0]]
+    assert shown in evidence_text(first) or shown in first.message, evidence_text(first)
+    assert results[must_pass].status is Status.PASS, results[must_pass].message
+    assert report.exit_code() == 1
+
+
+def test_param_declared_but_not_answered_fails_capability(gw):
+    report = run_with(gw, "param-501", ["capability"])
+    results = by_id(report)
+    assert failed(report) == {"capability.search-params-answered"}
+    result = results["capability.search-params-answered"]
+    assert "Observation?code" in result.message and "501" in result.message
+    assert result.evidence[-1].status == 501
+    assert results["capability.interactions-answered"].status is Status.PASS
+
+
+def test_introspection_with_a_confidential_client(gw):
+    report = run_with(gw, None, ["smart"], confidential=True)
+    assert by_id(report)["smart.introspection"].status is Status.PASS
+    assert failed(report) == set()
+
+
+def test_tokens_never_appear_in_evidence(gw):
+    report = run_with(gw, None, ["smart"])
+    tokens = [s for r in report.results for ex in r.evidence
+              for s in (ex.request_headers.get("authorization", ""),)]
+    assert any(t.startswith("Bearer ") for t in tokens)
+    assert all(t.endswith("***") for t in tokens if t), tokens
+    for r in report.results:
+        for ex in r.evidence:
+            assert "correct horse" not in ex.request_body
+            for match in re.finditer(r'"(access|refresh|id)_token": ?"([^"]*)"',
+                                     ex.response_body):
+                assert match.group(2).endswith("***"), match.group(0)
