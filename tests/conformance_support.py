@@ -239,3 +239,44 @@ def smart_args(gw: BreakableGateway, *, confidential: bool = False) -> list[str]
         return args + ["--smart-client", "app-confidential", "--client-secret",
                        CONFIDENTIAL_SECRET]
     return args + ["--smart-client", "app-public"]
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def render_in_chromium(html_file: Path, screenshot: Path) -> dict:
+    """Open a report in headless Chromium (Debian's, through Playwright), keep a full-page
+    screenshot, and return what the page shows: its visible text, the requests it made
+    beyond the file itself, and the open evidence blocks."""
+    import os
+
+    from tests.conftest import skip_or_fail
+
+    if not Path(CHROMIUM).exists():
+        skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{CHROMIUM} is missing "
+                     "(apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("GATEWAY_REQUIRE_BROWSER", "playwright is not installed")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                    env={**os.environ, "HOME": str(screenshot.parent)})
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(html_file.resolve().as_uri())
+            page.screenshot(path=str(screenshot), full_page=True)
+            shown = {"text": page.inner_text("body"),
+                     "requests": [u for u in requests if u != html_file.resolve().as_uri()],
+                     "open_evidence": page.locator("details[open] pre").count(),
+                     "rows": page.locator("tr[id^=check-]").count(),
+                     "verdict": page.inner_text("#verdict")}
+        finally:
+            browser.close()
+    return shown

@@ -133,3 +133,17 @@ def test_tokens_never_appear_in_evidence(gw):
             for match in re.finditer(r'"(access|refresh|id)_token": ?"([^"]*)"',
                                      ex.response_body):
                 assert match.group(2).endswith("***"), match.group(0)
+
+
+def test_failure_evidence_shows_in_the_html_report(gw, tmp_path):
+    from conformance.report.html import write_html
+    from tests.conformance_support import ARTIFACTS, render_in_chromium
+
+    report = run_with(gw, "no-outcome", ["read"])
+    write_html(report, tmp_path / "report.html")
+    shown = render_in_chromium(tmp_path / "report.html", ARTIFACTS / "conformance-broken.png")
+    assert shown["verdict"] == "Required checks failed"
+    assert shown["open_evidence"] >= 1
+    assert "the error body is text/plain, not an OperationOutcome" in shown["text"]
+    assert "404 NOT FOUND" in shown["text"]
+    assert shown["requests"] == []

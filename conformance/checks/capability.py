@@ -16,6 +16,8 @@ READ_INTERACTIONS = ("read", "vread", "search-type", "history-instance", "histor
 
 
 def _statement(ctx: RunContext) -> dict:
+    if ctx.metadata_exchange is not None:
+        ctx.http.sink.append(ctx.metadata_exchange)  # the answer this check judges
     if ctx.capability is None:
         raise Fail("the server serves no CapabilityStatement at /metadata")
     return ctx.capability
@@ -167,6 +169,7 @@ def search_params_answered(ctx: RunContext) -> str | None:
        severity=Severity.RECOMMENDED)
 def oauth_uris(ctx: RunContext) -> str | None:
     """A SMART server names its OAuth endpoints in rest.security (where fhirclient looks)"""
+    _statement(ctx)
     security = ctx.rest().get("security") or {}
     exts = [e for e in security.get("extension") or []
             if e.get("url", "").endswith("/oauth-uris")]

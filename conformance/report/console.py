@@ -14,9 +14,9 @@ MARK = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.SKIP: "skip", Status.ER
 class Progress:
     """Live progress: one line per finished check (rewritten in place on a terminal)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
 
     def __call__(self, done: int, total: int, result: Result) -> None:
         line = f"[{done:3d}/{total}] {MARK[result.status]} {result.check.id}"

@@ -1,0 +1,112 @@
+"""The runner's command line: exit 2 with one line for a server that is down or answers
+garbage, --list, bad options; both entry points (python -m conformance, fhir-gateway)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from conformance.cli import DEFAULT_BASE, main
+from conformance.model import all_checks
+from tests.conftest import ROOT, free_port
+
+GARBAGE = {
+    "/html/metadata": (200, "text/html", b"<html><body>Welcome to nginx</body></html>"),
+    "/badjson/metadata": (200, "application/fhir+json", b'{"resourceType": "Capab'),
+    "/notfhir/metadata": (200, "application/json", b'{"hello": "world"}'),
+    "/five/metadata": (503, "text/plain", b"Service Unavailable"),
+}
+
+
+class Quiet(WSGIRequestHandler):
+    def log(self, *args, **kwargs) -> None:  # keep the runner's stderr its own
+        pass
+
+
+@pytest.fixture(scope="module")
+def garbage_server() -> Iterator[str]:
+    """A real HTTP server on loopback that answers everything with something not FHIR."""
+
+    @Request.application
+    def app(request: Request) -> Response:
+        status, ctype, body = GARBAGE.get(request.path, (404, "text/plain", b"nope"))
+        return Response(body, status=status, content_type=ctype)
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    thread.join(5)
+
+
+def one_line_exit_2(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "Traceback" not in err
+    assert err.startswith("conformance: cannot run: ")
+    return err
+
+
+def test_server_down_is_exit_2_with_one_line(capsys):
+    err = one_line_exit_2(capsys, ["--base", f"http://127.0.0.1:{free_port()}/fhir",
+                                   "--timeout", "3"])
+    assert "cannot reach" in err and "ConnectError" in err
+
+
+@pytest.mark.parametrize("path,shown", [("html", "text/html"), ("badjson", "invalid JSON"),
+                                        ("notfhir", "not FHIR JSON"), ("five", "503")])
+def test_garbage_is_exit_2_with_one_line(capsys, garbage_server, path, shown):
+    err = one_line_exit_2(capsys, ["--base", f"{garbage_server}/{path}"])
+    assert shown in err
+
+
+def test_bad_options_are_exit_2(capsys, garbage_server):
+    assert "http(s) URL" in one_line_exit_2(capsys, ["--base", "ftp://example.org/fhir"])
+    assert "USER:PASSWORD" in one_line_exit_2(capsys, ["--base", f"{garbage_server}/html",
+                                                       "--patient-login", "nocolon"])
+
+
+def test_unknown_group_is_exit_2(capsys, tmp_path):
+    # the check selection is validated before any request is made
+    err = one_line_exit_2(capsys, ["--base", f"http://127.0.0.1:{free_port()}/fhir",
+                                   "--groups", "read,nonsense"])
+    assert "nonsense" in err
+
+
+def test_list_names_every_check_with_group_severity_and_spec(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    checks = all_checks()
+    assert len(out) == len(checks) > 40
+    for line, chk in zip(out, checks, strict=True):
+        cols = line.split()
+        assert cols == [chk.id, chk.group, chk.severity.value, chk.spec]
+        assert chk.spec.startswith("https://")
+    assert {c.group for c in checks} == {"capability", "read", "search", "write", "http",
+                                         "smart", "access", "portal", "validity"}
+    assert len({c.id for c in checks}) == len(checks)
+
+
+def test_default_base_is_the_public_hapi_r4_server():
+    assert DEFAULT_BASE == "https://hapi.fhir.org/baseR4"
+
+
+@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "conformance"],
+                                 [str(ROOT / ".venv" / "bin" / "fhir-gateway"), "conformance"]])
+def test_both_entry_points_exit_2_when_down(cmd):
+    if not (ROOT / ".venv" / "bin" / "fhir-gateway").exists() and "conformance" == cmd[-1]:
+        pytest.skip("fhir-gateway is not installed in .venv")
+    done = subprocess.run([*cmd, "--base", f"http://127.0.0.1:{free_port()}/fhir"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("conformance: cannot run: cannot reach")
+    assert "Traceback" not in done.stderr
