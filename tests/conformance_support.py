@@ -10,6 +10,7 @@ served on loopback behind a WSGI middleware that can break exactly one rule at a
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import re
 import threading
@@ -20,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from tests.conftest import SEED_TODAY, LiveGateway, free_port
+from tests.conftest import LiveGateway, free_port
 from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
 
 CONFIDENTIAL_SECRET = "conformance-secret-0123456789"
@@ -39,7 +40,7 @@ class Breaker:
     RULES = ("wrong-content-type", "no-outcome", "paging-repeats", "ignore-if-match",
              "plain-pkce", "cross-patient-read", "param-501", "ignored-param", "etag-mismatch",
              "no-cors", "invalid-resource", "wrong-aud-accepted", "token-cacheable",
-             "revocation-ignored", "accepts-invalid")
+             "revocation-ignored", "accepts-invalid", "cancel-keeps-slot")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
@@ -129,9 +130,24 @@ class Breaker:
             res["gender"] = "xyz"
             res["birthDate"] = "the fifth of May"
             body = orjson.dumps(res)
+        if rule == "cancel-keeps-slot":
+            body = self._slot_stays_busy(path, code, body)
         if rule == "paging-repeats" and code == 200 and "json" in ctype:
             body = self._repeat_pages(environ, body)
         return _reply(start_response, status, headers, body)
+
+    def _slot_stays_busy(self, path: str, code: int, body: bytes) -> bytes:
+        """After a $cancel, the cancelled visit's Slot reads as busy (never freed)."""
+        if path.endswith("/$cancel") and code == 200:
+            with self._lock:
+                self._pending["cancelled"] = True
+        elif re.fullmatch(r"/fhir/Slot/[^/]+", path) and code == 200 and \
+                self._pending.get("cancelled"):
+            res = orjson.loads(body)
+            if res.get("status") == "free":
+                res["status"] = "busy"
+                body = orjson.dumps(res)
+        return body
 
     def _repeat_pages(self, environ, body: bytes) -> bytes:
         """Each next page starts with the last entry of the page before it."""
@@ -179,8 +195,9 @@ class BreakableGateway:
 
 
 def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
-    """The real gateway (embedded store, SMART on, patients ann=pat-0001 and bob=pat-0002,
-    a public app `app-public`, a confidential `app-confidential`) behind a Breaker."""
+    """The real gateway (embedded store seeded relative to today, SMART on, patients
+    ann=pat-0001 and bob=pat-0002, a public app `app-public`, a confidential
+    `app-confidential`) behind a Breaker."""
     import httpx
     from werkzeug.serving import make_server
 
@@ -192,7 +209,7 @@ def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
     port = free_port()
     url = f"sqlite:///{data_dir / 'ehr.sqlite3'}"
     adapter = EmbeddedAdapter(url)
-    adapter.load(generate(3, 7, SEED_TODAY))
+    adapter.load(generate(3, 7, dt.date.today()))  # Slots ahead, for the portal group
     cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
                            "FHIR_GATEWAY_AUTH_ENABLED": "true",
                            "FHIR_GATEWAY_EHR_DATABASE_URL": url})

@@ -51,7 +51,7 @@ def evidence_text(result) -> str:
 
 def test_unbroken_gateway_passes_these_groups(gw):
     report = run_with(gw, None, ["read", "search", "http", "write", "smart", "access",
-                                 "validity"], "--allow-writes")
+                                 "portal", "validity"], "--allow-writes")
     assert failed(report) == set(), [(r.check.id, r.message) for r in report.results
                                      if r.status in (Status.FAIL, Status.ERROR)]
     assert report.exit_code() == 0
@@ -84,6 +84,8 @@ CASES = [
      "/auth/token"),
     ("revocation-ignored", ["smart"], {"smart.revoked-refused"}, "smart.token-response",
      "/auth/revoke"),
+    ("cancel-keeps-slot", ["portal"], {"portal.book-cancel"}, "portal.record-reading",
+     "busy"),
     ("accepts-invalid", ["write"], {"write.invalid-rejected"}, "write.update", "not-a-status"),
 ]
 
