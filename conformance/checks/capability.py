@@ -19,7 +19,7 @@ def _statement(ctx: RunContext) -> dict:
     if ctx.metadata_exchange is not None:
         ctx.http.sink.append(ctx.metadata_exchange)  # the answer this check judges
     if ctx.capability is None:
-        raise Fail("the server serves no CapabilityStatement at /metadata")
+        raise Skip("the server serves no CapabilityStatement (see capability.metadata)")
     return ctx.capability
 
 
