@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient-login", action="append", default=[], metavar="USER:PASSWORD",
                    help="a test patient's sign-in for --smart-client; give two for the access "
                         "group (or CONFORMANCE_PATIENT_LOGINS, comma separated)")
+    p.add_argument("--backend-client", metavar="CLIENT_ID",
+                   help="a backend-services client (private_key_jwt), for its checks")
+    p.add_argument("--backend-key", metavar="FILE",
+                   help="that client's private key as a JWK JSON file (RS384 or ES384)")
+    p.add_argument("--backend-scope", default="system/*.rs",
+                   help="scope the backend client asks for (default system/*.rs)")
     p.add_argument("--groups", help="comma-separated groups to run (default: all)")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the runner create, update and delete (it deletes what it made)")
@@ -83,7 +89,9 @@ def _options(args: argparse.Namespace):
                    smart_client=args.smart_client,
                    client_secret=args.client_secret or os.environ.get(
                        "CONFORMANCE_CLIENT_SECRET"),
-                   redirect_uri=args.redirect_uri, scope=args.scope, patient_logins=parsed)
+                   redirect_uri=args.redirect_uri, scope=args.scope, patient_logins=parsed,
+                   backend_client=args.backend_client, backend_key=args.backend_key,
+                   backend_scope=args.backend_scope)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -33,6 +33,9 @@ class Options:
     patient: str | None = None
     patient2: str | None = None
     max_pages: int = 20
+    backend_client: str | None = None
+    backend_key: str | None = None
+    backend_scope: str = "system/*.rs"
 
 
 @dataclass

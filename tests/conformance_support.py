@@ -40,7 +40,8 @@ class Breaker:
     RULES = ("wrong-content-type", "no-outcome", "paging-repeats", "ignore-if-match",
              "plain-pkce", "cross-patient-read", "param-501", "ignored-param", "etag-mismatch",
              "no-cors", "invalid-resource", "wrong-aud-accepted", "token-cacheable",
-             "revocation-ignored", "accepts-invalid", "cancel-keeps-slot")
+             "revocation-ignored", "accepts-invalid", "cancel-keeps-slot",
+             "backend-replay-accepted")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
@@ -103,6 +104,9 @@ class Breaker:
         if rule == "revocation-ignored" and path.endswith("/auth/revoke"):
             return _reply(start_response, "200 OK", [("Content-Type", "application/json")],
                           b"{}")
+        if rule == "backend-replay-accepted" and method == "POST" and \
+                path.endswith("/auth/token"):
+            return self._forget_jti(environ, start_response)
         if rule == "accepts-invalid" and method == "POST" and path == "/fhir/Observation":
             return self._accept_anything(environ, start_response)
 
@@ -168,6 +172,30 @@ class Breaker:
             res["entry"] = [carried, *(res.get("entry") or [])]
         return orjson.dumps(res)
 
+    def _forget_jti(self, environ, start_response):
+        """A token endpoint that does not remember assertion ids: a jti it has already
+        answered gets the same token again."""
+        import io
+        import json
+
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(raw)
+        form = dict(parse_qsl(raw.decode()))
+        jti = None
+        if form.get("client_assertion", "").count(".") == 2:
+            payload = form["client_assertion"].split(".")[1]
+            payload += "=" * (-len(payload) % 4)
+            jti = json.loads(base64.urlsafe_b64decode(payload)).get("jti")
+        with self._lock:
+            cached = self._pending.get(f"jti:{jti}") if jti else None
+        if cached:
+            return _reply(start_response, *cached)
+        status, headers, body = self._call(environ)
+        if jti and status.startswith("200"):
+            with self._lock:
+                self._pending[f"jti:{jti}"] = (status, headers, body)
+        return _reply(start_response, status, headers, body)
+
     def _accept_anything(self, environ, start_response):
         """An Observation create that the gateway refuses as invalid is answered 201 anyway
         (as a server that skips validation would); valid ones go through unchanged."""
@@ -180,6 +208,22 @@ class Breaker:
             ("Location", f"http://{environ['HTTP_HOST']}/fhir/Observation/{rid}")],
             orjson.dumps({"resourceType": "Observation", "id": rid, "status": "not-a-status",
                           "meta": {"versionId": "1"}}))
+
+
+def add_backend_client(smart, data_dir: Path) -> Path:
+    """Register `conformance-backend` (private_key_jwt, RS384); return its private JWK file."""
+    import json
+
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048, private=True)
+    kid = key.thumbprint()
+    path = data_dir / "conformance-backend.private.jwk.json"
+    path.write_text(json.dumps(dict(key.as_dict(private=True), kid=kid, alg="RS384")))
+    public = dict(key.as_dict(private=False), kid=kid, alg="RS384", use="sig")
+    smart.clients.add("conformance-backend", "asymmetric", jwks={"keys": [public]},
+                      scope="system/*.rs")
+    return path
 
 
 @dataclass
@@ -235,6 +279,7 @@ def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
                       redirect_uris=[REDIRECT])
     smart.clients.add("conformance-admin", "symmetric", secret=CONFIDENTIAL_SECRET,
                       redirect_uris=[REDIRECT], scope="system/*.cruds")
+    add_backend_client(smart, data_dir)
 
     def stop() -> None:
         client.close()
@@ -249,9 +294,11 @@ def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
 
 
 def smart_args(gw: BreakableGateway, *, confidential: bool = False) -> list[str]:
-    """CLI arguments for a real SMART launch as ann and bob."""
+    """CLI arguments for a real SMART launch as ann and bob, and the backend client."""
+    key = Path(gw.live.config.data_path) / "conformance-backend.private.jwk.json"
     args = ["--base", gw.base, "--redirect-uri", REDIRECT,
-            "--patient-login", f"ann:{PASSWORD}", "--patient-login", f"bob:{PASSWORD}"]
+            "--patient-login", f"ann:{PASSWORD}", "--patient-login", f"bob:{PASSWORD}",
+            "--backend-client", "conformance-backend", "--backend-key", str(key)]
     if confidential:
         return args + ["--smart-client", "app-confidential", "--client-secret",
                        CONFIDENTIAL_SECRET]

@@ -86,6 +86,8 @@ CASES = [
      "/auth/revoke"),
     ("cancel-keeps-slot", ["portal"], {"portal.book-cancel"}, "portal.record-reading",
      "busy"),
+    ("backend-replay-accepted", ["smart"], {"smart.backend-assertion-rules"},
+     "smart.backend-token", "replayed jti"),
     ("accepts-invalid", ["write"], {"write.invalid-rejected"}, "write.update", "not-a-status"),
 ]
 

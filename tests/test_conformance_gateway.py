@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from conformance.cli import main
-from tests.conformance_support import ARTIFACTS, CONFIDENTIAL_SECRET, render_in_chromium
+from tests.conformance_support import (
+    ARTIFACTS,
+    CONFIDENTIAL_SECRET,
+    add_backend_client,
+    render_in_chromium,
+)
 from tests.conftest import start_live_gateway
 from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
 
@@ -36,9 +41,11 @@ def env(tmp_path_factory):
 def green_run(env, tmp_path_factory):
     env.smart.clients.add("app-confidential", "symmetric", secret=CONFIDENTIAL_SECRET,
                           redirect_uris=[REDIRECT])
+    key = add_backend_client(env.smart, tmp_path_factory.mktemp("backend"))
     out = tmp_path_factory.mktemp("report")
     code = main(["--base", env.base, "--smart-client", "app-confidential", "--client-secret",
                  CONFIDENTIAL_SECRET, "--redirect-uri", REDIRECT,
+                 "--backend-client", "conformance-backend", "--backend-key", str(key),
                  "--patient-login", f"ann:{PASSWORD}", "--patient-login", f"bob:{PASSWORD}",
                  "--allow-writes", "--report", str(out), "--quiet"])
     return code, out, json.loads((out / "report.json").read_text())
@@ -64,7 +71,8 @@ def test_every_required_check_passes(green_run):
 def test_checks_really_ran(green_run):
     _, _, report = green_run
     results = {r["id"]: r for r in report["results"]}
-    for check_id in ("smart.introspection", "portal.book-cancel", "portal.refill-request",
+    for check_id in ("smart.introspection", "smart.backend-token",
+                     "smart.backend-assertion-rules", "portal.book-cancel", "portal.refill-request",
                      "portal.record-reading", "access.write-other-patient", "read.gone"):
         assert results[check_id]["status"] == "pass", results[check_id]["message"]
     assert results["search.paging"]["message"].startswith(
