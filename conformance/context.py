@@ -146,6 +146,9 @@ class RunContext:
             if self.patient and rtype not in ("Patient",) and self.compartment_type(rtype):
                 params["patient"] = self.patient
             resp = self.http.get(rtype, params=params)
+            if resp.status_code == 401 and "authorization" not in resp.request.headers:
+                raise Skip("the server wants a token (401 without one): give --token or "
+                           "--smart-client")
             body = json_body(resp)
             found = []
             if resp.status_code == 200 and isinstance(body, dict):

@@ -109,6 +109,18 @@ def test_one_broken_rule_fails_its_check(gw, rule, groups, must_fail, must_pass,
     assert report.exit_code() == 1
 
 
+def test_without_a_token_data_checks_skip_and_say_why(gw):
+    report = run(_options(build_parser().parse_args([
+        "--base", gw.base, "--groups", "capability,read,search,http,access"])))
+    results = by_id(report)
+    assert failed(report) == set()
+    for check_id in ("read.read", "search.paging", "http.content-type",
+                     "capability.interactions-answered", "access.read-other-patient"):
+        assert results[check_id].status is Status.SKIP
+    assert "--token or --smart-client" in results["read.read"].message
+    assert results["capability.metadata"].status is Status.PASS
+
+
 def test_param_declared_but_not_answered_fails_capability(gw):
     report = run_with(gw, "param-501", ["capability"])
     results = by_id(report)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conformance.checks.util import expect_outcome, matches, outcome_mentions
+from conformance.checks.util import NEEDS_TOKEN, expect_outcome, matches, outcome_mentions
 from conformance.client import json_body
 from conformance.context import RunContext
 from conformance.model import SPEC, Fail, Severity, Skip, check
@@ -89,6 +89,8 @@ def _answered(resp, what: str) -> None:
     body = json_body(resp)
     if resp.status_code == 200 and isinstance(body, dict) and body.get("resourceType"):
         return
+    if resp.status_code == 401 and "authorization" not in resp.request.headers:
+        raise Skip(NEEDS_TOKEN)
     if resp.status_code in (401, 403, 404, 410):
         expect_outcome(resp, f"{what} ({resp.status_code})")
         return
