@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -41,7 +42,9 @@ class Breaker:
              "plain-pkce", "cross-patient-read", "param-501", "ignored-param", "etag-mismatch",
              "no-cors", "invalid-resource", "wrong-aud-accepted", "token-cacheable",
              "revocation-ignored", "accepts-invalid", "cancel-keeps-slot",
-             "backend-replay-accepted")
+             "backend-replay-accepted", "etag-missing", "summary-count-wrong",
+             "date-prefix-ignored", "include-leaks", "no-token-accepted", "sort-ignored",
+             "post-search-ignores-count", "r5-version")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
@@ -104,6 +107,20 @@ class Breaker:
         if rule == "revocation-ignored" and path.endswith("/auth/revoke"):
             return _reply(start_response, "200 OK", [("Content-Type", "application/json")],
                           b"{}")
+        if rule == "date-prefix-ignored":
+            self._set_query(environ, [(k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
+                                       if k in ("date", "birthdate") else v) for k, v in query])
+        if rule == "sort-ignored":
+            self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
+        if rule == "no-token-accepted" and path.startswith("/fhir/") and \
+                "HTTP_AUTHORIZATION" not in environ:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if rule == "post-search-ignores-count" and method == "POST" and \
+                path.endswith("/_search"):
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            kept = urlencode([(k, v) for k, v in parse_qsl(raw.decode()) if k != "_count"])
+            environ["wsgi.input"] = io.BytesIO(kept.encode())
+            environ["CONTENT_LENGTH"] = str(len(kept))
         if rule == "backend-replay-accepted" and method == "POST" and \
                 path.endswith("/auth/token"):
             return self._forget_jti(environ, start_response)
@@ -134,11 +151,42 @@ class Breaker:
             res["gender"] = "xyz"
             res["birthDate"] = "the fifth of May"
             body = orjson.dumps(res)
+        if rule == "etag-missing":
+            headers = [(k, v) for k, v in headers if k.lower() != "etag"]
+        if rule == "r5-version" and path == "/fhir/metadata" and code == 200:
+            res = orjson.loads(body)
+            res["fhirVersion"] = "5.0.0"
+            body = orjson.dumps(res)
+        if rule == "summary-count-wrong" and code == 200 and \
+                ("_summary", "count") in query:
+            res = orjson.loads(body)
+            res["total"] = (res.get("total") or 0) + 1
+            body = orjson.dumps(res)
+        if rule == "include-leaks" and code == 200 and \
+                any(k in ("_include", "_revinclude") for k, _ in query):
+            body = self._leak_patients(body)
         if rule == "cancel-keeps-slot":
             body = self._slot_stays_busy(path, code, body)
         if rule == "paging-repeats" and code == 200 and "json" in ctype:
             body = self._repeat_pages(environ, body)
         return _reply(start_response, status, headers, body)
+
+    def _leak_patients(self, body: bytes) -> bytes:
+        """Includes that add every patient of the clinic, whoever asked."""
+        inner = {"REQUEST_METHOD": "GET", "PATH_INFO": "/fhir/Patient",
+                 "QUERY_STRING": "_count=10", "SERVER_NAME": "127.0.0.1",
+                 "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http",
+                 "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+                 "wsgi.version": (1, 0), "wsgi.multithread": True,
+                 "wsgi.multiprocess": False, "wsgi.run_once": False,
+                 "HTTP_ACCEPT": "application/fhir+json",
+                 "HTTP_AUTHORIZATION": f"Bearer {self.admin_token()}"}
+        _, _, everyone = self._call(inner)
+        res = orjson.loads(body)
+        extra = [{"resource": e["resource"], "search": {"mode": "include"}}
+                 for e in orjson.loads(everyone).get("entry") or []]
+        res["entry"] = (res.get("entry") or []) + extra
+        return orjson.dumps(res)
 
     def _slot_stays_busy(self, path: str, code: int, body: bytes) -> bytes:
         """After a $cancel, the cancelled visit's Slot reads as busy (never freed)."""
@@ -175,7 +223,6 @@ class Breaker:
     def _forget_jti(self, environ, start_response):
         """A token endpoint that does not remember assertion ids: a jti it has already
         answered gets the same token again."""
-        import io
         import json
 
         raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))

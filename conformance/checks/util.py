@@ -77,7 +77,10 @@ def link(body: dict[str, Any], relation: str) -> str | None:
 
 
 def outcome_mentions(body: dict[str, Any], word: str) -> bool:
-    """Whether a Bundle's OperationOutcome entries say something about `word`."""
+    """Whether a Bundle's OperationOutcome entries say something about `word` (anything at
+    all for an empty word)."""
+    if not isinstance(body, dict):
+        return False
     for entry in body.get("entry") or []:
         res = entry.get("resource") or {}
         if res.get("resourceType") == "OperationOutcome":
