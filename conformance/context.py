@@ -60,6 +60,7 @@ class RunContext:
     smart_config: dict[str, Any] | None = None
     seen: list[tuple[dict[str, Any], Exchange]] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    errors: list[tuple[int, bool, Exchange]] = field(default_factory=list)
     _samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -135,6 +135,9 @@ def run(options: Options, *, progress: Callable[[int, int, Result], None] | None
     ctx = RunContext(options, http)
 
     def collect(resp: httpx.Response, ex) -> None:
+        if resp.status_code >= 400 and ex.url.startswith(options.base + "/") and \
+                "/.well-known/" not in ex.url:
+            ctx.errors.append((resp.status_code, _is_outcome(resp), ex))
         body = json_body(resp) if is_json_type(resp.headers.get("content-type", "")) else None
         for res in _resources(body):
             ctx.seen.append((res, ex))
@@ -159,6 +162,12 @@ def run(options: Options, *, progress: Callable[[int, int, Result], None] | None
             http.close()
     report.finished = _now()
     return report
+
+
+def _is_outcome(resp: httpx.Response) -> bool:
+    body = json_body(resp)
+    return (is_json_type(resp.headers.get("content-type", "")) and isinstance(body, dict)
+            and body.get("resourceType") == "OperationOutcome" and bool(body.get("issue")))
 
 
 def _resources(body) -> list[dict]:
