@@ -179,3 +179,53 @@ def test_failure_evidence_shows_in_the_html_report(gw, tmp_path):
     assert "the error body is text/plain, not an OperationOutcome" in shown["text"]
     assert "404 NOT FOUND" in shown["text"]
     assert shown["requests"] == []
+
+
+def test_access_group_with_two_given_tokens(gw):
+    """--token/--token2 with --patient/--patient2 instead of a launch (tokens minted by the
+    gateway's own admin path for ann's and bob's records)."""
+    client = gw.smart.clients.get("app-public")
+    ann = gw.smart.mint(client, "patient/*.rs", patient="pat-0001")
+    bob = gw.smart.mint(client, "patient/*.rs", patient="pat-0002")
+    argv = ["--base", gw.base, "--token", ann, "--token2", bob, "--patient", "pat-0001",
+            "--patient2", "pat-0002", "--groups", "access"]
+    report = run(_options(build_parser().parse_args(argv)))
+    assert failed(report) == set()
+    assert by_id(report)["access.read-other-patient"].status is Status.PASS
+    gw.breaker.rule = "cross-patient-read"
+    try:
+        report = run(_options(build_parser().parse_args(argv)))
+    finally:
+        gw.breaker.rule = None
+    assert failed(report) == {"access.read-other-patient"}
+
+
+@pytest.mark.parametrize("change,shown", [
+    ({"--patient-login": "ann:wrong-password"}, "ended on a 401 page"),
+    ({"--smart-client": "no-such-app"}, "without a redirect to --redirect-uri"),
+    ({"--redirect-uri": "http://127.0.0.1:9/elsewhere"}, "without a redirect"),
+])
+def test_a_launch_that_cannot_complete_is_exit_2(gw, capsys, change, shown):
+    from conformance.cli import main
+
+    argv = smart_args(gw)
+    for opt, value in change.items():
+        i = argv.index(opt)
+        argv[i + 1] = value
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("conformance: cannot run: SMART launch failed: ")
+    assert shown in err and "\n" not in err and "Traceback" not in err
+
+
+def test_progress_lines_and_summary_table(gw, capsys):
+    from conformance.cli import main
+
+    assert main([*smart_args(gw), "--groups", "read"]) == 0  # read.gone skips: no writes
+    captured = capsys.readouterr()
+    progress = [ln for ln in captured.err.splitlines() if ln.startswith("[")]
+    assert progress[0].startswith("[  1/7] PASS read.read")
+    assert len(progress) == 7
+    table = captured.out.splitlines()
+    assert table[1].split() == ["group", "pass", "fail", "skip", "error"]
+    assert table[3].split() == ["read", "6", "0", "1", "0"]
