@@ -13,6 +13,7 @@ from conformance.context import Options, RunContext, Session
 from conformance.model import CannotRun, Check, Fail, Result, Severity, Skip, Status, all_checks
 
 EVIDENCE_KEPT = 6
+STOPPED_AFTER = 3  # checks in a row that could not reach the server: the run is over
 
 
 @dataclass
@@ -101,6 +102,7 @@ def sign_in(ctx: RunContext) -> None:
 def run_check(ctx: RunContext, chk: Check) -> Result:
     ctx.http.sink = []
     started = time.perf_counter()
+    transport = False
     try:
         note = chk.func(ctx)
         status, message = Status.PASS, note or ""
@@ -108,10 +110,15 @@ def run_check(ctx: RunContext, chk: Check) -> Result:
         status, message = Status.FAIL, str(exc)
     except Skip as exc:
         status, message = Status.SKIP, str(exc)
+    except httpx.TransportError as exc:
+        status, message = Status.ERROR, f"{type(exc).__name__}: {exc}"
+        transport = True
     except httpx.HTTPError as exc:
         status, message = Status.ERROR, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a bug or a surprise is recorded, not raised
         status, message = Status.ERROR, f"{type(exc).__name__}: {exc}"
+    ctx.notes["transport_errors"] = ctx.notes.get("transport_errors", 0) + 1 if transport \
+        else 0
     evidence = ctx.http.sink[-EVIDENCE_KEPT:]
     ctx.http.sink = []
     return Result(chk, status, message, evidence, (time.perf_counter() - started) * 1000)
@@ -155,6 +162,9 @@ def run(options: Options, *, progress: Callable[[int, int, Result], None] | None
             report.results.append(result)
             if progress:
                 progress(i, len(chosen), result)
+            if ctx.notes.get("transport_errors", 0) >= STOPPED_AFTER:
+                raise CannotRun(f"{options.base} stopped answering during the run "
+                                f"({result.message})")
     finally:
         try:
             cleanup(ctx)

@@ -3,6 +3,8 @@ garbage, --list, bad options; both entry points (python -m conformance, fhir-gat
 
 from __future__ import annotations
 
+import json
+import socketserver
 import subprocess
 import sys
 import threading
@@ -21,6 +23,12 @@ GARBAGE = {
     "/badjson/metadata": (200, "application/fhir+json", b'{"resourceType": "Capab'),
     "/notfhir/metadata": (200, "application/json", b'{"hello": "world"}'),
     "/five/metadata": (503, "text/plain", b"Service Unavailable"),
+    "/halfway/metadata": (200, "application/fhir+json", json.dumps({
+        "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
+        "date": "2026-01-01", "fhirVersion": "4.0.1", "format": ["json"],
+        "rest": [{"mode": "server", "resource": [{
+            "type": "Patient", "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{"name": "family", "type": "string"}]}]}]}).encode()),
 }
 
 
@@ -110,3 +118,39 @@ def test_both_entry_points_exit_2_when_down(cmd):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("conformance: cannot run: cannot reach")
     assert "Traceback" not in done.stderr
+
+
+def test_fhir_metadata_then_garbage_fails_checks_without_a_traceback(capsys, garbage_server):
+    """A statement at /metadata, then an HTML page for everything else: the checks fail
+    (or skip) one by one, the run ends with exit 1 and the summary."""
+    assert main(["--base", f"{garbage_server}/halfway", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "FAIL capability.interactions-answered" in captured.out
+    assert "Result: required checks failed" in captured.out
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    """Answers /metadata, then hangs up on every other request without a word."""
+
+    def handle(self) -> None:
+        head = self.request.recv(65536).decode("latin-1")
+        if " /fhir/metadata" in head.split("\r\n", 1)[0]:
+            body = GARBAGE["/halfway/metadata"][2]
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+                                 b"Connection: close\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def test_a_server_that_stops_answering_mid_run_is_exit_2(capsys):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HangUp)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        err = one_line_exit_2(capsys, ["--base", f"http://127.0.0.1:{server.server_address[1]}"
+                                       "/fhir", "--quiet"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "stopped answering during the run" in err
