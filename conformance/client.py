@@ -68,13 +68,11 @@ class Http:
         if json_data is not None:
             content = json.dumps(json_data)
             hdrs["Content-Type"] = FHIR_JSON
+        if auth:
+            hdrs.update(_basic(auth))
         hdrs.update(headers or {})
         req = self.client.build_request(method, self.url(path), params=params, headers=hdrs,
                                         content=content, data=data)
-        if auth:
-            req = self.client.build_request(method, self.url(path), params=params,
-                                            headers={**hdrs, **_basic(auth)}, content=content,
-                                            data=data)
         body = req.content if req.method not in ("GET", "HEAD", "DELETE") else b""
         ex = Exchange(method=req.method, url=mask_text(str(req.url)),
                       request_headers=mask_headers({k: v for k, v in req.headers.items()

@@ -145,7 +145,7 @@ class RunContext:
         if rtype not in self._samples:
             params: dict[str, str] = {"_count": str(count)}
             if self.patient and rtype not in ("Patient",) and self.compartment_type(rtype):
-                params["patient"] = self.patient
+                params["patient"] = f"Patient/{self.patient}"
             resp = self.http.get(rtype, params=params)
             if resp.status_code == 401 and "authorization" not in resp.request.headers:
                 raise Skip("the server wants a token (401 without one): give --token or "

@@ -156,6 +156,7 @@ def browse(http: Http, authorize_url: str, params: dict[str, str], redirect_uri:
     browser.sink = http.sink  # record into the same check's evidence
     try:
         resp = browser.get(authorize_url, params=params, token=None, accept="text/html")
+        signed_in = False
         for _ in range(MAX_STEPS):
             if resp.status_code in (301, 302, 303, 307, 308):
                 location = urljoin(str(resp.request.url), resp.headers.get("location", ""))
@@ -171,6 +172,10 @@ def browse(http: Http, authorize_url: str, params: dict[str, str], redirect_uri:
                 return Outcome(final=resp)
             form = next((f for f in forms if any(x["type"] == "password" for x in f.fields)),
                         forms[0])
+            if any(x["type"] == "password" for x in form.fields):
+                if signed_in:  # the login form again: refused; never retry (lockouts)
+                    return Outcome(final=resp)
+                signed_in = True
             action = urljoin(str(resp.request.url), form.action or "")
             data = fill(form, *login)
             if form.method == "post":
