@@ -46,6 +46,16 @@ class Http:
         self.on_response: Callable[[httpx.Response, Exchange], None] | None = None
         self.last: Exchange | None = None
         self.count = 0
+        self.secrets: set[str] = set()  # literal values (passwords) never to be recorded
+
+    def redact(self, text: str) -> str:
+        """`text` with every known secret, plain or form-encoded, replaced by ***."""
+        from urllib.parse import quote, quote_plus
+
+        for secret in self.secrets:
+            for form in {secret, quote_plus(secret), quote(secret)}:
+                text = text.replace(form, "***")
+        return text
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -74,10 +84,10 @@ class Http:
         req = self.client.build_request(method, self.url(path), params=params, headers=hdrs,
                                         content=content, data=data)
         body = req.content if req.method not in ("GET", "HEAD", "DELETE") else b""
-        ex = Exchange(method=req.method, url=mask_text(str(req.url)),
+        ex = Exchange(method=req.method, url=self.redact(mask_text(str(req.url))),
                       request_headers=mask_headers({k: v for k, v in req.headers.items()
                                                     if k.lower() not in _BORING}),
-                      request_body=excerpt(body, 400))
+                      request_body=self.redact(excerpt(body, 400)))
         self.count += 1
         self.last = ex
         self.sink.append(ex)
@@ -92,7 +102,7 @@ class Http:
         ex.elapsed_ms = (time.perf_counter() - started) * 1000
         ex.status = resp.status_code
         ex.response_headers = mask_headers({k.lower(): v for k, v in resp.headers.items()})
-        ex.response_body = excerpt(resp.content)
+        ex.response_body = self.redact(excerpt(resp.content))
         if self.on_response is not None:
             self.on_response(resp, ex)
         return resp

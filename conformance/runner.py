@@ -139,6 +139,7 @@ def run(options: Options, *, progress: Callable[[int, int, Result], None] | None
     """Run the selected checks against `options.base`. Raises CannotRun for exit 2."""
     chosen = select(options.groups, checks)
     http = Http(options.base, timeout=options.timeout)
+    http.secrets = {s for s in (options.client_secret, options.token, options.token2) if s}
     ctx = RunContext(options, http)
 
     def collect(resp: httpx.Response, ex) -> None:

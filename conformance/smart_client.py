@@ -154,6 +154,7 @@ def browse(http: Http, authorize_url: str, params: dict[str, str], redirect_uri:
     browser = Http(http.base, timeout=http.timeout,
                    client=httpx.Client(timeout=http.timeout, follow_redirects=False))
     browser.sink = http.sink  # record into the same check's evidence
+    browser.secrets = http.secrets | {login[1]} if len(login[1]) >= 4 else http.secrets
     try:
         resp = browser.get(authorize_url, params=params, token=None, accept="text/html")
         signed_in = False
