@@ -157,8 +157,31 @@ class RunContext:
                          if isinstance(e.get("resource"), dict)
                          and e["resource"].get("resourceType") == rtype
                          and (e.get("search") or {}).get("mode", "match") == "match"]
+            if not found and self.options.allow_writes and rtype in ("Patient", "Observation") \
+                    and self.supports(rtype, "create"):
+                found = [self._create_sample(rtype)]
             self._samples[rtype] = found
         return self._samples[rtype]
+
+    def _create_sample(self, rtype: str) -> dict[str, Any]:
+        """Data to check with on a server that has none (only with --allow-writes; deleted
+        at the end of the run like everything the runner creates)."""
+        from conformance.checks.write import RUN_SYSTEM, observation
+
+        if rtype == "Observation":
+            body = observation(self)
+        else:
+            import uuid
+
+            body = {"resourceType": "Patient", "active": True, "gender": "female",
+                    "birthDate": "1970-01-01",
+                    "name": [{"family": "Conformance", "given": ["Probe"]}],
+                    "identifier": [{"system": RUN_SYSTEM, "value": str(uuid.uuid4())}]}
+        resp = self.http.post(rtype, json_data=body)
+        if resp.status_code not in (200, 201):
+            raise Skip(f"found no {rtype} on the server, and creating one answered "
+                       f"{resp.status_code}")
+        return self.created_resource(resp, rtype)
 
     def sample(self, rtype: str) -> dict[str, Any]:
         found = self.samples(rtype)

@@ -154,3 +154,28 @@ def test_a_server_that_stops_answering_mid_run_is_exit_2(capsys):
         server.shutdown()
         server.server_close()
     assert "stopped answering during the run" in err
+
+
+def test_an_empty_server_gets_data_to_check_with_only_when_writes_are_allowed(tmp_path, capsys):
+    """With --allow-writes the runner creates a Patient and an Observation to read and search
+    (and deletes them after); without it, the data checks skip and say why."""
+    from tests.conftest import start_live_gateway
+
+    live, stop = start_live_gateway(tmp_path, f"sqlite:///{tmp_path / 'ehr.sqlite3'}")
+    try:
+        out = tmp_path / "report"
+        assert main(["--base", live.base, "--groups", "read,search", "--quiet",
+                     "--report", str(out)]) == 0
+        results = {r["id"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+        assert results["read.read"]["status"] == "skip"
+        assert "found no resource" in results["read.read"]["message"]
+        assert main(["--base", live.base, "--groups", "read,search", "--allow-writes",
+                     "--quiet", "--report", str(out)]) == 0
+        results = {r["id"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+        for check_id in ("read.read", "read.vread", "read.history", "read.gone",
+                         "search.date-prefixes", "search.params-on-data"):
+            assert results[check_id]["status"] == "pass", results[check_id]["message"]
+        assert live.get("Patient", params={"_summary": "count"}).json()["total"] == 0
+        assert live.get("Observation", params={"_summary": "count"}).json()["total"] == 0
+    finally:
+        stop()
