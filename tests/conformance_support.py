@@ -375,9 +375,12 @@ def render_in_chromium(html_file: Path, screenshot: Path) -> dict:
         skip_or_fail("GATEWAY_REQUIRE_BROWSER", "playwright is not installed")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     requests: list[str] = []
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="chromium-home-")  # its profile, not the artifacts
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                    env={**os.environ, "HOME": str(screenshot.parent)})
+                                    env={**os.environ, "HOME": home})
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda req: requests.append(req.url))
@@ -390,4 +393,7 @@ def render_in_chromium(html_file: Path, screenshot: Path) -> dict:
                      "verdict": page.inner_text("#verdict")}
         finally:
             browser.close()
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
     return shown
