@@ -179,3 +179,22 @@ def test_an_empty_server_gets_data_to_check_with_only_when_writes_are_allowed(tm
         assert live.get("Observation", params={"_summary": "count"}).json()["total"] == 0
     finally:
         stop()
+
+
+def test_the_runner_imports_nothing_from_the_server_side():
+    """conformance/ speaks HTTP only: no import of fhir_gateway, smart_launch, adapters or
+    mappings anywhere in it (the one arrow allowed is fhir_gateway.cli -> conformance.cli)."""
+    import ast
+
+    server = {"fhir_gateway", "smart_launch", "adapters", "mappings"}
+    files = sorted((ROOT / "conformance").rglob("*.py"))
+    assert len(files) > 15
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in server, f"{path}: imports {name}"
