@@ -88,6 +88,24 @@ EXTRACT: dict[tuple[str, str], Callable[[dict], str | None]] = {
     ("MedicationRequest", "authoredon"): _plain("authoredOn"),
     ("Immunization", "vaccine-code"): lambda r: _token(r.get("vaccineCode")),
     ("Immunization", "date"): _plain("occurrenceDateTime"),
+    ("*", "performer"): lambda r: _ref(r.get("performer")),
+    ("*", "requester"): lambda r: _ref(r.get("requester")),
+    ("*", "based-on"): lambda r: _ref(r.get("basedOn")),
+    ("*", "author"): lambda r: _ref(r.get("author")),
+    ("*", "specialty"): lambda r: _token(r.get("specialty")),
+    ("*", "service-type"): lambda r: _token(r.get("serviceType")),
+    ("Slot", "schedule"): lambda r: _ref(r.get("schedule")),
+    ("Slot", "start"): _plain("start"),
+    ("Task", "focus"): lambda r: _ref(r.get("focus")),
+    ("Task", "authored-on"): _plain("authoredOn"),
+    ("Communication", "part-of"): lambda r: _ref(r.get("partOf")),
+    ("Communication", "sent"): _plain("sent"),
+    ("Invoice", "account"): lambda r: _ref(r.get("account")),
+    ("DiagnosticReport", "date"): _plain("effectiveDateTime"),
+    ("Condition", "onset-date"): _plain("onsetDateTime"),
+    ("DocumentReference", "type"): lambda r: _token(r.get("type")),
+    ("DocumentReference", "date"): _plain("date"),
+    ("Encounter", "type"): lambda r: _token(r.get("type")),
     ("Encounter", "class"): lambda r: (f"{r['class'].get('system')}|{r['class'].get('code')}"
                                        if isinstance(r.get("class"), dict)
                                        and r["class"].get("code") else None),
@@ -97,13 +115,23 @@ NONE_VALUE = {"token": "conformance-none", "string": "zzconformancenone",
 
 
 STANDARD_TYPES = {"date": "date", "birthdate": "date", "authoredon": "date",
+                  "authored-on": "date", "start": "date", "sent": "date", "onset-date": "date",
                   "patient": "reference", "subject": "reference", "encounter": "reference",
+                  "performer": "reference", "requester": "reference", "based-on": "reference",
+                  "author": "reference", "schedule": "reference", "focus": "reference",
+                  "part-of": "reference", "account": "reference",
                   "family": "string", "given": "string", "name": "string"}
+
+
+# Generic parameters tried on a server that declares nothing: these are standard R4 wherever
+# the element they read exists (others, like service-type, are standard only on some types).
+SAFE_GENERIC = {"_id", "status", "identifier", "patient", "subject", "code", "category",
+                "encounter"}
 
 
 def _standard(rtype: str) -> dict[str, str]:
     """With no CapabilityStatement, the standard R4 parameters the runner knows for a type."""
-    names = {n for (t, n) in EXTRACT if t in (rtype, "*")}
+    names = {n for (t, n) in EXTRACT if t == rtype or (t == "*" and n in SAFE_GENERIC)}
     return {n: STANDARD_TYPES.get(n, "token") for n in sorted(names)}
 
 
