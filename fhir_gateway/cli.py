@@ -381,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", required=True)
     p.add_argument("--patient")
 
+    p = sub.add_parser("conformance", help="Check what a FHIR server really does (any server)",
+                       description="Run the conformance checks against a FHIR R4 base URL")
+    from conformance.cli import add_arguments, run_from_args
+
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
+
     p = add("demo", cmd_demo, "Seed (if empty) and serve, printing what to try")
     p.add_argument("--host")
     p.add_argument("--port", type=int)

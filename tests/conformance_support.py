@@ -1,0 +1,399 @@
+"""Servers for the conformance runner's tests: the real gateway (SMART on, 3 seeded patients)
+served on loopback behind a WSGI middleware that can break exactly one rule at a time.
+
+    gw = start_breakable_gateway(tmp_dir)
+    gw.breaker.rule = "paging-repeats"     # None: the gateway as it is
+    run(options_for(gw, groups=["search"]))
+    gw.stop()
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from tests.conftest import LiveGateway, free_port
+from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
+
+CONFIDENTIAL_SECRET = "conformance-secret-0123456789"
+
+
+def _reply(start_response, status: str, headers: list[tuple[str, str]],
+           body: bytes) -> list[bytes]:
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    start_response(status, headers + [("Content-Length", str(len(body)))])
+    return [body]
+
+
+class Breaker:
+    """WSGI middleware in front of the gateway; `rule` names the one rule it breaks."""
+
+    RULES = ("wrong-content-type", "no-outcome", "paging-repeats", "ignore-if-match",
+             "plain-pkce", "cross-patient-read", "param-501", "ignored-param", "etag-mismatch",
+             "no-cors", "invalid-resource", "wrong-aud-accepted", "token-cacheable",
+             "revocation-ignored", "accepts-invalid", "cancel-keeps-slot",
+             "backend-replay-accepted", "etag-missing", "summary-count-wrong",
+             "date-prefix-ignored", "include-leaks", "no-token-accepted", "sort-ignored",
+             "post-search-ignores-count", "r5-version")
+
+    def __init__(self, app, admin_token: Callable[[], str]) -> None:
+        self.app = app
+        self.rule: str | None = None
+        self.admin_token = admin_token
+        self._pending: dict[str, dict] = {}  # paging-repeats: next URL -> last entry seen
+        self._lock = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _call(self, environ, start_response=None) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: dict = {}
+
+        def start(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, list(headers)
+            return lambda data: None
+
+        chunks = self.app(environ, start)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        return captured["status"], captured["headers"], body
+
+    @staticmethod
+    def _set_query(environ, pairs: Iterable[tuple[str, str]]) -> None:
+        environ["QUERY_STRING"] = urlencode(list(pairs))
+
+    # -- the middleware ----------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        rule, path, method = self.rule, environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if rule == "ignore-if-match" and method == "PUT":
+            environ.pop("HTTP_IF_MATCH", None)
+        if rule == "plain-pkce" and path.endswith("/auth/authorize") and \
+                dict(query).get("code_challenge_method") == "plain":
+            # Accept plain by storing S256(challenge): the plain verifier then matches.
+            challenge = dict(query)["code_challenge"]
+            s256 = base64.urlsafe_b64encode(hashlib.sha256(challenge.encode()).digest())
+            self._set_query(environ, [(k, "S256" if k == "code_challenge_method" else
+                                       s256.rstrip(b"=").decode() if k == "code_challenge"
+                                       else v) for k, v in query])
+        if rule == "wrong-aud-accepted" and path.endswith("/auth/authorize"):
+            base = f"http://{environ['HTTP_HOST']}/fhir"
+            self._set_query(environ, [(k, base if k == "aud" else v) for k, v in query])
+        if rule == "cross-patient-read" and method == "GET" and \
+                re.fullmatch(r"/fhir/Patient/[^/$]+", path):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if rule == "param-501" and method == "GET" and path == "/fhir/Observation" and \
+                any(k == "code" for k, _ in query):
+            body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "error", "code": "not-supported",
+                "diagnostics": "search by code is not implemented"}]})
+            return _reply(start_response, "501 Not Implemented",
+                          [("Content-Type", "application/fhir+json")], body)
+        if rule == "ignored-param" and path == "/fhir/Patient" and method == "GET":
+            self._set_query(environ, [(k, v) for k, v in query if k != "gender"])
+        if rule == "revocation-ignored" and path.endswith("/auth/revoke"):
+            return _reply(start_response, "200 OK", [("Content-Type", "application/json")],
+                          b"{}")
+        if rule == "date-prefix-ignored":
+            self._set_query(environ, [(k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
+                                       if k in ("date", "birthdate") else v) for k, v in query])
+        if rule == "sort-ignored":
+            self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
+        if rule == "no-token-accepted" and path.startswith("/fhir/") and \
+                "HTTP_AUTHORIZATION" not in environ:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if rule == "post-search-ignores-count" and method == "POST" and \
+                path.endswith("/_search"):
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            kept = urlencode([(k, v) for k, v in parse_qsl(raw.decode()) if k != "_count"])
+            environ["wsgi.input"] = io.BytesIO(kept.encode())
+            environ["CONTENT_LENGTH"] = str(len(kept))
+        if rule == "backend-replay-accepted" and method == "POST" and \
+                path.endswith("/auth/token"):
+            return self._forget_jti(environ, start_response)
+        if rule == "accepts-invalid" and method == "POST" and path == "/fhir/Observation":
+            return self._accept_anything(environ, start_response)
+
+        status, headers, body = self._call(environ)
+        code = int(status.split()[0])
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+
+        if rule == "wrong-content-type" and code < 400 and "json" in ctype:
+            headers = [(k, "text/html; charset=utf-8" if k.lower() == "content-type" else v)
+                       for k, v in headers]
+        if rule == "no-outcome" and code >= 400 and path.startswith("/fhir"):
+            headers = [(k, "text/plain" if k.lower() == "content-type" else v)
+                       for k, v in headers]
+            body = status.encode()
+        if rule == "etag-mismatch":
+            headers = [(k, 'W/"999"' if k.lower() == "etag" else v) for k, v in headers]
+        if rule == "no-cors":
+            headers = [(k, v) for k, v in headers if not k.lower().startswith("access-control")]
+        if rule == "token-cacheable" and path.endswith("/auth/token"):
+            headers = [(k, v) for k, v in headers if k.lower() not in ("cache-control",
+                                                                        "pragma")]
+        if rule == "invalid-resource" and code == 200 and re.fullmatch(r"/fhir/Patient/[^/]+",
+                                                                       path):
+            res = orjson.loads(body)
+            res["gender"] = "xyz"
+            res["birthDate"] = "the fifth of May"
+            body = orjson.dumps(res)
+        if rule == "etag-missing":
+            headers = [(k, v) for k, v in headers if k.lower() != "etag"]
+        if rule == "r5-version" and path == "/fhir/metadata" and code == 200:
+            res = orjson.loads(body)
+            res["fhirVersion"] = "5.0.0"
+            body = orjson.dumps(res)
+        if rule == "summary-count-wrong" and code == 200 and \
+                ("_summary", "count") in query:
+            res = orjson.loads(body)
+            res["total"] = (res.get("total") or 0) + 1
+            body = orjson.dumps(res)
+        if rule == "include-leaks" and code == 200 and \
+                any(k in ("_include", "_revinclude") for k, _ in query):
+            body = self._leak_patients(body)
+        if rule == "cancel-keeps-slot":
+            body = self._slot_stays_busy(path, code, body)
+        if rule == "paging-repeats" and code == 200 and "json" in ctype:
+            body = self._repeat_pages(environ, body)
+        return _reply(start_response, status, headers, body)
+
+    def _leak_patients(self, body: bytes) -> bytes:
+        """Includes that add every patient of the clinic, whoever asked."""
+        inner = {"REQUEST_METHOD": "GET", "PATH_INFO": "/fhir/Patient",
+                 "QUERY_STRING": "_count=10", "SERVER_NAME": "127.0.0.1",
+                 "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http",
+                 "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+                 "wsgi.version": (1, 0), "wsgi.multithread": True,
+                 "wsgi.multiprocess": False, "wsgi.run_once": False,
+                 "HTTP_ACCEPT": "application/fhir+json",
+                 "HTTP_AUTHORIZATION": f"Bearer {self.admin_token()}"}
+        _, _, everyone = self._call(inner)
+        res = orjson.loads(body)
+        extra = [{"resource": e["resource"], "search": {"mode": "include"}}
+                 for e in orjson.loads(everyone).get("entry") or []]
+        res["entry"] = (res.get("entry") or []) + extra
+        return orjson.dumps(res)
+
+    def _slot_stays_busy(self, path: str, code: int, body: bytes) -> bytes:
+        """After a $cancel, the cancelled visit's Slot reads as busy (never freed)."""
+        if path.endswith("/$cancel") and code == 200:
+            with self._lock:
+                self._pending["cancelled"] = True
+        elif re.fullmatch(r"/fhir/Slot/[^/]+", path) and code == 200 and \
+                self._pending.get("cancelled"):
+            res = orjson.loads(body)
+            if res.get("status") == "free":
+                res["status"] = "busy"
+                body = orjson.dumps(res)
+        return body
+
+    def _repeat_pages(self, environ, body: bytes) -> bytes:
+        """Each next page starts with the last entry of the page before it."""
+        res = orjson.loads(body)
+        if res.get("resourceType") != "Bundle" or res.get("type") != "searchset":
+            return body
+        here = f"{environ.get('PATH_INFO')}?{environ.get('QUERY_STRING')}"
+        with self._lock:
+            carried = self._pending.pop(here, None)
+            entries = res.get("entry") or []
+            nxt = next((ln["url"] for ln in res.get("link") or []
+                        if ln.get("relation") == "next"), None)
+            if nxt and entries:
+                key = nxt.split("://", 1)[-1]
+                key = key[key.index("/"):]
+                self._pending[key] = entries[-1]
+        if carried:
+            res["entry"] = [carried, *(res.get("entry") or [])]
+        return orjson.dumps(res)
+
+    def _forget_jti(self, environ, start_response):
+        """A token endpoint that does not remember assertion ids: a jti it has already
+        answered gets the same token again."""
+        import json
+
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(raw)
+        form = dict(parse_qsl(raw.decode()))
+        jti = None
+        if form.get("client_assertion", "").count(".") == 2:
+            payload = form["client_assertion"].split(".")[1]
+            payload += "=" * (-len(payload) % 4)
+            jti = json.loads(base64.urlsafe_b64decode(payload)).get("jti")
+        with self._lock:
+            cached = self._pending.get(f"jti:{jti}") if jti else None
+        if cached:
+            return _reply(start_response, *cached)
+        status, headers, body = self._call(environ)
+        if jti and status.startswith("200"):
+            with self._lock:
+                self._pending[f"jti:{jti}"] = (status, headers, body)
+        return _reply(start_response, status, headers, body)
+
+    def _accept_anything(self, environ, start_response):
+        """An Observation create that the gateway refuses as invalid is answered 201 anyway
+        (as a server that skips validation would); valid ones go through unchanged."""
+        status, headers, body = self._call(environ)
+        if int(status.split()[0]) not in (400, 422):
+            return _reply(start_response, status, headers, body)
+        rid = "accepted-" + hashlib.sha256(body).hexdigest()[:12]
+        return _reply(start_response, "201 Created", [
+            ("Content-Type", "application/fhir+json"),
+            ("Location", f"http://{environ['HTTP_HOST']}/fhir/Observation/{rid}")],
+            orjson.dumps({"resourceType": "Observation", "id": rid, "status": "not-a-status",
+                          "meta": {"versionId": "1"}}))
+
+
+def add_backend_client(smart, data_dir: Path) -> Path:
+    """Register `conformance-backend` (private_key_jwt, RS384); return its private JWK file."""
+    import json
+
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048, private=True)
+    kid = key.thumbprint()
+    path = data_dir / "conformance-backend.private.jwk.json"
+    path.write_text(json.dumps(dict(key.as_dict(private=True), kid=kid, alg="RS384")))
+    public = dict(key.as_dict(private=False), kid=kid, alg="RS384", use="sig")
+    smart.clients.add("conformance-backend", "asymmetric", jwks={"keys": [public]},
+                      scope="system/*.rs")
+    return path
+
+
+@dataclass
+class BreakableGateway:
+    live: LiveGateway
+    breaker: Breaker
+    stop: Callable[[], None]
+    smart: object
+
+    @property
+    def base(self) -> str:
+        return self.live.base
+
+
+def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
+    """The real gateway (embedded store seeded relative to today, SMART on, patients
+    ann=pat-0001 and bob=pat-0002, a public app `app-public`, a confidential
+    `app-confidential`) behind a Breaker."""
+    import httpx
+    from werkzeug.serving import make_server
+
+    from adapters.embedded import EmbeddedAdapter
+    from fhir_gateway.app import create_app
+    from fhir_gateway.config import load_config
+    from fhir_gateway.synthetic import generate
+
+    port = free_port()
+    url = f"sqlite:///{data_dir / 'ehr.sqlite3'}"
+    adapter = EmbeddedAdapter(url)
+    adapter.load(generate(3, 7, dt.date.today()))  # Slots ahead, for the portal group
+    cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
+                           "FHIR_GATEWAY_AUTH_ENABLED": "true",
+                           "FHIR_GATEWAY_EHR_DATABASE_URL": url})
+    app = create_app(cfg, adapter)
+    smart = app.extensions["smart"]
+    admin = {}
+
+    def admin_token() -> str:
+        if "token" not in admin:
+            client = smart.clients.get("conformance-admin")
+            admin["token"] = smart.mint(client, "system/*.cruds")
+        return admin["token"]
+
+    breaker = Breaker(app, admin_token)
+    server = make_server("127.0.0.1", port, breaker, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    client = httpx.Client(timeout=30)
+    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg, app)
+    smart_env_for(live)
+    smart.clients.add("app-confidential", "symmetric", secret=CONFIDENTIAL_SECRET,
+                      redirect_uris=[REDIRECT])
+    smart.clients.add("conformance-admin", "symmetric", secret=CONFIDENTIAL_SECRET,
+                      redirect_uris=[REDIRECT], scope="system/*.cruds")
+    add_backend_client(smart, data_dir)
+
+    def stop() -> None:
+        client.close()
+        server.shutdown()
+        thread.join(5)
+        worker = app.extensions.get("outbox_worker")
+        if worker is not None:
+            worker.stop()
+        app.extensions["fhir_gateway"].adapter.close()
+
+    return BreakableGateway(live, breaker, stop, smart)
+
+
+def smart_args(gw: BreakableGateway, *, confidential: bool = False) -> list[str]:
+    """CLI arguments for a real SMART launch as ann and bob, and the backend client."""
+    key = Path(gw.live.config.data_path) / "conformance-backend.private.jwk.json"
+    args = ["--base", gw.base, "--redirect-uri", REDIRECT,
+            "--patient-login", f"ann:{PASSWORD}", "--patient-login", f"bob:{PASSWORD}",
+            "--backend-client", "conformance-backend", "--backend-key", str(key)]
+    if confidential:
+        return args + ["--smart-client", "app-confidential", "--client-secret",
+                       CONFIDENTIAL_SECRET]
+    return args + ["--smart-client", "app-public"]
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def render_in_chromium(html_file: Path, screenshot: Path) -> dict:
+    """Open a report in headless Chromium (Debian's, through Playwright), keep a full-page
+    screenshot, and return what the page shows: its visible text, the requests it made
+    beyond the file itself, and the open evidence blocks."""
+    import os
+
+    from tests.conftest import skip_or_fail
+
+    if not Path(CHROMIUM).exists():
+        skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{CHROMIUM} is missing "
+                     "(apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("GATEWAY_REQUIRE_BROWSER", "playwright is not installed")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="chromium-home-")  # its profile, not the artifacts
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                    env={**os.environ, "HOME": home})
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(html_file.resolve().as_uri())
+            page.screenshot(path=str(screenshot), full_page=True)
+            shown = {"text": page.inner_text("body"),
+                     "requests": [u for u in requests if u != html_file.resolve().as_uri()],
+                     "open_evidence": page.locator("details[open] pre").count(),
+                     "rows": page.locator("tr[id^=check-]").count(),
+                     "verdict": page.inner_text("#verdict")}
+        finally:
+            browser.close()
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
+    return shown

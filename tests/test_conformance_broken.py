@@ -1,0 +1,231 @@
+"""Every check can fail: the runner against the real gateway with exactly one rule broken by
+a WSGI middleware in front of it (tests/conformance_support.py). Each case asserts the
+matching check fails with evidence that shows the broken rule, and that no other check
+in the groups it ran failed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conformance.cli import _options, build_parser
+from conformance.model import Status
+from conformance.runner import RunReport, run
+from tests.conformance_support import smart_args, start_breakable_gateway
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    gateway = start_breakable_gateway(tmp_path_factory.mktemp("broken"))
+    yield gateway
+    gateway.stop()
+
+
+def run_with(gw, rule: str | None, groups: list[str], *extra: str,
+             confidential: bool = False) -> RunReport:
+    gw.breaker.rule = rule
+    try:
+        args = build_parser().parse_args([*smart_args(gw, confidential=confidential),
+                                          "--groups", ",".join(groups), *extra])
+        return run(_options(args))
+    finally:
+        gw.breaker.rule = None
+
+
+def by_id(report: RunReport) -> dict:
+    return {r.check.id: r for r in report.results}
+
+
+def failed(report: RunReport) -> set[str]:
+    return {r.check.id for r in report.results if r.status in (Status.FAIL, Status.ERROR)}
+
+
+def evidence_text(result) -> str:
+    parts = []
+    for ex in result.evidence:
+        parts += [ex.method, ex.url, str(ex.status), repr(ex.response_headers),
+                  ex.response_body]
+    return "\n".join(parts)
+
+
+def test_unbroken_gateway_passes_these_groups(gw):
+    report = run_with(gw, None, ["read", "search", "http", "write", "smart", "access",
+                                 "portal", "validity"], "--allow-writes", confidential=True)
+    assert by_id(report)["smart.introspection"].status is Status.PASS
+    assert failed(report) == set(), [(r.check.id, r.message) for r in report.results
+                                     if r.status in (Status.FAIL, Status.ERROR)]
+    assert report.exit_code() == 0
+
+
+# rule, groups run, the checks that must fail, a check that must still pass, what the
+# evidence of the first failing check must show
+CASES = [
+    ("wrong-content-type", ["http", "read"], {"http.content-type", "http.accept-json",
+                                              "http.format-param"},
+     "read.vread", "text/html"),
+    ("no-outcome", ["read", "http", "search", "validity"],
+     {"read.not-found", "read.gone", "http.errors-have-outcome", "http.not-acceptable",
+      "http.unsupported-media-type", "validity.errors-have-outcome"},
+     "search.paging", "text/plain"),
+    ("paging-repeats", ["search"], {"search.paging"}, "search.count", "_cursor"),
+    ("ignore-if-match", ["write"], {"write.if-match"}, "write.update", "PUT"),
+    ("plain-pkce", ["smart"], {"smart.pkce-plain-refused"}, "smart.pkce-verifier",
+     "code_challenge_method=plain"),
+    ("cross-patient-read", ["access"], {"access.read-other-patient"},
+     "access.search-other-patient", "pat-0002"),
+    ("ignored-param", ["search"], {"search.params-on-data"}, "search.paging", "gender="),
+    ("etag-mismatch", ["read"], {"read.etag-version"}, "read.vread", 'W/"999"'),
+    ("no-cors", ["http"], {"http.cors-discovery"}, "http.content-type", "Origin"),
+    ("invalid-resource", ["read", "validity"], {"validity.r4"}, "read.vread", "xyz"),
+    ("wrong-aud-accepted", ["smart"], {"smart.wrong-aud"}, "smart.pkce-plain-refused",
+     "conformance.invalid"),
+    ("token-cacheable", ["smart"], {"smart.token-response"}, "smart.refresh-subset",
+     "/auth/token"),
+    ("revocation-ignored", ["smart"], {"smart.revoked-refused"}, "smart.token-response",
+     "/auth/revoke"),
+    ("cancel-keeps-slot", ["portal"], {"portal.book-cancel"}, "portal.record-reading",
+     "busy"),
+    ("backend-replay-accepted", ["smart"], {"smart.backend-assertion-rules"},
+     "smart.backend-token", "replayed jti"),
+    ("etag-missing", ["read"], {"read.etag-present"}, "read.vread", "no ETag"),
+    ("summary-count-wrong", ["search"], {"search.summary-count"}, "search.paging",
+     "_summary=count"),
+    ("date-prefix-ignored", ["search"], {"search.date-prefixes"}, "search.params-on-data",
+     "date=gt"),
+    ("include-leaks", ["access"], {"access.include-other-patient"},
+     "access.search-other-patient", "_revinclude"),
+    ("no-token-accepted", ["smart"], {"smart.no-token-401"}, "smart.bad-token-401",
+     "without a token"),
+    ("sort-ignored", ["search"], {"search.sort"}, "search.paging", "_sort=-date"),
+    ("post-search-ignores-count", ["search"], {"search.get-post"}, "search.count",
+     "_search"),
+    ("accepts-invalid", ["write"], {"write.invalid-rejected"}, "write.update", "not-a-status"),
+]
+
+
+@pytest.mark.parametrize("rule,groups,must_fail,must_pass,shown", CASES,
+                         ids=[c[0] for c in CASES])
+def test_one_broken_rule_fails_its_check(gw, rule, groups, must_fail, must_pass, shown):
+    report = run_with(gw, rule, groups, "--allow-writes")
+    results = by_id(report)
+    assert failed(report) == must_fail, [(r.check.id, r.status, r.message)
+                                         for r in report.results if r.status != Status.PASS]
+    for check_id in must_fail:
+        assert results[check_id].status is Status.FAIL, results[check_id].message
+        assert results[check_id].message
+        assert results[check_id].evidence, f"{check_id} failed without evidence"
+    first = results[sorted(must_fail)[0]]
+    assert shown in evidence_text(first) or shown in first.message, evidence_text(first)
+    assert results[must_pass].status is Status.PASS, results[must_pass].message
+    # only required checks decide the exit code; a recommended one failing is reported
+    required = any(results[c].check.severity.value == "required" for c in must_fail)
+    assert report.exit_code() == (1 if required else 0)
+
+
+def test_without_a_token_data_checks_skip_and_say_why(gw):
+    report = run(_options(build_parser().parse_args([
+        "--base", gw.base, "--groups", "capability,read,search,http,access"])))
+    results = by_id(report)
+    assert failed(report) == set()
+    for check_id in ("read.read", "search.paging", "http.content-type",
+                     "capability.interactions-answered", "access.read-other-patient"):
+        assert results[check_id].status is Status.SKIP
+    assert "--token or --smart-client" in results["read.read"].message
+    assert results["capability.metadata"].status is Status.PASS
+
+
+def test_a_statement_claiming_r5_fails_fhir_version(gw):
+    report = run_with(gw, "r5-version", ["capability"])
+    result = by_id(report)["capability.fhir-version"]
+    assert failed(report) == {"capability.fhir-version"}
+    assert "'5.0.0'" in result.message
+    assert '"fhirVersion":"5.0.0"' in result.evidence[-1].response_body
+
+
+def test_param_declared_but_not_answered_fails_capability(gw):
+    report = run_with(gw, "param-501", ["capability"])
+    results = by_id(report)
+    assert failed(report) == {"capability.search-params-answered"}
+    result = results["capability.search-params-answered"]
+    assert "Observation?code" in result.message and "501" in result.message
+    assert result.evidence[-1].status == 501
+    assert results["capability.interactions-answered"].status is Status.PASS
+
+
+def test_tokens_never_appear_in_evidence(gw):
+    report = run_with(gw, None, ["smart"])
+    tokens = [s for r in report.results for ex in r.evidence
+              for s in (ex.request_headers.get("authorization", ""),)]
+    assert any(t.startswith("Bearer ") for t in tokens)
+    assert all(t.endswith("***") for t in tokens if t), tokens
+    for r in report.results:
+        for ex in r.evidence:
+            assert "correct horse" not in ex.request_body
+            for match in re.finditer(r'"(access|refresh|id)_token": ?"([^"]*)"',
+                                     ex.response_body):
+                assert match.group(2).endswith("***"), match.group(0)
+
+
+def test_failure_evidence_shows_in_the_html_report(gw, tmp_path):
+    from conformance.report.html import write_html
+    from tests.conformance_support import ARTIFACTS, render_in_chromium
+
+    report = run_with(gw, "no-outcome", ["read"])
+    write_html(report, tmp_path / "report.html")
+    shown = render_in_chromium(tmp_path / "report.html", ARTIFACTS / "conformance-broken.png")
+    assert shown["verdict"] == "Required checks failed"
+    assert shown["open_evidence"] >= 1
+    assert "the error body is text/plain, not an OperationOutcome" in shown["text"]
+    assert "404 NOT FOUND" in shown["text"]
+    assert shown["requests"] == []
+
+
+def test_access_group_with_two_given_tokens(gw):
+    """--token/--token2 with --patient/--patient2 instead of a launch (tokens minted by the
+    gateway's own admin path for ann's and bob's records)."""
+    client = gw.smart.clients.get("app-public")
+    ann = gw.smart.mint(client, "patient/*.rs", patient="pat-0001")
+    bob = gw.smart.mint(client, "patient/*.rs", patient="pat-0002")
+    argv = ["--base", gw.base, "--token", ann, "--token2", bob, "--patient", "pat-0001",
+            "--patient2", "pat-0002", "--groups", "access"]
+    report = run(_options(build_parser().parse_args(argv)))
+    assert failed(report) == set()
+    assert by_id(report)["access.read-other-patient"].status is Status.PASS
+    gw.breaker.rule = "cross-patient-read"
+    try:
+        report = run(_options(build_parser().parse_args(argv)))
+    finally:
+        gw.breaker.rule = None
+    assert failed(report) == {"access.read-other-patient"}
+
+
+@pytest.mark.parametrize("change,shown", [
+    ({"--patient-login": "ann:wrong-password"}, "ended on a 401 page"),
+    ({"--smart-client": "no-such-app"}, "without a redirect to --redirect-uri"),
+    ({"--redirect-uri": "http://127.0.0.1:9/elsewhere"}, "without a redirect"),
+])
+def test_a_launch_that_cannot_complete_is_exit_2(gw, capsys, change, shown):
+    from conformance.cli import main
+
+    argv = smart_args(gw)
+    for opt, value in change.items():
+        i = argv.index(opt)
+        argv[i + 1] = value
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("conformance: cannot run: SMART launch failed: ")
+    assert shown in err and "\n" not in err and "Traceback" not in err
+
+
+def test_progress_lines_and_summary_table(gw, capsys):
+    from conformance.cli import main
+
+    assert main([*smart_args(gw), "--groups", "read"]) == 0  # read.gone skips: no writes
+    captured = capsys.readouterr()
+    progress = [ln for ln in captured.err.splitlines() if ln.startswith("[")]
+    assert progress[0].startswith("[  1/7] PASS read.read")
+    assert len(progress) == 7
+    table = captured.out.splitlines()
+    assert table[1].split() == ["group", "pass", "fail", "skip", "error"]
+    assert table[3].split() == ["read", "6", "0", "1", "0"]
