@@ -22,7 +22,7 @@ def gw(tmp_path_factory):
     gateway.stop()
 
 
-def run_with(gw, rule: str | None, groups: list[str], *extra: str,
+def run_with(gw, rule: str | tuple[str, ...] | None, groups: list[str], *extra: str,
              confidential: bool = False) -> RunReport:
     gw.breaker.rule = rule
     try:
@@ -121,6 +121,55 @@ def test_one_broken_rule_fails_its_check(gw, rule, groups, must_fail, must_pass,
     # only required checks decide the exit code; a recommended one failing is reported
     required = any(results[c].check.severity.value == "required" for c in must_fail)
     assert report.exit_code() == (1 if required else 0)
+
+
+# Independent rules broken together, to prove several checks in one run: the rules, the
+# groups run, each check that must fail with what its evidence or message must show, and
+# checks that must still pass. Every other check of those groups must not fail.
+TOGETHER = [
+    (("format-xml-only", "no-oauth-uris", "strict-ignored"), ["capability", "search"],
+     {"capability.json-format": '"format":["application/fhir+xml","xml"]',
+      "capability.smart-oauth-uris": "no oauth-uris extension",
+      "search.unknown-param-reported": "handling=strict was answered 200"},
+     ["capability.valid", "search.params-on-data"]),
+    (("rest-client-mode",), ["capability"],
+     {"capability.rest-server": '"mode":"client"',
+      # fhirclient reads oauth-uris from the server-mode rest entry: there is none
+      "capability.smart-oauth-uris": "no oauth-uris extension"},
+     ["capability.valid"]),
+    (("discovery-incomplete", "discovery-offers-plain"), ["smart"],
+     {"smart.discovery": "lacks grant_types_supported",
+      "smart.s256-only": "offers plain"},
+     ["smart.pkce-plain-refused", "smart.token-response"]),
+    (("cross-patient-data-read", "cross-patient-write"), ["access"],
+     {"access.read-other-data": "/fhir/Observation/obs-0002-",
+      "access.write-other-patient": "created an Observation for"},
+     ["access.read-other-patient", "access.search-other-patient"]),
+    (("op-definition-missing", "medication-history-leaks", "refill-task-unfocused",
+      "unread-not-parameters", "statement-empty"), ["portal"],
+     {"portal.operation-definitions": "OperationDefinition/Observation-stats",
+      "portal.medication-history": "of Patient/pat-000",
+      "portal.refill-request": "focus is None",
+      "portal.unread": '{"unread":',
+      "portal.statement": "empty page"},
+     ["portal.book-cancel", "portal.record-reading"]),
+]
+
+
+@pytest.mark.parametrize("rules,groups,shown,must_pass", TOGETHER,
+                         ids=["+".join(c[0]) for c in TOGETHER])
+def test_broken_rules_fail_only_their_checks(gw, rules, groups, shown, must_pass):
+    report = run_with(gw, rules, groups, "--allow-writes")
+    results = by_id(report)
+    assert failed(report) == set(shown), [(r.check.id, r.status, r.message)
+                                          for r in report.results if r.status != Status.PASS]
+    for check_id, what in shown.items():
+        result = results[check_id]
+        assert result.status is Status.FAIL and result.evidence, (check_id, result.message)
+        assert what in result.message or what in evidence_text(result), \
+            (check_id, result.message, evidence_text(result))
+    for check_id in must_pass:
+        assert results[check_id].status is Status.PASS, (check_id, results[check_id].message)
 
 
 def test_without_a_token_data_checks_skip_and_say_why(gw):
