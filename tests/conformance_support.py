@@ -28,6 +28,9 @@ from tests.conftest import LiveGateway, free_port
 from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
 
 CONFIDENTIAL_SECRET = "conformance-secret-0123456789"
+FIXED_VERIFIER = "conformance-breaker-fixed-verifier-" + "v" * 20
+FIXED_CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(FIXED_VERIFIER.encode()).digest()) \
+    .rstrip(b"=").decode()
 COMPARTMENT_TYPES = "Observation|Condition|MedicationRequest|Encounter|AllergyIntolerance|" \
     "Immunization"
 
@@ -57,7 +60,12 @@ class Breaker:
              "rest-client-mode", "strict-ignored", "discovery-incomplete",
              "discovery-offers-plain", "cross-patient-data-read", "cross-patient-write",
              "op-definition-missing", "medication-history-leaks", "refill-task-unfocused",
-             "unread-not-parameters", "statement-empty")
+             "unread-not-parameters", "statement-empty", "statement-undated", "history-501",
+             "read-drops-id", "vread-404", "history-as-searchset", "create-no-location",
+             "version-not-bumped", "if-none-exist-ignored", "stale-after-delete",
+             "junk-token-accepted", "verifier-ignored", "refresh-widens",
+             "introspect-junk-active", "backend-token-long", "subject-search-leaks",
+             "implausible-reading-accepted", "small-count-ignored", "token-system-ignored")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
@@ -95,8 +103,11 @@ class Breaker:
         return captured["status"], captured["headers"], body
 
     @staticmethod
-    def _set_query(environ, pairs: Iterable[tuple[str, str]]) -> None:
-        environ["QUERY_STRING"] = urlencode(list(pairs))
+    def _set_query(environ, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Rewrite the query; the new pairs, for the next rule to rewrite further."""
+        pairs = list(pairs)
+        environ["QUERY_STRING"] = urlencode(pairs)
+        return pairs
 
     # -- the middleware ----------------------------------------------------------------
 
@@ -110,12 +121,12 @@ class Breaker:
             # Accept plain by storing S256(challenge): the plain verifier then matches.
             challenge = dict(query)["code_challenge"]
             s256 = base64.urlsafe_b64encode(hashlib.sha256(challenge.encode()).digest())
-            self._set_query(environ, [(k, "S256" if k == "code_challenge_method" else
-                                       s256.rstrip(b"=").decode() if k == "code_challenge"
-                                       else v) for k, v in query])
+            query = self._set_query(environ, [
+                (k, "S256" if k == "code_challenge_method" else s256.rstrip(b"=").decode()
+                 if k == "code_challenge" else v) for k, v in query])
         if "wrong-aud-accepted" in rules and path.endswith("/auth/authorize"):
             base = f"http://{environ['HTTP_HOST']}/fhir"
-            self._set_query(environ, [(k, base if k == "aud" else v) for k, v in query])
+            query = self._set_query(environ, [(k, base if k == "aud" else v) for k, v in query])
         if "cross-patient-read" in rules and method == "GET" and \
                 re.fullmatch(r"/fhir/Patient/[^/$]+", path):
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
@@ -127,15 +138,16 @@ class Breaker:
             return _reply(start_response, "501 Not Implemented",
                           [("Content-Type", "application/fhir+json")], body)
         if "ignored-param" in rules and path == "/fhir/Patient" and method == "GET":
-            self._set_query(environ, [(k, v) for k, v in query if k != "gender"])
+            query = self._set_query(environ, [(k, v) for k, v in query if k != "gender"])
         if "revocation-ignored" in rules and path.endswith("/auth/revoke"):
             return _reply(start_response, "200 OK", [("Content-Type", "application/json")],
                           b"{}")
         if "date-prefix-ignored" in rules:
-            self._set_query(environ, [(k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
-                                       if k in ("date", "birthdate") else v) for k, v in query])
+            query = self._set_query(environ, [
+                (k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
+                 if k in ("date", "birthdate") else v) for k, v in query])
         if "sort-ignored" in rules:
-            self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
+            query = self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
         if "no-token-accepted" in rules and path.startswith("/fhir/") and \
                 "HTTP_AUTHORIZATION" not in environ:
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
@@ -158,6 +170,49 @@ class Breaker:
         if "cross-patient-write" in rules and method in ("POST", "PUT", "DELETE") and \
                 re.fullmatch(r"/fhir/Observation(/[^_/$][^/$]*)?", path):
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "history-501" in rules and method == "GET" and \
+                re.fullmatch(r"/fhir/Condition/[^/]+/_history", path):
+            return _reply(start_response, "501 Not Implemented",
+                          [("Content-Type", "application/fhir+json")],
+                          _outcome("not-supported", "history is not implemented"))
+        if "vread-404" in rules and method == "GET" and \
+                re.fullmatch(r"/fhir/[A-Za-z]+/[^/]+/_history/[^/]+", path):
+            return _reply(start_response, "404 Not Found",
+                          [("Content-Type", "application/fhir+json")],
+                          _outcome("not-found", "no such version"))
+        if "if-none-exist-ignored" in rules:
+            environ.pop("HTTP_IF_NONE_EXIST", None)
+        if "stale-after-delete" in rules:
+            stale = self._stale_after_delete(environ, path, method)
+            if stale is not None:
+                return _reply(start_response, "200 OK",
+                              [("Content-Type", "application/fhir+json")], stale)
+        if "junk-token-accepted" in rules and path.startswith("/fhir/"):
+            token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+            parts = token.split(".")
+            if token and (len(parts) != 3 or not all(parts)):  # not a signed JWT
+                environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "verifier-ignored" in rules and path.endswith("/auth/authorize") and \
+                dict(query).get("code_challenge_method") == "S256":
+            query = self._set_query(environ, [
+                (k, FIXED_CHALLENGE if k == "code_challenge" else v) for k, v in query])
+        if "subject-search-leaks" in rules and method == "GET" and \
+                path == "/fhir/Observation" and any(k == "subject" for k, _ in query):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "small-count-ignored" in rules and method == "GET":  # pages of at least 10
+            query = self._set_query(environ, [
+                (k, "10" if k == "_count" and v.isdigit() and 0 < int(v) < 10 else v)
+                for k, v in query])
+        if "token-system-ignored" in rules and method == "GET":
+            query = self._set_query(environ, [
+                (k, v.split("|", 1)[1] if k in ("code", "identifier") and "|" in v else v)
+                for k, v in query])
+        if method == "POST" and path.endswith("/auth/token") and rules & {
+                "verifier-ignored", "refresh-widens", "backend-token-long"}:
+            return self._token_endpoint(rules, environ, start_response)
+        if "implausible-reading-accepted" in rules and method == "POST" and \
+                path == "/fhir/Observation/$record-reading":
+            return self._accept_reading(environ, start_response)
         if "op-definition-missing" in rules and \
                 path == "/fhir/OperationDefinition/Observation-stats":
             return _reply(start_response, "404 Not Found",
@@ -195,7 +250,7 @@ class Breaker:
             res["fhirVersion"] = "5.0.0"
             body = orjson.dumps(res)
         if path == "/fhir/metadata" and code == 200 and rules & {
-                "format-xml-only", "no-oauth-uris", "rest-client-mode"}:
+                "format-xml-only", "no-oauth-uris", "rest-client-mode", "statement-undated"}:
             body = self._break_statement(rules, body)
         if path == "/fhir/.well-known/smart-configuration" and code == 200:
             conf = orjson.loads(body)
@@ -221,6 +276,28 @@ class Breaker:
         if "statement-empty" in rules and code == 200 and \
                 re.fullmatch(r"/fhir/Account/[^/]+/\$statement", path):
             body = b""
+        if "read-drops-id" in rules and code == 200 and \
+                re.fullmatch(r"/fhir/Patient/[^/$]+", path):
+            res = orjson.loads(body)
+            res.pop("id", None)
+            body = orjson.dumps(res)
+        if "history-as-searchset" in rules and code == 200 and \
+                re.fullmatch(r"/fhir/[A-Za-z]+/[^/]+/_history", path):
+            res = orjson.loads(body)
+            res["type"] = "searchset"
+            body = orjson.dumps(res)
+        if "create-no-location" in rules and method == "POST" and code == 201 and \
+                path == "/fhir/Observation":
+            headers = [(k, v) for k, v in headers if k.lower() != "location"]
+        if "version-not-bumped" in rules and method == "GET" and code == 200 and \
+                re.fullmatch(r"/fhir/Observation/[^_/$][^/$]*", path):
+            res = orjson.loads(body)
+            res.setdefault("meta", {})["versionId"] = "1"
+            body = orjson.dumps(res)
+        if "introspect-junk-active" in rules and path.endswith("/auth/introspect") and \
+                code == 200 and orjson.loads(body).get("active") is False:
+            body = orjson.dumps({"active": True, "scope": "patient/*.rs",
+                                 "client_id": "app-confidential", "exp": 4102444800})
         if "summary-count-wrong" in rules and code == 200 and \
                 ("_summary", "count") in query:
             res = orjson.loads(body)
@@ -269,10 +346,12 @@ class Breaker:
     @staticmethod
     def _break_statement(rules: frozenset[str], body: bytes) -> bytes:
         """The CapabilityStatement without json in format, without the oauth-uris extension,
-        or with its rest entry in client mode."""
+        with its rest entry in client mode, or without its date."""
         cap = orjson.loads(body)
         if "format-xml-only" in rules:
             cap["format"] = ["application/fhir+xml", "xml"]
+        if "statement-undated" in rules:
+            del cap["date"]
         for rest in cap.get("rest") or []:
             if "rest-client-mode" in rules:
                 rest["mode"] = "client"
@@ -313,6 +392,56 @@ class Breaker:
         if carried:
             res["entry"] = [carried, *(res.get("entry") or [])]
         return orjson.dumps(res)
+
+    def _stale_after_delete(self, environ, path: str, method: str) -> bytes | None:
+        """A cache in front of the store: a deleted resource still reads as it was."""
+        if method == "DELETE" and re.fullmatch(r"/fhir/Observation/[^_/$][^/$]*", path):
+            copy = self._admin_get(path, "")
+            if copy.get("resourceType") == "Observation":
+                with self._lock:
+                    self._pending[f"deleted:{path}"] = orjson.dumps(copy)
+        elif method == "GET":
+            with self._lock:
+                return self._pending.get(f"deleted:{path}")
+        return None
+
+    def _token_endpoint(self, rules: frozenset[str], environ, start_response):
+        """The token endpoint, broken: any code_verifier does (verifier-ignored), a refresh
+        says it granted whatever was asked (refresh-widens), backend tokens live an hour
+        (backend-token-long)."""
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        form = parse_qsl(raw.decode(), keep_blank_values=True)
+        grant = dict(form).get("grant_type")
+        asked = dict(form).get("scope", "")
+        if "verifier-ignored" in rules and grant == "authorization_code":
+            form = [(k, v) for k, v in form if k != "code_verifier"] + [
+                ("code_verifier", FIXED_VERIFIER)]
+        widen = "refresh-widens" in rules and grant == "refresh_token" and "system/" in asked
+        if widen:
+            form = [(k, v) for k, v in form if k != "scope"]
+        raw = urlencode(form).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+        status, headers, body = self._call(environ)
+        if status.startswith("200") and (widen or grant == "client_credentials" and
+                                         "backend-token-long" in rules):
+            res = orjson.loads(body)
+            if widen:
+                res["scope"] = asked
+            else:
+                res["expires_in"] = 3600
+            body = orjson.dumps(res)
+        return _reply(start_response, status, headers, body)
+
+    def _accept_reading(self, environ, start_response):
+        """$record-reading without a plausibility check: a refused reading is answered 201."""
+        status, headers, body = self._call(environ)
+        if int(status.split()[0]) not in (400, 422):
+            return _reply(start_response, status, headers, body)
+        return _reply(start_response, "201 Created", [
+            ("Content-Type", "application/fhir+json")], orjson.dumps({
+                "resourceType": "Observation", "id": "accepted-reading", "status": "final",
+                "subject": {"reference": "Patient/pat-0001"},
+                "valueQuantity": {"value": 7000, "unit": "kg"}}))
 
     def _forget_jti(self, environ, start_response):
         """A token endpoint that does not remember assertion ids: a jti it has already
