@@ -1,7 +1,8 @@
-"""Every check can fail: the runner against the real gateway with exactly one rule broken by
-a WSGI middleware in front of it (tests/conformance_support.py). Each case asserts the
-matching check fails with evidence that shows the broken rule, and that no other check
-in the groups it ran failed."""
+"""Every check can fail: the runner against the real gateway with one rule (or a few
+independent ones) broken by a WSGI middleware in front of it (tests/conformance_support.py).
+Each case asserts the matching checks fail with evidence that shows the broken rule, and
+that no other check in the groups it ran failed; one test asserts every registered check
+has such a case."""
 
 from __future__ import annotations
 
