@@ -66,7 +66,8 @@ class Breaker:
              "junk-token-accepted", "verifier-ignored", "refresh-widens",
              "introspect-junk-active", "backend-token-long", "subject-search-leaks",
              "implausible-reading-accepted", "small-count-ignored", "token-system-ignored",
-             "lenient-silent")
+             "lenient-silent", "metadata-as-bundle", "bare-id-reference-ignored",
+             "include-adds-nothing")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
@@ -215,6 +216,16 @@ class Breaker:
         if "implausible-reading-accepted" in rules and method == "POST" and \
                 path == "/fhir/Observation/$record-reading":
             return self._accept_reading(environ, start_response)
+        if "metadata-as-bundle" in rules and path == "/fhir/metadata":
+            # /metadata served as a search of a type called "metadata"
+            return _reply(start_response, "200 OK", [("Content-Type", "application/fhir+json")],
+                          orjson.dumps({"resourceType": "Bundle", "type": "searchset",
+                                        "total": 0, "entry": []}))
+        if "bare-id-reference-ignored" in rules and method == "GET":
+            # patient=[id] matches nothing: only the Type/id form is understood
+            query = self._set_query(environ, [
+                (k, "Patient/conformance-none" if k in ("patient", "subject") and "/" not in v
+                 else v) for k, v in query])
         if "op-definition-missing" in rules and \
                 path == "/fhir/OperationDefinition/Observation-stats":
             return _reply(start_response, "404 Not Found",
@@ -281,6 +292,12 @@ class Breaker:
         if "lenient-silent" in rules and code == 200 and method == "GET" and \
                 path.startswith("/fhir/") and "json" in ctype and environ.get("QUERY_STRING"):
             body = self._echo_self_link(environ, body)
+        if "include-adds-nothing" in rules and code == 200 and \
+                any(k == "_include" for k, _ in query):
+            res = orjson.loads(body)
+            res["entry"] = [e for e in res.get("entry") or []
+                            if (e.get("search") or {}).get("mode") != "include"]
+            body = orjson.dumps(res)
         if "read-drops-id" in rules and code == 200 and \
                 re.fullmatch(r"/fhir/Patient/[^/$]+", path):
             res = orjson.loads(body)
