@@ -108,7 +108,7 @@ TOGETHER = [
       "capability.smart-oauth-uris": "no oauth-uris extension",
       "capability.fhir-version": '"fhirVersion":"5.0.0"',
       "capability.search-params-answered": "Observation?code is declared but answered 501",
-      "capability.valid": "date",
+      "capability.valid": "Value for the field 'date' is required",
       "capability.interactions-answered": "history Patient/pat-0001 is declared "
                                          "but answered 501"},
      ["capability.metadata", "capability.rest-server"]),
