@@ -1,8 +1,10 @@
 """Servers for the conformance runner's tests: the real gateway (SMART on, 3 seeded patients)
-served on loopback behind a WSGI middleware that can break exactly one rule at a time.
+served on loopback behind a WSGI middleware that breaks the rules it is told to, one or a few
+independent ones at a time.
 
     gw = start_breakable_gateway(tmp_dir)
     gw.breaker.rule = "paging-repeats"     # None: the gateway as it is
+    gw.breaker.rule = ("format-xml-only", "no-oauth-uris")   # two at once
     run(options_for(gw, groups=["search"]))
     gw.stop()
 """
@@ -26,6 +28,16 @@ from tests.conftest import LiveGateway, free_port
 from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
 
 CONFIDENTIAL_SECRET = "conformance-secret-0123456789"
+FIXED_VERIFIER = "conformance-breaker-fixed-verifier-" + "v" * 20
+FIXED_CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(FIXED_VERIFIER.encode()).digest()) \
+    .rstrip(b"=").decode()
+COMPARTMENT_TYPES = "Observation|Condition|MedicationRequest|Encounter|AllergyIntolerance|" \
+    "Immunization"
+
+
+def _outcome(code: str, diagnostics: str) -> bytes:
+    return orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": code, "diagnostics": diagnostics}]})
 
 
 def _reply(start_response, status: str, headers: list[tuple[str, str]],
@@ -36,7 +48,7 @@ def _reply(start_response, status: str, headers: list[tuple[str, str]],
 
 
 class Breaker:
-    """WSGI middleware in front of the gateway; `rule` names the one rule it breaks."""
+    """WSGI middleware in front of the gateway; `rule` names the rule (or rules) it breaks."""
 
     RULES = ("wrong-content-type", "no-outcome", "paging-repeats", "ignore-if-match",
              "plain-pkce", "cross-patient-read", "param-501", "ignored-param", "etag-mismatch",
@@ -44,14 +56,36 @@ class Breaker:
              "revocation-ignored", "accepts-invalid", "cancel-keeps-slot",
              "backend-replay-accepted", "etag-missing", "summary-count-wrong",
              "date-prefix-ignored", "include-leaks", "no-token-accepted", "sort-ignored",
-             "post-search-ignores-count", "r5-version")
+             "post-search-ignores-count", "r5-version", "format-xml-only", "no-oauth-uris",
+             "rest-client-mode", "strict-ignored", "discovery-incomplete",
+             "discovery-offers-plain", "cross-patient-data-read", "cross-patient-write",
+             "op-definition-missing", "medication-history-leaks", "refill-task-unfocused",
+             "unread-not-parameters", "statement-empty", "statement-undated", "history-501",
+             "read-drops-id", "vread-404", "history-as-searchset", "create-no-location",
+             "version-not-bumped", "if-none-exist-ignored", "stale-after-delete",
+             "junk-token-accepted", "verifier-ignored", "refresh-widens",
+             "introspect-junk-active", "backend-token-long", "subject-search-leaks",
+             "implausible-reading-accepted", "small-count-ignored", "token-system-ignored",
+             "lenient-silent", "metadata-as-bundle", "bare-id-reference-ignored",
+             "include-adds-nothing")
 
     def __init__(self, app, admin_token: Callable[[], str]) -> None:
         self.app = app
-        self.rule: str | None = None
+        self.rules: frozenset[str] = frozenset()
         self.admin_token = admin_token
         self._pending: dict[str, dict] = {}  # paging-repeats: next URL -> last entry seen
         self._lock = threading.Lock()
+
+    @property
+    def rule(self) -> str | None:
+        return None if not self.rules else ", ".join(sorted(self.rules))
+
+    @rule.setter
+    def rule(self, value: str | Iterable[str] | None) -> None:
+        rules = frozenset([value] if isinstance(value, str) else value or ())
+        unknown = rules - set(self.RULES)
+        assert not unknown, f"no such rule: {sorted(unknown)}"
+        self.rules = rules
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -71,122 +105,283 @@ class Breaker:
         return captured["status"], captured["headers"], body
 
     @staticmethod
-    def _set_query(environ, pairs: Iterable[tuple[str, str]]) -> None:
-        environ["QUERY_STRING"] = urlencode(list(pairs))
+    def _set_query(environ, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Rewrite the query; the new pairs, for the next rule to rewrite further."""
+        pairs = list(pairs)
+        if pairs != parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+            environ["QUERY_STRING"] = urlencode(pairs)  # untouched when nothing changed
+        return pairs
 
     # -- the middleware ----------------------------------------------------------------
 
     def __call__(self, environ, start_response):
-        rule, path, method = self.rule, environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        rules, path, method = self.rules, environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
         query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        if rule == "ignore-if-match" and method == "PUT":
+        if "ignore-if-match" in rules and method == "PUT":
             environ.pop("HTTP_IF_MATCH", None)
-        if rule == "plain-pkce" and path.endswith("/auth/authorize") and \
+        if "plain-pkce" in rules and path.endswith("/auth/authorize") and \
                 dict(query).get("code_challenge_method") == "plain":
             # Accept plain by storing S256(challenge): the plain verifier then matches.
             challenge = dict(query)["code_challenge"]
             s256 = base64.urlsafe_b64encode(hashlib.sha256(challenge.encode()).digest())
-            self._set_query(environ, [(k, "S256" if k == "code_challenge_method" else
-                                       s256.rstrip(b"=").decode() if k == "code_challenge"
-                                       else v) for k, v in query])
-        if rule == "wrong-aud-accepted" and path.endswith("/auth/authorize"):
+            query = self._set_query(environ, [
+                (k, "S256" if k == "code_challenge_method" else s256.rstrip(b"=").decode()
+                 if k == "code_challenge" else v) for k, v in query])
+        if "wrong-aud-accepted" in rules and path.endswith("/auth/authorize"):
             base = f"http://{environ['HTTP_HOST']}/fhir"
-            self._set_query(environ, [(k, base if k == "aud" else v) for k, v in query])
-        if rule == "cross-patient-read" and method == "GET" and \
+            query = self._set_query(environ, [(k, base if k == "aud" else v) for k, v in query])
+        if "cross-patient-read" in rules and method == "GET" and \
                 re.fullmatch(r"/fhir/Patient/[^/$]+", path):
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
-        if rule == "param-501" and method == "GET" and path == "/fhir/Observation" and \
+        if "param-501" in rules and method == "GET" and path == "/fhir/Observation" and \
                 any(k == "code" for k, _ in query):
             body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
                 "severity": "error", "code": "not-supported",
                 "diagnostics": "search by code is not implemented"}]})
             return _reply(start_response, "501 Not Implemented",
                           [("Content-Type", "application/fhir+json")], body)
-        if rule == "ignored-param" and path == "/fhir/Patient" and method == "GET":
-            self._set_query(environ, [(k, v) for k, v in query if k != "gender"])
-        if rule == "revocation-ignored" and path.endswith("/auth/revoke"):
+        if "ignored-param" in rules and path == "/fhir/Patient" and method == "GET":
+            query = self._set_query(environ, [(k, v) for k, v in query if k != "gender"])
+        if "revocation-ignored" in rules and path.endswith("/auth/revoke"):
             return _reply(start_response, "200 OK", [("Content-Type", "application/json")],
                           b"{}")
-        if rule == "date-prefix-ignored":
-            self._set_query(environ, [(k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
-                                       if k in ("date", "birthdate") else v) for k, v in query])
-        if rule == "sort-ignored":
-            self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
-        if rule == "no-token-accepted" and path.startswith("/fhir/") and \
+        if "date-prefix-ignored" in rules:
+            query = self._set_query(environ, [
+                (k, re.sub(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(\d)", r"\2", v)
+                 if k in ("date", "birthdate") else v) for k, v in query])
+        if "sort-ignored" in rules:
+            query = self._set_query(environ, [(k, v) for k, v in query if k != "_sort"])
+        if "no-token-accepted" in rules and path.startswith("/fhir/") and \
                 "HTTP_AUTHORIZATION" not in environ:
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
-        if rule == "post-search-ignores-count" and method == "POST" and \
+        if "post-search-ignores-count" in rules and method == "POST" and \
                 path.endswith("/_search"):
             raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             kept = urlencode([(k, v) for k, v in parse_qsl(raw.decode()) if k != "_count"])
             environ["wsgi.input"] = io.BytesIO(kept.encode())
             environ["CONTENT_LENGTH"] = str(len(kept))
-        if rule == "backend-replay-accepted" and method == "POST" and \
+        if "backend-replay-accepted" in rules and method == "POST" and \
                 path.endswith("/auth/token"):
             return self._forget_jti(environ, start_response)
-        if rule == "accepts-invalid" and method == "POST" and path == "/fhir/Observation":
+        if "accepts-invalid" in rules and method == "POST" and path == "/fhir/Observation":
             return self._accept_anything(environ, start_response)
+        if "strict-ignored" in rules and method == "GET":
+            environ.pop("HTTP_PREFER", None)  # handling=strict read as lenient
+        if "cross-patient-data-read" in rules and method == "GET" and re.fullmatch(
+                rf"/fhir/({COMPARTMENT_TYPES})/[^_/$][^/$]*(/_history(/[^/]+)?)?", path):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "cross-patient-write" in rules and method in ("POST", "PUT", "DELETE") and \
+                re.fullmatch(r"/fhir/Observation(/[^_/$][^/$]*)?", path):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "history-501" in rules and method == "GET" and \
+                re.fullmatch(r"/fhir/Patient/[^/]+/_history", path):
+            return _reply(start_response, "501 Not Implemented",
+                          [("Content-Type", "application/fhir+json")],
+                          _outcome("not-supported", "history is not implemented"))
+        if "vread-404" in rules and method == "GET" and \
+                re.fullmatch(r"/fhir/[A-Za-z]+/[^/]+/_history/[^/]+", path):
+            return _reply(start_response, "404 Not Found",
+                          [("Content-Type", "application/fhir+json")],
+                          _outcome("not-found", "no such version"))
+        if "if-none-exist-ignored" in rules:
+            environ.pop("HTTP_IF_NONE_EXIST", None)
+        if "stale-after-delete" in rules:
+            stale = self._stale_after_delete(environ, path, method)
+            if stale is not None:
+                return _reply(start_response, "200 OK",
+                              [("Content-Type", "application/fhir+json")], stale)
+        if "junk-token-accepted" in rules and path.startswith("/fhir/"):
+            token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+            parts = token.split(".")
+            if token and (len(parts) != 3 or not all(parts)):  # not a signed JWT
+                environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "verifier-ignored" in rules and path.endswith("/auth/authorize") and \
+                dict(query).get("code_challenge_method") == "S256":
+            query = self._set_query(environ, [
+                (k, FIXED_CHALLENGE if k == "code_challenge" else v) for k, v in query])
+        if "subject-search-leaks" in rules and method == "GET" and \
+                path == "/fhir/Observation" and any(k == "subject" for k, _ in query):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.admin_token()}"
+        if "small-count-ignored" in rules and method == "GET":  # pages of at least 10
+            query = self._set_query(environ, [
+                (k, "10" if k == "_count" and v.isdigit() and 0 < int(v) < 10 else v)
+                for k, v in query])
+        if "token-system-ignored" in rules and method == "GET":
+            query = self._set_query(environ, [
+                (k, v.split("|", 1)[1] if k in ("code", "identifier") and "|" in v else v)
+                for k, v in query])
+        if method == "POST" and path.endswith("/auth/token") and rules & {
+                "verifier-ignored", "refresh-widens", "backend-token-long"}:
+            return self._token_endpoint(rules, environ, start_response)
+        if "implausible-reading-accepted" in rules and method == "POST" and \
+                path == "/fhir/Observation/$record-reading":
+            return self._accept_reading(environ, start_response)
+        if "metadata-as-bundle" in rules and path == "/fhir/metadata":
+            # /metadata served as a search of a type called "metadata"
+            return _reply(start_response, "200 OK", [("Content-Type", "application/fhir+json")],
+                          orjson.dumps({"resourceType": "Bundle", "type": "searchset",
+                                        "total": 0, "entry": []}))
+        if "bare-id-reference-ignored" in rules and method == "GET":
+            # patient=[id] matches nothing: only the Type/id form is understood
+            query = self._set_query(environ, [
+                (k, "Patient/conformance-none" if k in ("patient", "subject") and "/" not in v
+                 else v) for k, v in query])
+        if "op-definition-missing" in rules and \
+                path == "/fhir/OperationDefinition/Observation-stats":
+            return _reply(start_response, "404 Not Found",
+                          [("Content-Type", "application/fhir+json")], _outcome(
+                              "not-found", "OperationDefinition/Observation-stats"))
 
         status, headers, body = self._call(environ)
         code = int(status.split()[0])
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
 
-        if rule == "wrong-content-type" and code < 400 and "json" in ctype:
+        if "wrong-content-type" in rules and code < 400 and "json" in ctype:
             headers = [(k, "text/html; charset=utf-8" if k.lower() == "content-type" else v)
                        for k, v in headers]
-        if rule == "no-outcome" and code >= 400 and path.startswith("/fhir"):
+        if "no-outcome" in rules and code >= 400 and path.startswith("/fhir"):
             headers = [(k, "text/plain" if k.lower() == "content-type" else v)
                        for k, v in headers]
             body = status.encode()
-        if rule == "etag-mismatch":
+        if "etag-mismatch" in rules:
             headers = [(k, 'W/"999"' if k.lower() == "etag" else v) for k, v in headers]
-        if rule == "no-cors":
+        if "no-cors" in rules:
             headers = [(k, v) for k, v in headers if not k.lower().startswith("access-control")]
-        if rule == "token-cacheable" and path.endswith("/auth/token"):
+        if "token-cacheable" in rules and path.endswith("/auth/token"):
             headers = [(k, v) for k, v in headers if k.lower() not in ("cache-control",
                                                                         "pragma")]
-        if rule == "invalid-resource" and code == 200 and re.fullmatch(r"/fhir/Patient/[^/]+",
+        if "invalid-resource" in rules and code == 200 and re.fullmatch(r"/fhir/Patient/[^/]+",
                                                                        path):
             res = orjson.loads(body)
             res["gender"] = "xyz"
             res["birthDate"] = "the fifth of May"
             body = orjson.dumps(res)
-        if rule == "etag-missing":
+        if "etag-missing" in rules:
             headers = [(k, v) for k, v in headers if k.lower() != "etag"]
-        if rule == "r5-version" and path == "/fhir/metadata" and code == 200:
+        if "r5-version" in rules and path == "/fhir/metadata" and code == 200:
             res = orjson.loads(body)
             res["fhirVersion"] = "5.0.0"
             body = orjson.dumps(res)
-        if rule == "summary-count-wrong" and code == 200 and \
+        if path == "/fhir/metadata" and code == 200 and rules & {
+                "format-xml-only", "no-oauth-uris", "rest-client-mode", "statement-undated"}:
+            body = self._break_statement(rules, body)
+        if path == "/fhir/.well-known/smart-configuration" and code == 200:
+            conf = orjson.loads(body)
+            if "discovery-incomplete" in rules:
+                del conf["grant_types_supported"]
+            if "discovery-offers-plain" in rules:
+                conf["code_challenge_methods_supported"] = ["S256", "plain"]
+            body = orjson.dumps(conf)
+        if "medication-history-leaks" in rules and code == 200 and \
+                path == "/fhir/MedicationRequest/$medication-history":
+            body = self._add_everyones(body, "MedicationRequest")
+        if "refill-task-unfocused" in rules and code in (200, 201) and \
+                re.fullmatch(r"/fhir/MedicationRequest/[^/]+/\$refill-request", path):
+            task = orjson.loads(body)
+            task.pop("focus", None)
+            body = orjson.dumps(task)
+        if "unread-not-parameters" in rules and code == 200 and \
+                path == "/fhir/Communication/$unread":
+            params = orjson.loads(body).get("parameter") or [{}]
+            body = orjson.dumps({"unread": params[0].get("valueInteger", 0)})
+            headers = [(k, "application/json" if k.lower() == "content-type" else v)
+                       for k, v in headers]
+        if "statement-empty" in rules and code == 200 and \
+                re.fullmatch(r"/fhir/Account/[^/]+/\$statement", path):
+            body = b""
+        if "lenient-silent" in rules and code == 200 and method == "GET" and \
+                path.startswith("/fhir/") and "json" in ctype and environ.get("QUERY_STRING"):
+            body = self._echo_self_link(environ, body)
+        if "include-adds-nothing" in rules and code == 200 and \
+                any(k == "_include" for k, _ in query):
+            res = orjson.loads(body)
+            res["entry"] = [e for e in res.get("entry") or []
+                            if (e.get("search") or {}).get("mode") != "include"]
+            body = orjson.dumps(res)
+        if "read-drops-id" in rules and code == 200 and \
+                re.fullmatch(r"/fhir/Patient/[^/$]+", path):
+            res = orjson.loads(body)
+            res.pop("id", None)
+            body = orjson.dumps(res)
+        if "history-as-searchset" in rules and code == 200 and \
+                re.fullmatch(r"/fhir/[A-Za-z]+/[^/]+/_history", path):
+            res = orjson.loads(body)
+            res["type"] = "searchset"
+            body = orjson.dumps(res)
+        if "create-no-location" in rules and method == "POST" and code == 201 and \
+                path == "/fhir/Observation":
+            headers = [(k, v) for k, v in headers if k.lower() != "location"]
+        if "version-not-bumped" in rules and method == "GET" and code == 200 and \
+                re.fullmatch(r"/fhir/Observation/[^_/$][^/$]*", path):
+            res = orjson.loads(body)
+            res.setdefault("meta", {})["versionId"] = "1"
+            body = orjson.dumps(res)
+        if "introspect-junk-active" in rules and path.endswith("/auth/introspect") and \
+                code == 200 and orjson.loads(body).get("active") is False:
+            body = orjson.dumps({"active": True, "scope": "patient/*.rs",
+                                 "client_id": "app-confidential", "exp": 4102444800})
+        if "summary-count-wrong" in rules and code == 200 and \
                 ("_summary", "count") in query:
             res = orjson.loads(body)
             res["total"] = (res.get("total") or 0) + 1
             body = orjson.dumps(res)
-        if rule == "include-leaks" and code == 200 and \
+        if "include-leaks" in rules and code == 200 and \
                 any(k in ("_include", "_revinclude") for k, _ in query):
             body = self._leak_patients(body)
-        if rule == "cancel-keeps-slot":
+        if "cancel-keeps-slot" in rules:
             body = self._slot_stays_busy(path, code, body)
-        if rule == "paging-repeats" and code == 200 and "json" in ctype:
+        if "paging-repeats" in rules and code == 200 and "json" in ctype:
             body = self._repeat_pages(environ, body)
         return _reply(start_response, status, headers, body)
 
-    def _leak_patients(self, body: bytes) -> bytes:
-        """Includes that add every patient of the clinic, whoever asked."""
-        inner = {"REQUEST_METHOD": "GET", "PATH_INFO": "/fhir/Patient",
-                 "QUERY_STRING": "_count=10", "SERVER_NAME": "127.0.0.1",
-                 "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http",
-                 "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
-                 "wsgi.version": (1, 0), "wsgi.multithread": True,
-                 "wsgi.multiprocess": False, "wsgi.run_once": False,
+    def _admin_get(self, path: str, query: str) -> dict:
+        """GET on the gateway itself with the admin token (everyone's data)."""
+        inner = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+                 "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1",
+                 "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
+                 "wsgi.errors": io.StringIO(), "wsgi.version": (1, 0),
+                 "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
                  "HTTP_ACCEPT": "application/fhir+json",
                  "HTTP_AUTHORIZATION": f"Bearer {self.admin_token()}"}
-        _, _, everyone = self._call(inner)
+        _, _, body = self._call(inner)
+        return orjson.loads(body)
+
+    def _leak_patients(self, body: bytes) -> bytes:
+        """Includes that add every patient of the clinic, whoever asked."""
+        everyone = self._admin_get("/fhir/Patient", "_count=10")
         res = orjson.loads(body)
         extra = [{"resource": e["resource"], "search": {"mode": "include"}}
-                 for e in orjson.loads(everyone).get("entry") or []]
+                 for e in everyone.get("entry") or []]
         res["entry"] = (res.get("entry") or []) + extra
         return orjson.dumps(res)
+
+    def _add_everyones(self, body: bytes, rtype: str) -> bytes:
+        """A Bundle that also lists every patient's resources of `rtype` as matches."""
+        res = orjson.loads(body)
+        have = {(e.get("resource") or {}).get("id") for e in res.get("entry") or []}
+        extra = [{"resource": e["resource"], "search": {"mode": "match"}}
+                 for e in self._admin_get(f"/fhir/{rtype}", "_count=50").get("entry") or []
+                 if e["resource"]["id"] not in have]
+        res["entry"] = (res.get("entry") or []) + extra
+        return orjson.dumps(res)
+
+    @staticmethod
+    def _break_statement(rules: frozenset[str], body: bytes) -> bytes:
+        """The CapabilityStatement without json in format, without the oauth-uris extension,
+        with its rest entry in client mode, or without its date."""
+        cap = orjson.loads(body)
+        if "format-xml-only" in rules:
+            cap["format"] = ["application/fhir+xml", "xml"]
+        if "statement-undated" in rules:
+            del cap["date"]
+        for rest in cap.get("rest") or []:
+            if "rest-client-mode" in rules:
+                rest["mode"] = "client"
+            security = rest.get("security") or {}
+            if "no-oauth-uris" in rules:
+                security["extension"] = [e for e in security.get("extension") or []
+                                         if not e.get("url", "").endswith("/oauth-uris")]
+        return orjson.dumps(cap)
 
     def _slot_stays_busy(self, path: str, code: int, body: bytes) -> bytes:
         """After a $cancel, the cancelled visit's Slot reads as busy (never freed)."""
@@ -219,6 +414,70 @@ class Breaker:
         if carried:
             res["entry"] = [carried, *(res.get("entry") or [])]
         return orjson.dumps(res)
+
+    @staticmethod
+    def _echo_self_link(environ, body: bytes) -> bytes:
+        """A searchset whose self link is the request URL, parameters used or not, and with
+        no OperationOutcome entry saying what was ignored."""
+        res = orjson.loads(body)
+        if res.get("resourceType") != "Bundle":
+            return body
+        res["entry"] = [e for e in res.get("entry") or [] if (e.get("resource") or {})
+                        .get("resourceType") != "OperationOutcome"]
+        url = f"http://{environ['HTTP_HOST']}{environ['PATH_INFO']}?{environ['QUERY_STRING']}"
+        res["link"] = [{"relation": "self", "url": url}] + [
+            ln for ln in res.get("link") or [] if ln.get("relation") != "self"]
+        return orjson.dumps(res)
+
+    def _stale_after_delete(self, environ, path: str, method: str) -> bytes | None:
+        """A cache in front of the store: a deleted resource still reads as it was."""
+        if method == "DELETE" and re.fullmatch(r"/fhir/Observation/[^_/$][^/$]*", path):
+            copy = self._admin_get(path, "")
+            if copy.get("resourceType") == "Observation":
+                with self._lock:
+                    self._pending[f"deleted:{path}"] = orjson.dumps(copy)
+        elif method == "GET":
+            with self._lock:
+                return self._pending.get(f"deleted:{path}")
+        return None
+
+    def _token_endpoint(self, rules: frozenset[str], environ, start_response):
+        """The token endpoint, broken: any code_verifier does (verifier-ignored), a refresh
+        says it granted whatever was asked (refresh-widens), backend tokens live an hour
+        (backend-token-long)."""
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        form = parse_qsl(raw.decode(), keep_blank_values=True)
+        grant = dict(form).get("grant_type")
+        asked = dict(form).get("scope", "")
+        if "verifier-ignored" in rules and grant == "authorization_code":
+            form = [(k, v) for k, v in form if k != "code_verifier"] + [
+                ("code_verifier", FIXED_VERIFIER)]
+        widen = "refresh-widens" in rules and grant == "refresh_token" and "system/" in asked
+        if widen:
+            form = [(k, v) for k, v in form if k != "scope"]
+        raw = urlencode(form).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+        status, headers, body = self._call(environ)
+        if status.startswith("200") and (widen or grant == "client_credentials" and
+                                         "backend-token-long" in rules):
+            res = orjson.loads(body)
+            if widen:
+                res["scope"] = asked
+            else:
+                res["expires_in"] = 3600
+            body = orjson.dumps(res)
+        return _reply(start_response, status, headers, body)
+
+    def _accept_reading(self, environ, start_response):
+        """$record-reading without a plausibility check: a refused reading is answered 201."""
+        status, headers, body = self._call(environ)
+        if int(status.split()[0]) not in (400, 422):
+            return _reply(start_response, status, headers, body)
+        return _reply(start_response, "201 Created", [
+            ("Content-Type", "application/fhir+json")], orjson.dumps({
+                "resourceType": "Observation", "id": "accepted-reading", "status": "final",
+                "subject": {"reference": "Patient/pat-0001"},
+                "valueQuantity": {"value": 7000, "unit": "kg"}}))
 
     def _forget_jti(self, environ, start_response):
         """A token endpoint that does not remember assertion ids: a jti it has already

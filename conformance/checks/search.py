@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from conformance.checks.util import bundle, ids, link, matches
+from conformance.checks.util import bundle, ids, link, matches, outcome_mentions
 from conformance.client import json_body
 from conformance.context import RunContext
 from conformance.model import SPEC, Fail, Severity, Skip, check
@@ -426,12 +426,11 @@ def date_prefixes(ctx: RunContext) -> str | None:
 @check("search.unknown-param-reported", "search", f"{SEARCH}#errors",
        severity=Severity.RECOMMENDED)
 def unknown_param(ctx: RunContext) -> str | None:
-    """An unknown parameter is an error under handling=strict, or reported when lenient"""
+    """An unknown parameter is an error under handling=strict, and not claimed as used when
+    lenient"""
     rtype = next((t for t in ctx.types() if ctx.supports(t, "search-type")), "Patient")
-    resp = ctx.http.get(rtype, params={"conformance-unknown": "x"},
-                        headers={"Prefer": "handling=strict"})
-    if resp.status_code == 400:
-        return "400 under handling=strict"
+    probe = {"conformance-unknown": "x"}
+    resp = ctx.http.get(rtype, params=probe, headers={"Prefer": "handling=strict"})
     if resp.status_code == 401 and "authorization" not in resp.request.headers:
         raise Skip("the server wants a token (401 without one): give --token or "
                    "--smart-client")
@@ -439,4 +438,16 @@ def unknown_param(ctx: RunContext) -> str | None:
     if resp.status_code == 200 and isinstance(body, dict):
         raise Fail(f"{rtype}?conformance-unknown=x with Prefer: handling=strict was answered "
                    "200, as if the parameter meant something")
-    raise Fail(f"an unknown parameter was answered {resp.status_code}")
+    if resp.status_code != 400:
+        raise Fail(f"an unknown parameter was answered {resp.status_code}")
+    # Lenient: ignoring it is allowed, but the self link says which parameters were used
+    # (or an OperationOutcome in the Bundle says it was not).
+    resp = ctx.http.get(rtype, params=probe, headers={"Prefer": "handling=lenient"})
+    body = json_body(resp)
+    if resp.status_code != 200 or not isinstance(body, dict):
+        return f"400 under handling=strict; {resp.status_code} when lenient"
+    if "conformance-unknown" in (link(body, "self") or "") and \
+            not outcome_mentions(body, "conformance-unknown"):
+        raise Fail(f"under handling=lenient {rtype}?conformance-unknown=x was ignored, but the "
+                   "self link names it as used and no OperationOutcome says otherwise")
+    return "400 under handling=strict; left out of the self link when lenient"

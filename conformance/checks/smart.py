@@ -85,7 +85,12 @@ def discovery(ctx: RunContext) -> str | None:
 @check("smart.s256-only", "smart", f"{LAUNCH}#considerations-for-pkce-support")
 def s256_only(ctx: RunContext) -> str | None:
     """code_challenge_methods_supported has S256 and not plain"""
-    methods = config(ctx).get("code_challenge_methods_supported") or []
+    # Discovered afresh (not the cached configuration), so the answer judged is the evidence.
+    try:
+        conf = smart_client.discover(ctx.http)
+    except smart_client.LaunchError as exc:
+        raise Skip(f"the server does not offer SMART: {exc}") from None
+    methods = conf.get("code_challenge_methods_supported") or []
     if "S256" not in methods:
         raise Fail(f"code_challenge_methods_supported is {methods}: no S256")
     if "plain" in methods:
