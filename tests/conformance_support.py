@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from tests.conftest import LiveGateway, free_port
+from tests.conftest import LiveGateway, serve_app
 from tests.smart_support import PASSWORD, REDIRECT, smart_env_for
 
 CONFIDENTIAL_SECRET = "conformance-secret-0123456789"
@@ -548,54 +548,37 @@ def start_breakable_gateway(data_dir: Path) -> BreakableGateway:
     """The real gateway (embedded store seeded relative to today, SMART on, patients
     ann=pat-0001 and bob=pat-0002, a public app `app-public`, a confidential
     `app-confidential`) behind a Breaker."""
-    import httpx
-    from werkzeug.serving import make_server
-
     from adapters.embedded import EmbeddedAdapter
-    from fhir_gateway.app import create_app
-    from fhir_gateway.config import load_config
     from fhir_gateway.synthetic import generate
 
-    port = free_port()
     url = f"sqlite:///{data_dir / 'ehr.sqlite3'}"
     adapter = EmbeddedAdapter(url)
     adapter.load(generate(3, 7, dt.date.today()))  # Slots ahead, for the portal group
-    cfg = load_config(env={"FHIR_GATEWAY_DATA": str(data_dir), "FHIR_GATEWAY_PORT": str(port),
-                           "FHIR_GATEWAY_AUTH_ENABLED": "true",
-                           "FHIR_GATEWAY_EHR_DATABASE_URL": url})
-    app = create_app(cfg, adapter)
-    smart = app.extensions["smart"]
-    admin = {}
+    admin: dict[str, str] = {}
+    made: dict[str, Breaker] = {}
 
-    def admin_token() -> str:
-        if "token" not in admin:
-            client = smart.clients.get("conformance-admin")
-            admin["token"] = smart.mint(client, "system/*.cruds")
-        return admin["token"]
+    def wrap(app) -> Breaker:
+        smart = app.extensions["smart"]
 
-    breaker = Breaker(app, admin_token)
-    server = make_server("127.0.0.1", port, breaker, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    client = httpx.Client(timeout=30)
-    live = LiveGateway(f"http://127.0.0.1:{port}/fhir", client, adapter, cfg, app)
+        def admin_token() -> str:
+            if "token" not in admin:
+                admin["token"] = smart.mint(smart.clients.get("conformance-admin"),
+                                            "system/*.cruds")
+            return admin["token"]
+
+        made["breaker"] = Breaker(app, admin_token)
+        return made["breaker"]
+
+    live, stop = serve_app(data_dir, {"FHIR_GATEWAY_EHR_DATABASE_URL": url}, auth=True,
+                           store=adapter, adapter=adapter, wrap=wrap)
+    smart = live.app.extensions["smart"]
     smart_env_for(live)
     smart.clients.add("app-confidential", "symmetric", secret=CONFIDENTIAL_SECRET,
                       redirect_uris=[REDIRECT])
     smart.clients.add("conformance-admin", "symmetric", secret=CONFIDENTIAL_SECRET,
                       redirect_uris=[REDIRECT], scope="system/*.cruds")
     add_backend_client(smart, data_dir)
-
-    def stop() -> None:
-        client.close()
-        server.shutdown()
-        thread.join(5)
-        worker = app.extensions.get("outbox_worker")
-        if worker is not None:
-            worker.stop()
-        app.extensions["fhir_gateway"].adapter.close()
-
+    breaker = made["breaker"]
     return BreakableGateway(live, breaker, stop, smart)
 
 

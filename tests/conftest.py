@@ -179,8 +179,10 @@ def start_live_gateway(data_dir: Path, database_url: str, env: dict[str, str] | 
 
 
 def serve_app(data_dir: Path, env: dict[str, str], *, auth: bool, store=None,
-              adapter=None) -> tuple[LiveGateway, callable]:
-    """The app built from `env` (as the CLI would), served in a thread on a free port."""
+              adapter=None, wrap=None) -> tuple[LiveGateway, callable]:
+    """The app built from `env` (as the CLI would), served in a thread on a free port;
+    `wrap(app)`, when given, is the WSGI app served in front of it (a fault-injecting
+    middleware)."""
     from werkzeug.serving import make_server
 
     port = free_port()
@@ -188,7 +190,7 @@ def serve_app(data_dir: Path, env: dict[str, str], *, auth: bool, store=None,
                            "FHIR_GATEWAY_AUTH_ENABLED": "true" if auth else "false", **env})
     app = create_app(cfg, adapter)
     gateway = app.extensions["fhir_gateway"]
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, wrap(app) if wrap else app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
