@@ -58,6 +58,18 @@ def _own(ctx: RunContext, owner: Session) -> tuple[str, dict] | None:
     return None
 
 
+def _probe(ctx: RunContext, me: Session, other: Session,
+           probes: list[tuple[str, dict]], verb: str) -> int:
+    """Run each search with `me`'s token; Fail on the first that shows `other`'s data."""
+    for rtype, params in probes:
+        resp = ctx.http.get(rtype, params={**params, "_count": "50"}, token=me.access_token)
+        leaks = _leaks(json_body(resp), other.patient) if resp.status_code == 200 else []
+        if leaks:
+            raise Fail(f"{me.patient}'s search {rtype}?{params} {verb} {other.patient}'s "
+                       f"{leaks[:3]}")
+    return len(probes)
+
+
 def _both_ways(ctx: RunContext):
     a, b = _pair(ctx)
     return ((a, b), (b, a))
@@ -112,14 +124,7 @@ def search_other(ctx: RunContext) -> str | None:
                 break
         if found:
             probes.append((found[0], {"_id": found[1]["id"]}))
-        for rtype, params in probes:
-            resp = ctx.http.get(rtype, params={**params, "_count": "50"},
-                                token=me.access_token)
-            leaks = _leaks(json_body(resp), other.patient) if resp.status_code == 200 else []
-            if leaks:
-                raise Fail(f"{me.patient}'s search {rtype}?{params} returned "
-                           f"{other.patient}'s {leaks[:3]}")
-            tried += 1
+        tried += _probe(ctx, me, other, probes, "returned")
         resp = ctx.http.post(f"{probes[-1][0]}/_search", data=probes[-1][1],
                              token=me.access_token)
         if resp.status_code == 200 and _leaks(json_body(resp), other.patient):
@@ -145,14 +150,7 @@ def include_other(ctx: RunContext) -> str | None:
         if found and found[0] in TYPES:
             probes.append((found[0], {"_id": found[1]["id"],
                                       "_include": f"{found[0]}:subject"}))
-        for rtype, params in probes:
-            resp = ctx.http.get(rtype, params={**params, "_count": "50"},
-                                token=me.access_token)
-            leaks = _leaks(json_body(resp), other.patient) if resp.status_code == 200 else []
-            if leaks:
-                raise Fail(f"{me.patient}'s {rtype}?{params} included {other.patient}'s "
-                           f"{leaks[:3]}")
-            tried += 1
+        tried += _probe(ctx, me, other, probes, "included")
     return f"{tried} include searches kept to their patient"
 
 
