@@ -151,3 +151,13 @@ def test_account_balance_from_the_r5_extension():
         {"url": "amount", "valueMoney": {"value": 42.5, "currency": "USD"}}]}]}
     assert str(records.account_balance(account)) == "42.5"
     assert records.account_balance({}) is None
+
+
+def test_portal_runs_as_its_own_process():
+    """`fhir-gateway demo` starts `python -m portal` as a separate process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "portal", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert "--fhir-base" in out.stdout
