@@ -10,11 +10,11 @@ import logging
 from urllib.parse import urlsplit
 
 import httpx
-from flask import Flask, render_template, request, session
+from flask import Flask, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from portal.blueprint import PortalState, bp, current, language, t
-from portal.fhir_api import GatewayError
+from portal.fhir_api import GatewayError, SessionEnded
 from portal.messages import LANGUAGES
 from portal.sessions import SessionStore
 from portal.settings import PortalSettings
@@ -81,6 +81,12 @@ def create_portal(settings: PortalSettings) -> Flask:
     @app.errorhandler(CSRFError)
     def _csrf_error(exc: CSRFError):
         return render_template("error.html", message=t("error.csrf")), 400
+
+    @app.errorhandler(SessionEnded)
+    def _session_ended(exc: SessionEnded):
+        app.extensions["portal"].store.drop(session.pop("sid", None))
+        session["notice"] = "signin.expired"
+        return redirect(url_for("portal.signin_page"))
 
     @app.errorhandler(GatewayError)
     @app.errorhandler(httpx.HTTPError)

@@ -59,8 +59,18 @@ def api() -> FhirApi:
     if "fhir_api" not in g.__dict__:
         entry = current()
         assert entry is not None and entry.fhir_state is not None
-        g.fhir_api = FhirApi(state().settings.fhir_base, smart.access_token(entry.fhir_state))
+        g.fhir_api = FhirApi(state().settings.fhir_base, smart.access_token(entry.fhir_state),
+                             renew=lambda: _renew(entry))
     return g.fhir_api
+
+
+def _renew(entry: PortalSession) -> str | None:
+    """Refresh the session's token (the server said 401); None when it cannot be."""
+    try:
+        entry.fhir_state = smart.refresh(entry.fhir_state or {})
+    except smart.LaunchFailed:
+        return None
+    return smart.access_token(entry.fhir_state)
 
 
 def patient_id() -> str:

@@ -7,6 +7,7 @@ Only resource types, ids and status codes are logged, never content.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 
@@ -33,16 +34,39 @@ def _outcome(resp: httpx.Response) -> tuple[str, str]:
     return text or resp.reason_phrase, ",".join(issue.get("expression") or [])
 
 
-class FhirApi:
-    """A FHIR R4 REST client bound to one base URL and one bearer token."""
+class SessionEnded(Exception):
+    """The server no longer accepts this session's token and it could not be refreshed."""
 
-    def __init__(self, base: str, token: str, timeout: float = 20) -> None:
+
+class FhirApi:
+    """A FHIR R4 REST client bound to one base URL and one bearer token.
+
+    On a 401 it asks `renew` once for a new token (a refresh) and repeats the request; when
+    there is none it raises SessionEnded.
+    """
+
+    def __init__(self, base: str, token: str, timeout: float = 20,
+                 renew: Callable[[], str | None] | None = None) -> None:
         self.base = base.rstrip("/") + "/"
+        self._renew = renew
         self._http = httpx.Client(base_url=self.base, timeout=timeout, headers={
             "Authorization": f"Bearer {token}", "Accept": FHIR_JSON})
 
     def close(self) -> None:
         self._http.close()
+
+    def _send(self, method: str, url: str, **kw) -> httpx.Response:
+        resp = self._http.request(method, url, **kw)
+        if resp.status_code != 401:
+            return resp
+        token = self._renew() if self._renew else None
+        if not token:
+            raise SessionEnded()
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        resp = self._http.request(method, url, **kw)
+        if resp.status_code == 401:
+            raise SessionEnded()
+        return resp
 
     def _check(self, resp: httpx.Response, what: str) -> dict:
         log.info("fhir %s %s", what, resp.status_code)
@@ -52,16 +76,17 @@ class FhirApi:
 
     def read(self, rtype: str, rid: str) -> dict:
         """One resource."""
-        return self._check(self._http.get(f"{rtype}/{rid}"), f"read {rtype}")
+        return self._check(self._send("GET", f"{rtype}/{rid}"), f"read {rtype}")
 
     def search(self, rtype: str, params: dict | list) -> list[dict]:
         """Every match of a search (following `next` links, at most MAX_PAGES pages)."""
-        bundle = self._check(self._http.get(rtype, params=params), f"search {rtype}")
+        bundle = self._check(self._send("GET", rtype, params=params), f"search {rtype}")
         return self._collect(bundle, f"search {rtype}")
 
     def get_operation(self, path: str, params: dict | None = None) -> dict:
         """An operation called with GET (no side effects), e.g. `Communication/$unread`."""
-        return self._check(self._http.get(path, params=params or {}), f"op {path.split('/')[-1]}")
+        resp = self._send("GET", path, params=params or {})
+        return self._check(resp, f"op {path.split('/')[-1]}")
 
     def bundle_entries(self, path: str, params: dict | None = None) -> list[dict]:
         """The resources of a Bundle-returning GET operation, all pages."""
@@ -69,7 +94,7 @@ class FhirApi:
 
     def post_operation(self, path: str, parameters: list[dict]) -> tuple[int, dict]:
         """An operation called with POST and a Parameters body: (status, resource)."""
-        resp = self._http.post(path, json={"resourceType": "Parameters",
+        resp = self._send("POST", path, json={"resourceType": "Parameters",
                                            "parameter": parameters},
                                headers={"Content-Type": FHIR_JSON})
         body = self._check(resp, f"op {path.split('/')[-1]}")
@@ -83,5 +108,5 @@ class FhirApi:
                         if link.get("relation") == "next"), None)
             if not nxt:
                 break
-            bundle = self._check(self._http.get(nxt), what)
+            bundle = self._check(self._send("GET", nxt), what)
         return out

@@ -36,10 +36,11 @@ def _form_id() -> str:
 def _use_form_id(fid: str) -> bool:
     """True the first time a form id is used, False after (or for an unknown id)."""
     forms: list[str] = current().data.setdefault("forms", [])
-    if fid in forms:
-        forms.remove(fid)
-        return True
-    return False
+    try:
+        forms.remove(fid)  # one atomic step: of two simultaneous submits only one wins
+    except ValueError:
+        return False
+    return True
 
 
 def check_note(raw: str) -> tuple[str | None, str | None]:

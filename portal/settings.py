@@ -19,7 +19,7 @@ class PortalSettings:
     redirect_uri: str
     secret_key: str
     language: str = "en"
-    scope: str = "openid fhirUser patient/*.cruds"
+    scope: str = "openid fhirUser online_access patient/*.cruds"
     idle_timeout: int = 15 * 60
     absolute_timeout: int = 12 * 60 * 60
     secure_cookies: bool | None = None  # None: Secure exactly when redirect_uri is https

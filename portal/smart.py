@@ -57,6 +57,23 @@ def finish_launch(state: dict, callback_url: str) -> dict:
     return smart.state
 
 
+def refresh(state: dict) -> dict:
+    """A new access token from the refresh token (fhirclient `reauthorize`); the new state.
+
+    The portal asks for `online_access`, so a signed-in patient keeps working past the access
+    token's lifetime, up to the portal's own absolute session limit."""
+    smart = _client(None, state)  # type: ignore[arg-type]
+    if not (smart.server and smart.server.auth and smart.server.auth.refresh_token):
+        raise LaunchFailed("no refresh token")
+    try:
+        smart.reauthorize()
+    except Exception as exc:  # noqa: BLE001 - fhirclient raises bare Exceptions
+        raise LaunchFailed(f"refresh refused: {type(exc).__name__}") from None
+    if not smart.server.auth.access_token:
+        raise LaunchFailed("no access token after refresh")
+    return smart.state
+
+
 def access_token(state: dict) -> str:
     """The access token held in a client state."""
     return ((state.get("server") or {}).get("auth") or {}).get("access_token") or ""

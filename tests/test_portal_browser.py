@@ -176,8 +176,10 @@ def test_sign_in_home_record_and_preferences(env, portal, page):
     page.select_option("#lang-select", "en")
     page.get_by_role("button", name="Cambiar idioma").click()
     page.get_by_role("button", name="Normal text").click()
+    page.wait_for_selector("html:not(.large-text)")
 
     # keyboard only: the skip link is the first stop and moves focus to the main content
+    page.goto(f"{portal.url}/record")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
     page.keyboard.press("Enter")
@@ -279,6 +281,31 @@ def test_sign_out_revokes_the_token(env, portal, page):
         assert fhir.get("Patient/pat-0001").status_code == 401
     page.goto(f"{portal.url}/record")
     assert page.url == f"{portal.url}/signin"
+
+
+def test_an_expired_token_is_refreshed_and_a_dead_one_signs_out(env, portal, page):
+    known = set(portal.tokens())
+    sign_in(page, portal, "ann")
+    (token,) = set(portal.tokens()) - known
+    entry = next(e for e in portal.store._items.values()
+                 if e.signed_in and e.fhir_state["server"]["auth"]["access_token"] == token)
+    refresh = entry.fhir_state["server"]["auth"]["refresh_token"]  # online_access was asked
+    revoke = f"{env.auth}/revoke"
+    assert httpx.post(revoke, data={"token": token, "client_id": CLIENT_ID}).status_code == 200
+    page.goto(f"{portal.url}/record")
+    assert page.url == f"{portal.url}/record"  # refreshed behind the scenes
+    renewed = entry.fhir_state["server"]["auth"]["access_token"]
+    assert renewed != token
+    with env.fhir(renewed) as fhir:
+        assert fhir.get("Patient/pat-0001").status_code == 200
+    # the server ends the whole grant: the next page asks the patient to sign in again
+    new_refresh = entry.fhir_state["server"]["auth"]["refresh_token"]
+    for dead in {refresh, new_refresh, renewed}:
+        httpx.post(revoke, data={"token": dead, "client_id": CLIENT_ID})
+    page.goto(f"{portal.url}/prescriptions")
+    assert page.url == f"{portal.url}/signin"
+    assert "signed out to keep your record safe" in page.locator("p.notice").inner_text()
+    assert entry not in portal.store._items.values()
 
 
 def test_session_expires_after_inactivity(env, portal, page):
