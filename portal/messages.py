@@ -77,6 +77,14 @@ EN: dict[str, str] = {
     "record.no_range": "No range given",
     "record.summary_counts": "{conditions} health problems, {medications} medicines, "
                              "{allergies} allergies, {results} test results.",
+    "record.col_trend": "Over time",
+    "record.trend_link": "See trend",
+    "trend.title": "{name} over time",
+    "trend.back": "Back to my record",
+    "trend.caption": "Each dot is one result. The shaded band is the normal range; "
+                     "red dots are out of range. The same results are in the table below.",
+    "trend.too_few": "There is only one result, so there is no trend to show yet.",
+    "trend.table": "All results",
     "rx.title": "Prescriptions",
     "rx.intro": "Your medicines. You can ask for a refill of a medicine that has refills left.",
     "rx.none": "You have no prescriptions.",
@@ -192,6 +200,15 @@ ES: dict[str, str] = {
     "record.no_range": "Sin rango",
     "record.summary_counts": "{conditions} problemas de salud, {medications} medicamentos, "
                              "{allergies} alergias, {results} resultados.",
+    "record.col_trend": "En el tiempo",
+    "record.trend_link": "Ver tendencia",
+    "trend.title": "{name} en el tiempo",
+    "trend.back": "Volver a mi expediente",
+    "trend.caption": "Cada punto es un resultado. La franja sombreada es el rango normal; "
+                     "los puntos rojos están fuera del rango. Los mismos resultados están en "
+                     "la tabla de abajo.",
+    "trend.too_few": "Solo hay un resultado, así que todavía no hay tendencia.",
+    "trend.table": "Todos los resultados",
     "rx.title": "Recetas",
     "rx.intro": "Sus medicamentos. Puede pedir un resurtido de un medicamento que tenga "
                 "resurtidos disponibles.",

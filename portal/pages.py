@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+from collections import Counter
 
-from flask import render_template
+from flask import abort, render_template
 
-from portal import records
+from portal import charts, records
 from portal.blueprint import api, bp, current, patient_id, signed_in
 from portal.fhir_api import GatewayError
 
@@ -94,4 +96,33 @@ def record():
     return render_template(
         "record.html", r=records, conditions=conditions, allergies=allergies,
         vaccines=sorted(vaccines, key=lambda i: i.get("occurrenceDateTime", ""), reverse=True),
-        meds=meds, labs=labs)
+        meds=meds, labs=labs, repeated=Counter(x.code or x.name for x in labs))
+
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@bp.get("/record/trend/<oid>")
+@signed_in
+def trend(oid: str):
+    """One test's results over time: a chart drawn here and the same numbers as a table.
+    The URL names an opaque Observation id, never the test or the patient."""
+    if not _ID.match(oid):
+        abort(404)
+    try:
+        obs = api().read("Observation", oid)
+    except GatewayError as exc:
+        if exc.status in (403, 404, 410):
+            abort(404)
+        raise
+    token = records.coding_token(obs.get("code"))
+    found = api().search("Observation", {"patient": patient_id(), "code": token,
+                                         "_sort": "date", "_count": "200"}) if token else [obs]
+    same = records.only(found, "Observation")
+    rows = sorted(records.results(same), key=lambda r: r.when)
+    points = records.numeric_points(same)
+    low, high = records.range_bounds(obs)
+    name = records.text_of(obs.get("code"))
+    unit = (obs.get("valueQuantity") or {}).get("unit", "")
+    chart = charts.trend_svg(points, name, unit, low, high) if len(points) >= 2 else None
+    return render_template("trend.html", name=name, rows=rows, chart=chart)

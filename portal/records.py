@@ -140,6 +140,30 @@ def result(obs: dict) -> Result:
                   range_text(obs), result_flag(obs))
 
 
+def numeric_points(observations: list[dict]) -> list[tuple[str, Decimal]]:
+    """(date, value) of the numeric results, oldest first: the data of a trend chart."""
+    points = [(day(o.get("effectiveDateTime") or o.get("issued")),
+               _number((o.get("valueQuantity") or {}).get("value"))) for o in observations
+              if o.get("resourceType") == "Observation"]
+    return sorted((w, v) for w, v in points if v is not None)
+
+
+def range_bounds(obs: dict) -> tuple[Decimal | None, Decimal | None]:
+    """The first reference range's low and high values."""
+    r = (obs.get("referenceRange") or [{}])[0]
+    return (_number((r.get("low") or {}).get("value")),
+            _number((r.get("high") or {}).get("value")))
+
+
+def coding_token(concept: dict | None) -> str:
+    """`system|code` of the first coding, for a `code=` search."""
+    coding = ((concept or {}).get("coding") or [{}])[0]
+    if not coding.get("code"):
+        return ""
+    system = coding.get("system")
+    return f"{system}|{coding['code']}" if system else coding["code"]
+
+
 def results(observations: list[dict]) -> list[Result]:
     """Result rows, newest first."""
     rows = [result(o) for o in observations if o.get("resourceType") == "Observation"]

@@ -166,6 +166,20 @@ def test_sign_in_home_record_and_preferences(env, portal, page):
     assert page.locator("#h-conditions + div tbody tr").count() == len(conditions)
     check_page(page, "record")
 
+    # a repeated test's trend: a chart drawn by the server and the same data as a table
+    link = page.get_by_role("link", name="See trend").first
+    oid = link.locator("xpath=ancestor::tr").get_attribute("data-result")
+    link.click()
+    page.wait_for_url(f"{portal.url}/record/trend/{oid}")
+    code = env.live.adapter.read("Observation", oid)["code"]["coding"][0]["code"]
+    same = [o for o in labs if o["code"]["coding"][0]["code"] == code]
+    assert len(same) > 1
+    assert page.locator("svg.chart[role=img] circle").count() == len(same)
+    assert page.locator("table.results tbody tr").count() == len(same)
+    check_page(page, "trend")
+    page.get_by_role("link", name="Back to my record").click()
+    page.wait_for_url(f"{portal.url}/record")
+
     page.get_by_role("button", name="Larger text").click()
     assert "large-text" in (page.locator("html").get_attribute("class") or "")
     page.select_option("#lang-select", "es")

@@ -161,3 +161,16 @@ def test_portal_runs_as_its_own_process():
     out = subprocess.run([sys.executable, "-m", "portal", "--help"], capture_output=True,
                          text=True, timeout=60, check=True)
     assert "--fhir-base" in out.stdout
+
+
+def test_trend_chart_is_plain_svg_with_every_point():
+    from decimal import Decimal
+
+    from portal.charts import trend_svg
+
+    svg = str(trend_svg([("2026-01-01", Decimal("4.0")), ("2026-02-01", Decimal("6.0"))],
+                        "Potassium <b>", "mmol/L", Decimal("3.5"), Decimal("5.1")))
+    assert svg.count("<circle") == 2 and 'role="img"' in svg
+    assert "&lt;b&gt;" in svg and "<b>" not in svg
+    assert "style=" not in svg and "<script" not in svg  # nothing the CSP would block
+    assert 'fill="#a4000f"' in svg  # the 6.0 is drawn as out of range
