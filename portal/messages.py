@@ -42,10 +42,13 @@ EN: dict[str, str] = {
     "home.todo_refill": "Your refill request for {medicine} is waiting for the clinic.",
     "home.todo_abnormal": "{count} test results are outside the normal range. "
                           "Talk to your care team about them.",
+    "home.todo_abnormal_one": "1 test result is outside the normal range. "
+                              "Talk to your care team about it.",
     "home.visits": "Next visits",
     "home.visits_none": "You have no visits booked.",
     "home.messages": "Unread messages",
     "home.messages_count": "You have {count} unread messages.",
+    "home.messages_one": "You have 1 unread message.",
     "home.messages_none": "You have no unread messages.",
     "home.balance": "Balance due",
     "home.balance_none": "You owe nothing.",
@@ -165,10 +168,13 @@ ES: dict[str, str] = {
     "home.todo_refill": "Su pedido de resurtido de {medicine} espera a la clínica.",
     "home.todo_abnormal": "{count} resultados están fuera del rango normal. "
                           "Hable de ellos con su equipo de salud.",
+    "home.todo_abnormal_one": "1 resultado está fuera del rango normal. "
+                              "Hable de él con su equipo de salud.",
     "home.visits": "Próximas citas",
     "home.visits_none": "No tiene citas reservadas.",
     "home.messages": "Mensajes sin leer",
     "home.messages_count": "Tiene {count} mensajes sin leer.",
+    "home.messages_one": "Tiene 1 mensaje sin leer.",
     "home.messages_none": "No tiene mensajes sin leer.",
     "home.balance": "Saldo pendiente",
     "home.balance_none": "No debe nada.",

@@ -68,7 +68,8 @@ def _todo() -> list[tuple[str, dict]]:
         latest.setdefault(row.code or row.name, row)
     abnormal = sum(1 for r in latest.values() if r.flag in ("high", "low", "abnormal"))
     if abnormal:
-        items.append(("home.todo_abnormal", {"count": abnormal}))
+        items.append(("home.todo_abnormal_one", {}) if abnormal == 1
+                     else ("home.todo_abnormal", {"count": abnormal}))
     return items
 
 

@@ -37,9 +37,10 @@ def playwright_browser():
     if not Path(CHROMIUM).exists():
         skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{CHROMIUM} is missing (apt-get install chromium)")
     try:
+        import axe_playwright_python  # noqa: F401
         from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("GATEWAY_REQUIRE_BROWSER", "playwright is not installed")
+    except ImportError as exc:
+        skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{exc.name} is not installed")
     home = tempfile.mkdtemp(prefix="chromium-home-")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
