@@ -135,10 +135,11 @@ def tasks_for(env, mr_id: str) -> list[dict]:
             and r.get("focus", {}).get("reference") == f"MedicationRequest/{mr_id}"]
 
 
-def test_sign_in_home_record_and_preferences(env, portal, page):
+def test_sign_in_home_record_and_preferences(env, portal, page, caplog):
     page.goto(portal.url)
     assert page.url == f"{portal.url}/signin"
     check_page(page, "signin")
+    known = set(portal.tokens())
     sign_in(page, portal, "ann")
     patient = env.live.adapter.read("Patient", "pat-0001")
     given = patient["name"][0]["given"][0]
@@ -146,6 +147,20 @@ def test_sign_in_home_record_and_preferences(env, portal, page):
     for heading in ("What needs doing", "Next visits", "Unread messages", "Balance due",
                     "Tracker alerts"):
         assert page.get_by_role("heading", name=heading).count() == 1
+    # what the home page says is what the gateway holds
+    (token,) = set(portal.tokens()) - known
+    with env.fhir(token) as fhir:
+        unread = fhir.get("Communication/$unread").json()["parameter"][0]["valueInteger"]
+    messages = page.locator("#h-messages + p").inner_text()
+    assert (f"{unread} unread" in messages if unread > 1
+            else "1 unread message." in messages if unread == 1 else "no unread" in messages)
+    balance = sum(sub["valueMoney"]["value"] for r in env.live.adapter.iter_all()
+                  if r["resourceType"] == "Account"
+                  and r["subject"][0]["reference"] == "Patient/pat-0001"
+                  for ext in r.get("extension", []) if ext["url"].endswith("Account.balance")
+                  for sub in ext["extension"] if "valueMoney" in sub)
+    shown = page.locator("#h-balance + p").inner_text()
+    assert shown == (f"${balance:.2f}" if balance else "You owe nothing.")
     check_page(page, "home")
 
     page.get_by_role("link", name="My record").click()
@@ -200,10 +215,11 @@ def test_sign_in_home_record_and_preferences(env, portal, page):
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "main"
 
-    # no PHI in any URL the browser asked for
+    # no PHI in any URL the browser asked for, nor in the portal's (or anyone's) log
     birth = patient["birthDate"]
     for url in page.requested_urls:
         assert given not in url and birth not in url, url
+    assert caplog.records and given not in caplog.text and birth not in caplog.text
 
 
 def test_refill_bad_input_then_request_then_double_submit(env, portal, page):
