@@ -30,10 +30,13 @@ class PortalSession:
 
 
 class SessionStore:
-    """Sessions keyed by a random id, with idle and absolute expiry checked on every read."""
+    """Sessions keyed by a random id, with idle and absolute expiry checked on every read.
+    At most `limit` are kept: past that the least recently used goes first, so a flood of
+    started-but-unfinished sign-ins cannot exhaust memory."""
 
-    def __init__(self, idle: int, absolute: int, clock: Callable[[], float] = time.monotonic):
-        self.idle, self.absolute, self._clock = idle, absolute, clock
+    def __init__(self, idle: int, absolute: int, clock: Callable[[], float] = time.monotonic,
+                 limit: int = 10_000):
+        self.idle, self.absolute, self._clock, self.limit = idle, absolute, clock, limit
         self._items: dict[str, PortalSession] = {}
         self._lock = threading.Lock()
 
@@ -44,6 +47,8 @@ class SessionStore:
         entry = PortalSession(created=now, seen=now)
         with self._lock:
             self._sweep(now)
+            while len(self._items) >= self.limit:
+                del self._items[min(self._items, key=lambda s: self._items[s].seen)]
             self._items[sid] = entry
         return sid, entry
 

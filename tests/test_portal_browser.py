@@ -389,3 +389,14 @@ def test_launch_from_another_server_is_refused(portal, page):
     page.goto(f"{portal.url}/launch?iss=https://evil.example/fhir&launch=x")
     assert page.url == f"{portal.url}/signin"
     assert "not for this portal" in page.locator("p.notice").inner_text()
+
+
+def test_error_pages_are_plain_and_accessible(portal, page):
+    page.goto(f"{portal.url}/no-such-page")
+    assert "This page does not exist" in page.locator("main").inner_text()
+    check_page(page, "not-found")
+    page.goto(f"{portal.url}/signin")
+    page.context.clear_cookies()  # the form's CSRF token no longer matches any session
+    page.get_by_role("button", name="Larger text").click()
+    assert "open too long" in page.locator("main [role=alert]").inner_text()
+    check_page(page, "csrf-error")

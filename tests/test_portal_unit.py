@@ -174,3 +174,13 @@ def test_trend_chart_is_plain_svg_with_every_point():
     assert "&lt;b&gt;" in svg and "<b>" not in svg
     assert "style=" not in svg and "<script" not in svg  # nothing the CSP would block
     assert 'fill="#a4000f"' in svg  # the 6.0 is drawn as out of range
+
+
+def test_session_store_keeps_at_most_its_limit():
+    now = [0.0]
+    store = SessionStore(idle=100, absolute=100, clock=lambda: now[0], limit=3)
+    sids = []
+    for step in range(5):
+        now[0] = step
+        sids.append(store.create()[0])
+    assert [store.get(s)[0] is not None for s in sids] == [False, False, True, True, True]
