@@ -39,7 +39,9 @@ def signin_page():
 
 def _begin(launch_token: str | None):
     settings, store = state().settings, state().store
-    store.drop(session.get("sid"))
+    previous = store.drop(session.pop("sid", None))
+    if previous is not None and previous.signed_in:
+        smart.revoke(settings, previous.fhir_state)
     try:
         fhir_state, url = smart.start_launch(settings, launch_token)
     except smart.LaunchFailed as exc:

@@ -43,7 +43,7 @@ def t(key: str, **values: object) -> str:
 
 def current() -> PortalSession | None:
     """The signed-in session of this request, or None (expired ones are revoked and dropped)."""
-    if "portal_session" in g.__dict__:
+    if "portal_session" in g:
         return g.portal_session
     entry, expired = state().store.get(session.get("sid"))
     if expired is not None:
@@ -56,7 +56,7 @@ def current() -> PortalSession | None:
 
 def api() -> FhirApi:
     """A FHIR client with the signed-in patient's token, closed at the end of the request."""
-    if "fhir_api" not in g.__dict__:
+    if "fhir_api" not in g:
         entry = current()
         assert entry is not None and entry.fhir_state is not None
         g.fhir_api = FhirApi(state().settings.fhir_base, smart.access_token(entry.fhir_state),

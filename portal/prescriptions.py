@@ -100,5 +100,6 @@ def refill():
         if exc.status in (400, 422):
             return _page({rid: t("rx.err_refused", reason=exc.text)}, {rid: raw}, status=422)
         raise
-    session["rx_notice"] = "rx.sent" if status == 201 else "rx.already"
+    # 201 a new request (202: the server queued it); 200 the open request already there
+    session["rx_notice"] = "rx.already" if status == 200 else "rx.sent"
     return redirect(url_for("portal.prescriptions"), code=303)
