@@ -63,9 +63,10 @@ def _page(errors: dict[str, str] | None = None, values: dict[str, str] | None = 
     rows = []
     for med in meds:
         mine = tasks.get(med.get("id", ""), [])
-        can_ask = (med.get("status") == "active" and records.refills_left(med) > 0
+        left = records.refills_left(med, mine)
+        can_ask = (med.get("status") == "active" and left > 0
                    and records.open_task(mine) is None)
-        rows.append({"med": med, "tasks": mine, "can_ask": can_ask,
+        rows.append({"med": med, "tasks": mine, "can_ask": can_ask, "left": left,
                      "form_id": _form_id() if can_ask else ""})
     notice = session.pop("rx_notice", None)
     return render_template("prescriptions.html", rows=rows, r=records, max_note=MAX_NOTE,

@@ -13,8 +13,8 @@ from decimal import Decimal, InvalidOperation
 HIGH_CODES = {"H", "HH", "HU"}
 LOW_CODES = {"L", "LL", "LU"}
 ABNORMAL_CODES = {"A", "AA"} | HIGH_CODES | LOW_CODES
-OPEN_TASK_STATUSES = {"draft", "requested", "received", "accepted", "ready", "in-progress",
-                      "on-hold"}
+#: Refill Task statuses that mean "still being handled" (the operation's own open set).
+OPEN_TASK_STATUSES = {"requested", "received", "accepted", "in-progress"}
 BALANCE_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Account.balance"
 
 
@@ -194,9 +194,11 @@ def refill_requests(bundle_resources: list[dict]) -> tuple[list[dict], dict[str,
     return requests, tasks
 
 
-def refills_left(request: dict) -> int:
-    """numberOfRepeatsAllowed (0 when not given)."""
-    return int((request.get("dispenseRequest") or {}).get("numberOfRepeatsAllowed") or 0)
+def refills_left(request: dict, tasks: list[dict]) -> int:
+    """The repeats the order allows minus its refill requests already completed: the rule
+    `$refill-request` states ("no refills left"), so the portal offers only what it accepts."""
+    allowed = int((request.get("dispenseRequest") or {}).get("numberOfRepeatsAllowed") or 0)
+    return max(0, allowed - sum(1 for t in tasks if t.get("status") == "completed"))
 
 
 def open_task(tasks: list[dict]) -> dict | None:

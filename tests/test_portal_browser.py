@@ -118,14 +118,17 @@ def check_page(page, name: str) -> None:
         page.set_viewport_size(SIZES["desktop"])
 
 
-def sign_in(page, portal: LivePortal, username: str) -> None:
+def sign_in(page, portal: LivePortal, username: str, patient: str | None = None) -> None:
     """The whole standalone launch as a patient does it: portal button, the gateway's login
-    form, its consent page, back to the portal's home."""
+    form, its consent page (choosing `patient` where the account has several), back to the
+    portal's home."""
     page.goto(f"{portal.url}/signin")
     page.get_by_role("button", name="Sign in with my clinic").click()
     page.fill("#username", username)
     page.fill("#password", PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    if patient:
+        page.check(f'input[name="patient"][value="{patient}"]')
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{portal.url}/home")
 
@@ -303,6 +306,15 @@ def test_sign_out_revokes_the_token(env, portal, page):
     (token,) = set(portal.tokens()) - known
     with env.fhir(token) as fhir:
         assert fhir.get("Patient/pat-0001").status_code == 200
+        # every one of ann's prescriptions is one the gateway would refuse (stopped, no
+        # refills left after the completed requests, controlled): no refill form is offered
+        for med in fhir.get("MedicationRequest", params={"patient": "pat-0001"}).json()["entry"]:
+            refused = fhir.post(f"MedicationRequest/{med['resource']['id']}/$refill-request",
+                                json={"resourceType": "Parameters"},
+                                headers={"Content-Type": "application/fhir+json"})
+            assert refused.status_code == 422, refused.text
+    page.goto(f"{portal.url}/prescriptions")
+    assert page.locator("li.rx").count() > 0 and page.locator("li.rx form").count() == 0
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{portal.url}/signin")
     assert "You are signed out" in page.locator("p.notice").inner_text()
@@ -400,3 +412,26 @@ def test_error_pages_are_plain_and_accessible(portal, page):
     page.get_by_role("button", name="Larger text").click()
     assert "open too long" in page.locator("main [role=alert]").inner_text()
     check_page(page, "csrf-error")
+
+
+def test_a_double_click_on_send_makes_one_request(env, portal, page):
+    sign_in(page, portal, "carol", patient="pat-0003")  # a proxy, for this patient
+    page.goto(f"{portal.url}/prescriptions")
+    card = page.locator("li.rx:has(form)").first
+    mr = card.get_attribute("data-prescription")
+    before = tasks_for(env, mr)
+    # offered only where the gateway's rule allows: active, and refills left after the
+    # completed refill requests
+    stored = env.live.adapter.read("MedicationRequest", mr)
+    used = sum(1 for t in before if t["status"] == "completed")
+    assert stored["status"] == "active"
+    assert stored["dispenseRequest"]["numberOfRepeatsAllowed"] - used > 0
+    card.locator("textarea").fill("Please send it to the usual pharmacy")
+    card.get_by_role("button", name="Send refill request").dblclick()
+    page.wait_for_selector("p.notice, p.error[role=alert]")
+    shown = page.locator("p.notice, p.error[role=alert]").first.inner_text()
+    assert "refill request was sent" in shown or "already sent" in shown
+    after = tasks_for(env, mr)
+    assert len(after) == len(before) + 1
+    page.goto(f"{portal.url}/prescriptions")
+    assert "Asked for" in page.locator(f'li.rx[data-prescription="{mr}"] ul.requests').inner_text()
