@@ -106,6 +106,12 @@ EN: dict[str, str] = {
     "rx.err_note_long": "The note is too long: {length} characters. The most is {max}.",
     "rx.err_refused": "This refill cannot be asked for online: {reason}",
     "rx.err_unknown": "We could not find that prescription.",
+    "rx.refused.MedicationRequest.status": "This prescription is no longer active. "
+                                           "Ask your care team for a new one.",
+    "rx.refused.MedicationRequest.medication": "This medicine cannot be refilled online. "
+                                               "Please call your prescriber.",
+    "rx.refused.MedicationRequest.dispenseRequest.numberOfRepeatsAllowed":
+        "This prescription has no refills left. Ask your prescriber to renew it.",
     "rx.err_twice": "This form was already sent. Nothing more was changed.",
     "rx.task_status.requested": "Asked for",
     "rx.task_status.received": "Received by the clinic",
@@ -234,6 +240,12 @@ ES: dict[str, str] = {
     "rx.err_note_long": "La nota es demasiado larga: {length} caracteres. El máximo es {max}.",
     "rx.err_refused": "Este resurtido no se puede pedir en línea: {reason}",
     "rx.err_unknown": "No encontramos esa receta.",
+    "rx.refused.MedicationRequest.status": "Esta receta ya no está activa. "
+                                           "Pida una nueva a su equipo de salud.",
+    "rx.refused.MedicationRequest.medication": "Este medicamento no se puede resurtir en "
+                                               "línea. Llame a su médico.",
+    "rx.refused.MedicationRequest.dispenseRequest.numberOfRepeatsAllowed":
+        "Esta receta no tiene resurtidos disponibles. Pida a su médico que la renueve.",
     "rx.err_twice": "Este formulario ya fue enviado. No se cambió nada más.",
     "rx.task_status.requested": "Pedido",
     "rx.task_status.received": "Recibido por la clínica",

@@ -17,6 +17,7 @@ from flask import redirect, render_template, request, session, url_for
 from portal import records
 from portal.blueprint import api, bp, current, signed_in, t
 from portal.fhir_api import GatewayError
+from portal.messages import EN
 
 log = logging.getLogger("portal.prescriptions")
 MAX_NOTE = 1000
@@ -53,6 +54,13 @@ def check_note(raw: str) -> tuple[str | None, str | None]:
     if len(note) > MAX_NOTE:
         return None, t("rx.err_note_long", length=len(note), max=MAX_NOTE)
     return note, None
+
+
+def _refusal(exc: GatewayError) -> str:
+    """The server's refusal in the patient's language where the portal knows the rule (by the
+    OperationOutcome's `expression`), else the server's own words."""
+    key = f"rx.refused.{exc.expression}"
+    return t(key) if key in EN else t("rx.err_refused", reason=exc.text)
 
 
 def _page(errors: dict[str, str] | None = None, values: dict[str, str] | None = None,
@@ -99,7 +107,7 @@ def refill():
         if exc.status == 404:
             return _page({"_page": t("rx.err_unknown")}, status=404)
         if exc.status in (400, 422):
-            return _page({rid: t("rx.err_refused", reason=exc.text)}, {rid: raw}, status=422)
+            return _page({rid: _refusal(exc)}, {rid: raw}, status=422)
         raise
     # 201 a new request (202: the server queued it); 200 the open request already there
     session["rx_notice"] = "rx.already" if status == 200 else "rx.sent"

@@ -414,6 +414,29 @@ def test_error_pages_are_plain_and_accessible(portal, page):
     check_page(page, "csrf-error")
 
 
+def test_a_prescription_stopped_meanwhile_is_refused_in_the_patients_words(env, portal, page):
+    """(Runs before the double-click test, which leaves this patient's card with an open
+    request; this one stores nothing.)"""
+    sign_in(page, portal, "carol", patient="pat-0003")
+    page.goto(f"{portal.url}/prescriptions")
+    card = page.locator("li.rx:has(form)").first
+    mr = card.get_attribute("data-prescription")
+    order = env.live.adapter.read("MedicationRequest", mr)
+    original = {k: v for k, v in order.items() if k != "meta"}
+    env.live.adapter.update({**original, "status": "stopped"})  # the clinic, meanwhile
+    try:
+        before, mark = tasks_for(env, mr), env.live.fingerprint()
+        card.locator("textarea").fill("Still taking it")
+        card.get_by_role("button", name="Send refill request").click()
+        card = page.locator(f'li.rx[data-prescription="{mr}"]')
+        assert "no longer active" in card.locator("p.error[role=alert]").inner_text()
+        assert card.locator("textarea").input_value() == "Still taking it"  # kept for them
+        assert tasks_for(env, mr) == before and env.live.fingerprint() == mark
+        check_page(page, "refill-refused")
+    finally:
+        env.live.adapter.update(original)
+
+
 def test_a_double_click_on_send_makes_one_request(env, portal, page):
     sign_in(page, portal, "carol", patient="pat-0003")  # a proxy, for this patient
     page.goto(f"{portal.url}/prescriptions")

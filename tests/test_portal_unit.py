@@ -184,3 +184,12 @@ def test_session_store_keeps_at_most_its_limit():
         now[0] = step
         sids.append(store.create()[0])
     assert [store.get(s)[0] is not None for s in sids] == [False, False, True, True, True]
+
+
+def test_refills_left_counts_completed_requests():
+    order = {"dispenseRequest": {"numberOfRepeatsAllowed": 2}}
+    done, open_ = {"status": "completed"}, {"status": "requested"}
+    assert records.refills_left(order, []) == 2
+    assert records.refills_left(order, [done, open_]) == 1
+    assert records.refills_left(order, [done, done, done]) == 0
+    assert records.open_task([done, open_]) is open_
