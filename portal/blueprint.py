@@ -60,17 +60,25 @@ def api() -> FhirApi:
         entry = current()
         assert entry is not None and entry.fhir_state is not None
         g.fhir_api = FhirApi(state().settings.fhir_base, smart.access_token(entry.fhir_state),
-                             renew=lambda: _renew(entry))
+                             renew=lambda failed: _renew(entry, failed))
     return g.fhir_api
 
 
-def _renew(entry: PortalSession) -> str | None:
-    """Refresh the session's token (the server said 401); None when it cannot be."""
-    try:
-        entry.fhir_state = smart.refresh(entry.fhir_state or {})
-    except smart.LaunchFailed:
-        return None
-    return smart.access_token(entry.fhir_state)
+def _renew(entry: PortalSession, failed: str) -> str | None:
+    """Refresh the session's token (the server said 401 to `failed`); None when it cannot be.
+
+    One refresh at a time per session: refresh tokens rotate, and the server treats a second
+    use of a rotated one as theft (it revokes the whole grant). A request that waited for
+    another's refresh just takes the new token."""
+    with entry.lock:
+        now = smart.access_token(entry.fhir_state or {})
+        if now and now != failed:
+            return now
+        try:
+            entry.fhir_state = smart.refresh(entry.fhir_state or {})
+        except smart.LaunchFailed:
+            return None
+        return smart.access_token(entry.fhir_state)
 
 
 def patient_id() -> str:

@@ -41,12 +41,12 @@ class SessionEnded(Exception):
 class FhirApi:
     """A FHIR R4 REST client bound to one base URL and one bearer token.
 
-    On a 401 it asks `renew` once for a new token (a refresh) and repeats the request; when
-    there is none it raises SessionEnded.
+    On a 401 it asks `renew(failed_token)` once for a new token (a refresh) and repeats the
+    request; when there is none it raises SessionEnded.
     """
 
     def __init__(self, base: str, token: str, timeout: float = 20,
-                 renew: Callable[[], str | None] | None = None) -> None:
+                 renew: Callable[[str], str | None] | None = None) -> None:
         self.base = base.rstrip("/") + "/"
         self._renew = renew
         self._http = httpx.Client(base_url=self.base, timeout=timeout, headers={
@@ -59,7 +59,8 @@ class FhirApi:
         resp = self._http.request(method, url, **kw)
         if resp.status_code != 401:
             return resp
-        token = self._renew() if self._renew else None
+        failed = self._http.headers["Authorization"].removeprefix("Bearer ")
+        token = self._renew(failed) if self._renew else None
         if not token:
             raise SessionEnded()
         self._http.headers["Authorization"] = f"Bearer {token}"

@@ -7,6 +7,7 @@ import logging
 import re
 from collections import Counter
 
+import httpx
 from flask import abort, render_template
 
 from portal import charts, records
@@ -22,6 +23,9 @@ def _section(load):
         return load(), False
     except GatewayError as exc:
         log.warning("home section failed: %s", exc.status)
+        return None, True
+    except httpx.HTTPError as exc:  # the server did not answer this part in time
+        log.warning("home section failed: %s", type(exc).__name__)
         return None, True
 
 

@@ -27,6 +27,7 @@ class PortalSession:
     fhir_state: dict | None = None
     signed_in: bool = False
     data: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class SessionStore:

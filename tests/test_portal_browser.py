@@ -341,6 +341,25 @@ def test_an_expired_token_is_refreshed_and_a_dead_one_signs_out(env, portal, pag
     assert renewed != token
     with env.fhir(renewed) as fhir:
         assert fhir.get("Patient/pat-0001").status_code == 200
+    # two pages at once both meet a dead token: one refresh, both pages work, the grant lives
+    assert httpx.post(revoke, data={"token": renewed, "client_id": CLIENT_ID}).status_code == 200
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    answers: list[int] = []
+
+    def load(path: str) -> None:
+        with httpx.Client(cookies=cookies, timeout=30) as browser:
+            answers.append(browser.get(f"{portal.url}{path}").status_code)
+
+    pages = [threading.Thread(target=load, args=(p,)) for p in ("/record", "/prescriptions")]
+    for t in pages:
+        t.start()
+    for t in pages:
+        t.join(30)
+    assert answers == [200, 200]
+    renewed = entry.fhir_state["server"]["auth"]["access_token"]
+    with env.fhir(renewed) as fhir:
+        assert fhir.get("Patient/pat-0001").status_code == 200
+
     # the server ends the whole grant: the next page asks the patient to sign in again
     new_refresh = entry.fhir_state["server"]["auth"]["refresh_token"]
     for dead in {refresh, new_refresh, renewed}:
