@@ -12,11 +12,22 @@ from __future__ import annotations
 import logging
 
 import httpx
+import requests
 from fhirclient import client as fhir_client
 
 from portal.settings import PortalSettings
 
 log = logging.getLogger("portal.smart")
+TIMEOUT = 20
+
+
+class _TimeoutSession(requests.Session):
+    """fhirclient's HTTP session with a timeout on every call (it sets none itself), so a
+    server that hangs cannot hold a portal worker forever."""
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", TIMEOUT)
+        return super().request(*args, **kwargs)
 
 
 class LaunchFailed(Exception):
@@ -26,11 +37,14 @@ class LaunchFailed(Exception):
 def _client(settings: PortalSettings, state: dict | None = None,
             launch_token: str | None = None) -> fhir_client.FHIRClient:
     if state is not None:
-        return fhir_client.FHIRClient(state=state)
-    return fhir_client.FHIRClient(settings={
-        "app_id": settings.client_id, "api_base": settings.fhir_base,
-        "redirect_uri": settings.redirect_uri, "scope": settings.scope,
-        "launch_token": launch_token})
+        smart = fhir_client.FHIRClient(state=state)
+    else:
+        smart = fhir_client.FHIRClient(settings={
+            "app_id": settings.client_id, "api_base": settings.fhir_base,
+            "redirect_uri": settings.redirect_uri, "scope": settings.scope,
+            "launch_token": launch_token})
+    smart.server.session = _TimeoutSession()
+    return smart
 
 
 def start_launch(settings: PortalSettings, launch_token: str | None = None) -> tuple[dict, str]:
