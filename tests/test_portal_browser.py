@@ -477,3 +477,18 @@ def test_a_double_click_on_send_makes_one_request(env, portal, page):
     assert len(after) == len(before) + 1
     page.goto(f"{portal.url}/prescriptions")
     assert "Asked for" in page.locator(f'li.rx[data-prescription="{mr}"] ul.requests').inner_text()
+
+
+def test_a_callback_with_the_wrong_state_is_refused(portal, page):
+    page.goto(f"{portal.url}/signin")
+    page.get_by_role("button", name="Sign in with my clinic").click()
+    page.wait_for_selector("#username")  # at the gateway's login page, launch pending
+    signed_in = len(portal.tokens())
+    page.goto(f"{portal.url}/callback?code=forged&state=not-the-one-we-sent")
+    assert page.url == f"{portal.url}/signin"
+    assert "could not sign you in" in page.locator("p.notice").inner_text()
+    page.goto(f"{portal.url}/callback?code=forged&state=again")  # the pending launch is gone
+    assert page.url == f"{portal.url}/signin"
+    assert len(portal.tokens()) == signed_in
+    page.goto(f"{portal.url}/home")
+    assert page.url == f"{portal.url}/signin"
