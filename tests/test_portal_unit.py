@@ -193,3 +193,13 @@ def test_refills_left_counts_completed_requests():
     assert records.refills_left(order, [done, open_]) == 1
     assert records.refills_left(order, [done, done, done]) == 0
     assert records.open_task([done, open_]) is open_
+
+
+def test_every_fhir_status_the_pages_show_has_words():
+    shown = {  # MedicationRequest.status, Condition/AllergyIntolerance.clinicalStatus
+        "active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft",
+        "unknown", "recurrence", "relapse", "inactive", "remission", "resolved"}
+    assert {f"status.{c}" for c in shown} <= set(EN)
+    tasks = {"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
+             "in-progress", "on-hold", "failed", "completed", "entered-in-error"}
+    assert {f"rx.task_status.{c}" for c in tasks} <= set(EN)
