@@ -143,12 +143,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         count = seed(cfg, args.patients, args.seed)
         print(f"Seeded {count} resources for {args.patients} synthetic patients.")
     base = f"http://{cfg.server.host}:{cfg.server.port}/fhir"
+    portal = None
     if cfg.auth.enabled:
         print(demo_smart(cfg))
+        portal = start_demo_portal(cfg.public_base)
+        print(PORTAL_TEXT.format(url=DEMO_PORTAL_URL, user=DEMO_USER, password=DEMO_PASSWORD))
     print(DEMO_TEXT.format(base=base, data=cfg.data_path.resolve(),
                            auth=AUTH_LINE if cfg.auth.enabled else ""), flush=True)
-    serve(cfg)
+    try:
+        serve(cfg)
+    finally:
+        if portal is not None:
+            portal.terminate()
+            portal.wait(10)
     return 0
+
+
+DEMO_PORTAL_URL = "http://127.0.0.1:8081"
+
+
+def start_demo_portal(fhir_base: str):
+    """The reference portal as its own process (`python -m portal`): it reaches the gateway
+    only over HTTP, exactly as any other SMART app would."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "portal", "--fhir-base", fhir_base,
+                             "--client-id", "demo-portal", "--host", "127.0.0.1",
+                             "--port", "8081"])
+
+
+PORTAL_TEXT = """
+Patient portal: {url}   (sign in as {user} / {password})"""
 
 
 DEMO_PORTAL_REDIRECT = "http://127.0.0.1:8081/callback"

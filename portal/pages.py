@@ -1,0 +1,133 @@
+"""Home (what is coming and what needs doing) and My record, read with the patient's token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections import Counter
+
+import httpx
+from flask import abort, render_template
+
+from portal import charts, records
+from portal.blueprint import api, bp, current, patient_id, signed_in
+from portal.fhir_api import GatewayError
+
+log = logging.getLogger("portal.pages")
+
+
+def _section(load):
+    """Run one loader; a failing part of the page says so instead of failing the page."""
+    try:
+        return load(), False
+    except GatewayError as exc:
+        log.warning("home section failed: %s", exc.status)
+        return None, True
+    except httpx.HTTPError as exc:  # the server did not answer this part in time
+        log.warning("home section failed: %s", type(exc).__name__)
+        return None, True
+
+
+def _visits() -> list[dict]:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    found = api().search("Appointment", {"patient": patient_id(), "date": f"ge{now}",
+                                         "status": "booked", "_sort": "date", "_count": "5"})
+    return [{"when": (a.get("start") or "")[:16].replace("T", " "),
+             "what": records.text_of((a.get("serviceType") or [None])[0])
+             or a.get("description", "")}
+            for a in records.only(found, "Appointment")][:5]
+
+
+def _unread() -> int:
+    out = api().get_operation("Communication/$unread")
+    return next((p.get("valueInteger", 0) for p in out.get("parameter") or []
+                 if p.get("name") == "count"), 0)
+
+
+def _balance() -> str | None:
+    accounts = records.only(api().search("Account", {"patient": patient_id()}), "Account")
+    total = sum((b for b in map(records.account_balance, accounts) if b is not None), start=0)
+    return f"{total:.2f}" if total else None
+
+
+def _alerts() -> list[records.Result]:
+    since = (dt.date.today() - dt.timedelta(days=30)).isoformat()
+    found = api().search("Observation", {"patient": patient_id(), "category": "vital-signs",
+                                         "date": f"ge{since}", "_count": "100"})
+    return [r for r in records.results(found) if r.flag in ("high", "low", "abnormal")]
+
+
+def _todo() -> list[tuple[str, dict]]:
+    items: list[tuple[str, dict]] = []
+    history = api().bundle_entries("MedicationRequest/$medication-history")
+    requests, tasks = records.refill_requests(history)
+    for req in requests:
+        if records.open_task(tasks.get(req.get("id", ""), [])):
+            items.append(("home.todo_refill", {"medicine": records.medication_name(req)}))
+    labs = api().search("Observation", {"patient": patient_id(), "category": "laboratory",
+                                        "_sort": "-date", "_count": "100"})
+    latest: dict[str, records.Result] = {}
+    for row in records.results(labs):
+        latest.setdefault(row.code or row.name, row)
+    abnormal = sum(1 for r in latest.values() if r.flag in ("high", "low", "abnormal"))
+    if abnormal:
+        items.append(("home.todo_abnormal_one", {}) if abnormal == 1
+                     else ("home.todo_abnormal", {"count": abnormal}))
+    return items
+
+
+@bp.get("/home")
+@signed_in
+def home():
+    sections = {name: _section(load) for name, load in (
+        ("todo", _todo), ("visits", _visits), ("unread", _unread), ("balance", _balance),
+        ("alerts", _alerts))}
+    return render_template("home.html", name=current().data.get("name", ""), s=sections)
+
+
+@bp.get("/record")
+@signed_in
+def record():
+    pid = patient_id()
+    search = api().search
+    conditions = records.only(search("Condition", {"patient": pid}), "Condition")
+    allergies = records.only(search("AllergyIntolerance", {"patient": pid}),
+                             "AllergyIntolerance")
+    vaccines = records.only(search("Immunization", {"patient": pid}), "Immunization")
+    meds = records.only(search("MedicationRequest", {"patient": pid}), "MedicationRequest")
+    labs = records.results(search("Observation", {"patient": pid, "category": "laboratory",
+                                                  "_sort": "-date", "_count": "200"}))
+    return render_template(
+        "record.html", r=records, conditions=conditions, allergies=allergies,
+        vaccines=sorted(vaccines, key=lambda i: i.get("occurrenceDateTime", ""), reverse=True),
+        meds=meds, labs=labs, repeated=Counter(x.code or x.name for x in labs))
+
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@bp.get("/record/trend/<oid>")
+@signed_in
+def trend(oid: str):
+    """One test's results over time: a chart drawn here and the same numbers as a table.
+    The URL names an opaque Observation id, never the test or the patient."""
+    if not _ID.match(oid):
+        abort(404)
+    try:
+        obs = api().read("Observation", oid)
+    except GatewayError as exc:
+        if exc.status in (403, 404, 410):
+            abort(404)
+        raise
+    token = records.coding_token(obs.get("code"))
+    found = api().search("Observation", {"patient": patient_id(), "code": token,
+                                         "_sort": "date", "_count": "200"}) if token else [obs]
+    same = records.only(found, "Observation")
+    rows = sorted(records.results(same), key=lambda r: r.when)
+    points = records.numeric_points(same)
+    low, high = records.range_bounds(obs)
+    name = records.text_of(obs.get("code"))
+    unit = (obs.get("valueQuantity") or {}).get("unit", "")
+    chart = charts.trend_svg(points, name, unit, low, high) if len(points) >= 2 else None
+    return render_template("trend.html", name=name, rows=rows, chart=chart)
