@@ -13,7 +13,7 @@ import httpx
 from flask import Flask, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from portal.blueprint import PortalState, bp, current, language, t
+from portal.blueprint import PortalState, bp, current, language, nav, t
 from portal.fhir_api import GatewayError, SessionEnded
 from portal.messages import LANGUAGES
 from portal.sessions import SessionStore
@@ -62,7 +62,8 @@ def create_portal(settings: PortalSettings) -> Flask:
         entry = current()
         return {"t": t, "lang": language(), "languages": LANGUAGES,
                 "large_text": bool(session.get("large")), "signed_in": entry is not None,
-                "banner": (entry.data.get("banner") if entry else None)}
+                "banner": (entry.data.get("banner") if entry else None),
+                "nav": nav() if entry is not None else []}
 
     @app.after_request
     def _security_headers(resp):

@@ -14,6 +14,20 @@ from portal.messages import LANGUAGES, translate
 from portal.sessions import PortalSession, SessionStore
 from portal.settings import PortalSettings
 
+# The main menu in the order patients see it: (view endpoint, catalogue key). A part shows only
+# once its view is registered, so the menu never links to a page that does not exist.
+NAV = (
+    ("portal.home", "nav.home"),
+    ("portal.record", "nav.record"),
+    ("portal.appointments", "nav.appointments"),
+    ("portal.prescriptions", "nav.prescriptions"),
+    ("portal.messages", "nav.messages"),
+    ("portal.billing", "nav.billing"),
+    ("portal.trackers", "nav.trackers"),
+    ("portal.learn", "nav.learn"),
+    ("portal.privacy", "nav.privacy"),
+)
+
 bp = Blueprint("portal", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 
@@ -24,6 +38,11 @@ class PortalState:
 
     settings: PortalSettings
     store: SessionStore
+
+
+def nav() -> list[tuple[str, str]]:
+    """The menu entries whose pages exist in this app."""
+    return [(endpoint, key) for endpoint, key in NAV if endpoint in current_app.view_functions]
 
 
 def state() -> PortalState:

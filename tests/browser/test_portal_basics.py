@@ -10,127 +10,13 @@ makes that a failure.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
-import pytest
 
-from portal import PortalSettings, create_portal
-from tests.conftest import ROOT, free_port, make_smart_env, skip_or_fail
+from tests.browser.support import CLIENT_ID, check_page, sign_in
 from tests.smart_support import PASSWORD
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-ARTIFACTS = ROOT / "var" / "artifacts"
-SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-CLIENT_ID = "portal-browser-test"
-
-
-@pytest.fixture(scope="module")
-def playwright_browser():
-    if not Path(CHROMIUM).exists():
-        skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        import axe_playwright_python  # noqa: F401
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        skip_or_fail("GATEWAY_REQUIRE_BROWSER", f"{exc.name} is not installed")
-    home = tempfile.mkdtemp(prefix="chromium-home-")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                    env={**os.environ, "HOME": home})
-        yield browser
-        browser.close()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    yield from make_smart_env(tmp_path_factory, "embedded")
-
-
-class LivePortal:
-    def __init__(self, url: str, app) -> None:
-        self.url, self.app = url, app
-
-    @property
-    def store(self):
-        return self.app.extensions["portal"].store
-
-    def tokens(self) -> list[str]:
-        """Access tokens of the signed-in sessions (to check revocation at the gateway)."""
-        return [e.fhir_state["server"]["auth"]["access_token"]
-                for e in list(self.store._items.values()) if e.signed_in]
-
-
-@pytest.fixture(scope="module")
-def portal(env, playwright_browser):
-    from werkzeug.serving import make_server
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env.smart.clients.add(CLIENT_ID, "public", redirect_uris=[f"{url}/callback"],
-                          launch_uri=f"{url}/launch", name="Portal under test")
-    app = create_portal(PortalSettings(fhir_base=env.base, client_id=CLIENT_ID,
-                                       redirect_uri=f"{url}/callback",
-                                       secret_key="browser-test-secret"))
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield LivePortal(url, app)
-    server.shutdown()
-    thread.join(5)
-
-
-@pytest.fixture
-def page(playwright_browser, portal):
-    context = playwright_browser.new_context(viewport=SIZES["desktop"])
-    urls: list[str] = []
-    page = context.new_page()
-    page.on("request", lambda req: urls.append(req.url))
-    page.requested_urls = urls
-    yield page
-    context.close()
-
-
-def check_page(page, name: str) -> None:
-    """axe-core at desktop and phone sizes (no serious or critical violation); screenshots."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    axe = Axe()
-    try:
-        for size, viewport in SIZES.items():
-            page.set_viewport_size(viewport)
-            page.screenshot(path=str(ARTIFACTS / f"portal-{name}-{size}.png"), full_page=True)
-            violations = axe.run(page).response["violations"]
-            bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
-                   for v in violations if v["impact"] in ("serious", "critical")]
-            assert not bad, f"{name} at {size}: {bad}"
-    finally:
-        page.set_viewport_size(SIZES["desktop"])
-
-
-def sign_in(page, portal: LivePortal, username: str, patient: str | None = None) -> None:
-    """The whole standalone launch as a patient does it: portal button, the gateway's login
-    form, its consent page (choosing `patient` where the account has several), back to the
-    portal's home."""
-    page.goto(f"{portal.url}/signin")
-    page.get_by_role("button", name="Sign in with my clinic").click()
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    if patient:
-        page.check(f'input[name="patient"][value="{patient}"]')
-    page.get_by_role("button", name="Allow").click()
-    page.wait_for_url(f"{portal.url}/home")
 
 
 def tasks_for(env, mr_id: str) -> list[dict]:
