@@ -2,46 +2,25 @@
 
 The refill goes to the server's `MedicationRequest/{id}/$refill-request` operation. The note is
 checked here first (the same limits the operation states), so bad input never reaches the
-server. Each form carries a one-time `form_id`: a second submit of the same form (double click,
-back and resend) changes nothing and says so.
+server. Each form carries a one-time `form_id` (`portal.forms`) against double submits.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
 
 from flask import redirect, render_template, request, session, url_for
 
 from portal import records
-from portal.blueprint import api, bp, current, signed_in, t
+from portal.blueprint import api, bp, signed_in, t
 from portal.fhir_api import GatewayError
+from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
 
 log = logging.getLogger("portal.prescriptions")
 MAX_NOTE = 1000
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-MAX_OPEN_FORMS = 50
-
-
-def _form_id() -> str:
-    """A new one-time id for a refill form, remembered in the server-side session."""
-    forms: list[str] = current().data.setdefault("forms", [])
-    fid = secrets.token_urlsafe(16)
-    forms.append(fid)
-    del forms[:-MAX_OPEN_FORMS]
-    return fid
-
-
-def _use_form_id(fid: str) -> bool:
-    """True the first time a form id is used, False after (or for an unknown id)."""
-    forms: list[str] = current().data.setdefault("forms", [])
-    try:
-        forms.remove(fid)  # one atomic step: of two simultaneous submits only one wins
-    except ValueError:
-        return False
-    return True
 
 
 def check_note(raw: str) -> tuple[str | None, str | None]:
@@ -75,7 +54,7 @@ def _page(errors: dict[str, str] | None = None, values: dict[str, str] | None = 
         can_ask = (med.get("status") == "active" and left > 0
                    and records.open_task(mine) is None)
         rows.append({"med": med, "tasks": mine, "can_ask": can_ask, "left": left,
-                     "form_id": _form_id() if can_ask else ""})
+                     "form_id": new_form_id() if can_ask else ""})
     notice = session.pop("rx_notice", None)
     return render_template("prescriptions.html", rows=rows, r=records, max_note=MAX_NOTE,
                            errors=errors or {}, values=values or {}, notice=notice), status
@@ -95,7 +74,7 @@ def refill():
     raw = request.form.get("note", "")
     if not _ID.match(rid):
         return _page({"_page": t("rx.err_unknown")}, status=400)
-    if not _use_form_id(request.form.get("form_id", "")):
+    if not use_form_id(request.form.get("form_id", "")):
         return _page({rid: t("rx.err_twice")}, {rid: raw}, status=409)
     note, error = check_note(raw)
     if error:
