@@ -65,6 +65,12 @@ def test_apps_access_log_and_removing_a_second_app(env, portal, page):
     assert "Has access only while you are using it" in diary_card.inner_text()
     assert "this website" not in diary_card.inner_text()
     check_page(page, "privacy")
+    page.get_by_role("button", name="Larger text").click()  # and back to this page
+    page.wait_for_url(f"{portal.url}/privacy")
+    assert page.locator("html").get_attribute("class") == "large-text"
+    check_page(page, "privacy-large")
+    page.get_by_role("button", name="Normal text").click()
+    page.wait_for_url(f"{portal.url}/privacy")
 
     # the access log is what the gateway recorded: newest first, 20 a page; the newest entry
     # at the gateway now is the $access-log call that drew the page itself
