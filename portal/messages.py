@@ -242,6 +242,8 @@ EN: dict[str, str] = {
     "privacy.outcome.ok": "Done",
     "privacy.outcome.refused": "Refused",
     "privacy.outcome.failed": "Failed",
+    "privacy.unavailable": "The clinic's system cannot show this part right now. "
+                           "Please try again later.",
 }
 
 ES: dict[str, str] = {
@@ -479,6 +481,8 @@ ES: dict[str, str] = {
     "privacy.outcome.ok": "Hecho",
     "privacy.outcome.refused": "Rechazado",
     "privacy.outcome.failed": "Falló",
+    "privacy.unavailable": "El sistema de la clínica no puede mostrar esta parte ahora. "
+                           "Inténtelo más tarde.",
 }
 
 CATALOGUES: dict[str, dict[str, str]] = {"en": EN, "es": ES}

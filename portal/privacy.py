@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from flask import abort, redirect, render_template, request, session, url_for
 
 from portal.auth import _reset_session
@@ -123,10 +124,13 @@ def _who(event: dict, own: str, t: Translate) -> str:
 
 
 def _app(event: dict, names: dict[str, str]) -> str:
+    """Which app: our own name for it (this website, an app with access), else the name the
+    server gives it, else its client id."""
     for agent in event.get("agent") or []:
-        ident = (agent.get("who") or {}).get("identifier") or {}
+        who = agent.get("who") or {}
+        ident = who.get("identifier") or {}
         if (ident.get("system") or "").endswith("/client-id") and ident.get("value"):
-            return names.get(ident["value"], ident["value"])
+            return names.get(ident["value"]) or who.get("display") or ident["value"]
     return ""
 
 
@@ -188,15 +192,31 @@ def _apps() -> list[dict]:
     return apps
 
 
+def _part(load):
+    """One part of the page; a server that cannot answer it (or does not offer the operation)
+    makes that part say so instead of failing the page."""
+    try:
+        return load(), False
+    except GatewayError as exc:
+        log.warning("privacy part failed: %s", exc.status)
+        return None, True
+    except httpx.HTTPError as exc:
+        log.warning("privacy part failed: %s", type(exc).__name__)
+        return None, True
+
+
 def _page(errors: dict[str, str] | None = None, status: int = 200):
     before = request.args.get("before")
     if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
         abort(404)
-    apps = _apps()
+    apps, apps_failed = _part(_apps)
+    apps = apps or []
     names = {str(a.get("client")): a["label"] for a in apps}
     names[state().settings.client_id] = t("privacy.this_website")
     params = {"_count": str(LOG_PAGE), **({"_before": before} if before else {})}
-    bundle = api().get_operation(f"Patient/{patient_id()}/$access-log", params)
+    bundle, log_failed = _part(lambda: api().get_operation(
+        f"Patient/{patient_id()}/$access-log", params))
+    bundle = bundle or {}
     events = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
     for app in apps:
         app["form_id"] = new_form_id()
@@ -207,7 +227,7 @@ def _page(errors: dict[str, str] | None = None, status: int = 200):
     return render_template(
         "privacy.html", apps=apps, rows=log_rows(events, patient_id(), names, t),
         older=older_than(bundle), newer=before is not None, errors=errors,
-        notice=notice), status
+        notice=notice, apps_failed=apps_failed, log_failed=log_failed), status
 
 
 @bp.get("/privacy")

@@ -117,3 +117,81 @@ def test_apps_answer_and_paging():
     assert older_than({"link": []}) is None
     assert when("2026-12-01T14:30:05.123Z") == "2026-12-01 14:30 UTC"
     assert when(None) == ""
+
+
+# -- views with the Flask test client, the server faked at the HTTP boundary (respx) --------
+
+BASE = "http://fhir.test/fhir"
+
+
+@pytest.fixture
+def signed_in_client():
+    from portal import PortalSettings, create_portal
+
+    app = create_portal(PortalSettings(fhir_base=BASE, client_id="portal",
+                                       redirect_uri="http://127.0.0.1:8081/callback",
+                                       secret_key="unit-secret"))
+    sid, entry = app.extensions["portal"].store.create()
+    entry.signed_in = True
+    entry.fhir_state = {"server": {"auth": {"access_token": "tok"}}, "patient_id": "pat-1"}
+    client = app.test_client()
+    with client.session_transaction() as sess:
+        sess["sid"] = sid
+    return client
+
+
+APPS = {"resourceType": "Parameters", "parameter": [
+    {"name": "app", "part": [{"name": "client", "valueString": "portal"},
+                             {"name": "scope", "valueString": "patient/*.cruds"}]},
+    {"name": "app", "part": [{"name": "client", "valueString": "diary"},
+                             {"name": "name", "valueString": "Diary"},
+                             {"name": "scope", "valueString": "patient/Observation.rs"}]}]}
+LOG = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": _event()}]}
+
+
+def test_a_part_the_server_cannot_answer_says_so(signed_in_client):
+    import respx
+
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get(f"{BASE}/Patient/pat-1/$apps").respond(
+            404, json={"resourceType": "OperationOutcome",
+                       "issue": [{"severity": "error", "code": "not-supported"}]})
+        mock.get(f"{BASE}/Patient/pat-1/$access-log").respond(200, json=LOG)
+        resp = signed_in_client.get("/privacy")
+    assert resp.status_code == 200
+    assert "cannot show this part right now" in resp.text
+    assert "Looked at your test results and measurements" in resp.text
+    assert "This website" in resp.text  # the log's app is this portal's client id
+
+
+def test_bad_removals_never_reach_the_server(signed_in_client):
+    import re
+
+    import respx
+
+    with respx.mock() as mock:
+        mock.get(f"{BASE}/Patient/pat-1/$apps").respond(200, json=APPS)
+        mock.get(f"{BASE}/Patient/pat-1/$access-log").respond(200, json=LOG)
+        revoke = mock.post(f"{BASE}/Patient/pat-1/$revoke-app").respond(
+            200, json={"resourceType": "Parameters"})
+        page = signed_in_client.get("/privacy").text
+        assert "(this website)" in page and "Diary" in page
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        fids = re.findall(r'name="form_id" value="([^"]+)"', page)
+        post = lambda **form: signed_in_client.post(  # noqa: E731
+            "/privacy/remove", data={"csrf_token": csrf, **form})
+        assert post(client="", form_id=fids[0], confirm="yes").status_code == 400
+        assert post(client="x" * 129, form_id=fids[0], confirm="yes").status_code == 400
+        assert post(client="diary", form_id="made-up", confirm="yes").status_code == 409
+        assert post(client="other", form_id=fids[0], confirm="yes").status_code == 404
+        resp = post(client="diary", form_id=fids[1])  # the confirm step, nothing sent yet
+        assert resp.status_code == 200 and "Remove access for Diary?" in resp.text
+        assert post(client="diary", form_id=fids[1], confirm="yes").status_code == 409
+        assert not revoke.called
+        fid = re.search(r'name="form_id" value="([^"]+)"', resp.text).group(1)
+        done = post(client="diary", form_id=fid, confirm="yes")
+        assert done.status_code == 303 and done.headers["Location"].endswith("/privacy")
+        assert revoke.call_count == 1
+        sent = revoke.calls[0].request
+        assert b'"valueString":"diary"' in sent.content.replace(b" ", b"")
+        assert "diary" not in str(sent.url)  # the choice goes in the body, not the URL
