@@ -168,5 +168,9 @@ def test_operations_are_declared(smart_env, grants):
     (app,) = apps["parameter"]
     assert "type" not in app and {p["name"] for p in app["part"]} >= {
         "client", "scope", "granted", "expires", "last-used", "current"}
+    from fhir.resources.R4B.operationdefinition import OperationDefinition
+
+    for definition in (apps, revoke):
+        OperationDefinition.model_validate(definition)
     assert revoke["affectsState"] is True and revoke["instance"] is True
     assert [p["name"] for p in revoke["parameter"] if p["use"] == "in"] == ["client"]
