@@ -124,7 +124,10 @@ def test_bad_calls_are_refused_and_change_nothing(smart_env, grants):
 
 def test_revoking_one_app_ends_only_its_grant_for_this_patient(smart_env, grants):
     ann_two = grants[("ann", "app-two")]
-    assert _status(smart_env, ann_two["access_token"]) == 200
+    assert _status(smart_env, ann_two["access_token"]) == 200  # and now remembered as live
+    epoch = smart_env.smart.records._epoch  # shared by every process on this machine
+    assert epoch is not None
+    moved_from = epoch.read()
     with smart_env.fhir(grants[("ann", "app-public")]["access_token"]) as ann:
         resp = ann.post("Patient/pat-0001/$revoke-app", json={
             "resourceType": "Parameters",
@@ -136,6 +139,7 @@ def test_revoking_one_app_ends_only_its_grant_for_this_patient(smart_env, grants
         assert done["tokens"] >= 1 and done["grants"] == 1
         for secret in _secrets(grants):
             assert secret not in resp.text
+        assert epoch.read() > moved_from  # other processes ask the database again
         # the revoked token fails on its next use; its refresh token is refused
         assert _status(smart_env, ann_two["access_token"]) == 401
         refreshed = smart_env.token(grant_type="refresh_token", client_id="app-two",
