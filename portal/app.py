@@ -37,7 +37,7 @@ def content_security_policy(settings: PortalSettings) -> str:
 
 def create_portal(settings: PortalSettings) -> Flask:
     """The portal app for one SMART server and one registered client."""
-    from portal import auth, pages, preferences, prescriptions  # noqa: F401 - register views
+    from portal import auth, inbox, learn, pages, preferences, prescriptions  # noqa: F401
 
     app = Flask(__name__)
     app.config.update(
@@ -49,7 +49,8 @@ def create_portal(settings: PortalSettings) -> Flask:
         PERMANENT_SESSION_LIFETIME=settings.absolute_timeout,
         WTF_CSRF_TIME_LIMIT=settings.absolute_timeout,
         WTF_CSRF_SSL_STRICT=settings.cookies_secure,
-        MAX_CONTENT_LENGTH=64 * 1024,
+        # forms are small; a message may carry one attachment (plus its form fields)
+        MAX_CONTENT_LENGTH=64 * 1024 + settings.max_attachment_bytes,
     )
     app.extensions["portal"] = PortalState(
         settings, SessionStore(settings.idle_timeout, settings.absolute_timeout))
