@@ -75,23 +75,27 @@ class _Text(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.skipping = 0
+        self.after_heading = False
 
     def handle_starttag(self, tag: str, attrs) -> None:
         if tag in self.SKIP:
             self.skipping += 1
         elif tag in self.BLOCKS:
-            self.out.append("\n\n" if tag in {"p", "ul", "ol", "h1", "h2", "h3"} else "\n")
+            if not self.after_heading:
+                self.out.append("\n\n" if tag in {"p", "ul", "ol", "h1", "h2", "h3"} else "\n")
         elif tag == "li":
             self.out.append("\n- ")
+        self.after_heading = False
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
         elif tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
             self.out.append("\n")
+            self.after_heading = True  # its text follows on the next line, as in plain text
 
     def handle_data(self, data: str) -> None:
-        if not self.skipping:
+        if not self.skipping and data.strip():
             self.out.append(re.sub(r"\s+", " ", data))
 
 
