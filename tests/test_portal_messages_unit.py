@@ -266,3 +266,31 @@ def test_an_oversize_upload_gets_the_form_back_and_sends_nothing(signed_in_clien
     assert resp.status_code == 413
     assert 'id="err-attachment" role="alert"' in resp.text and "up to 5 MB" in resp.text
     assert not [c for c in server.calls if c[0] == "post"]
+
+
+def test_a_refusal_of_the_server_is_shown_next_to_the_field_it_names(signed_in_client):
+    from portal.fhir_api import GatewayError
+
+    class Refusing(FakeServer):
+        def post_operation(self, path, parameters):
+            self.calls.append(("post", path, parameters))
+            raise GatewayError(422, "Practitioner/d1 is not on your care team", "recipient")
+
+    team = [{"resourceType": "CareTeam", "status": "active",
+             "participant": [{"member": {"reference": "Practitioner/d1", "display": "Dr. One"}}]}]
+    server = Refusing(CareTeam=team)
+    client = signed_in_client(server)
+    form = client.get("/messages/new").text
+    fields = {name: re.search(rf'name="{name}" value="([^"]+)"', form).group(1)
+              for name in ("csrf_token", "form_id")}
+    resp = client.post("/messages/new", data={**fields, "recipient": "Practitioner/d1",
+                                              "topic": " Knee ", "text": "It hurts\r\nmore"})
+    assert resp.status_code == 422
+    assert re.search(r'id="err-recipient" role="alert">This person is no longer on your care '
+                     r"team", resp.text)
+    assert 'value=" Knee "' in resp.text and "It hurts" in resp.text  # typed text kept
+    (call,) = [c for c in server.calls if c[0] == "post"]
+    assert call[1] == "Communication/$send"
+    assert call[2] == [{"name": "topic", "valueString": "Knee"},
+                       {"name": "recipient", "valueReference": {"reference": "Practitioner/d1"}},
+                       {"name": "text", "valueString": "It hurts\nmore"}]

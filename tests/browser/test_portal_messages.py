@@ -146,6 +146,13 @@ def test_new_message_with_attachment_bad_input_and_double_submit(env, portal, pa
     attempt({"name": "big.txt", "mimeType": "text/plain", "buffer": b"a" * (MAX_BYTES + 1)},
             "The file is too big. Files can be up to 5 MB")
     check_page(page, "compose-file-error")
+    page.goto(f"{portal.url}/messages/new")
+    page.get_by_role("button", name="Larger text").click()
+    page.wait_for_selector("html.large-text")
+    assert page.url == f"{portal.url}/messages/new"
+    check_page(page, "compose-large")
+    page.get_by_role("button", name="Normal text").click()
+    page.wait_for_selector("html:not(.large-text)")
     # far over the limit: the portal does not even read it, and still answers on the form
     mark = env.live.fingerprint()
     page.select_option("#recipient", "Practitioner/prac-04")
@@ -243,6 +250,26 @@ def test_staff_attachment_of_an_unsafe_kind_downloads_safely(env, portal, page):
     assert resp.headers["content-type"] == "application/octet-stream"
     assert resp.headers["content-disposition"] == 'attachment; filename="evilX 1.html"'
     assert resp.headers["x-content-type-options"] == "nosniff"
+    # a thread with someone who is not (or no longer) on ann's care team: no reply form,
+    # and a reply forced through anyway changes nothing
+    stranger = env.live.adapter.create({
+        "resourceType": "Communication", "status": "completed",
+        "subject": {"reference": "Patient/pat-0001"}, "topic": {"text": "Flu shots"},
+        "sent": "2026-06-05T09:00:00-05:00", "sender": {"reference": "Practitioner/prac-02"},
+        "recipient": [{"reference": "Patient/pat-0001"}]}).resource
+    page.goto(f"{portal.url}/messages/{stranger['id']}")
+    assert "no longer on your care team" in page.locator("main").inner_text()
+    assert page.locator("form.message-form").count() == 0
+    check_page(page, "thread-cannot-reply")
+    page.goto(f"{portal.url}/messages/comm-0001-01")
+    fields = {n: page.locator(f'form.message-form input[name="{n}"]').get_attribute("value")
+              for n in ("csrf_token", "form_id")}
+    mark = env.live.fingerprint()
+    resp = page.request.post(f"{portal.url}/messages/{stranger['id']}/reply",
+                             multipart={**fields, "text": "Hello?"})
+    assert resp.status == 400 and "no longer on your care team" in resp.text()
+    assert env.live.fingerprint() == mark
+
     # another patient's message, or a part that is not there, is not found
     for path in ("comm-0001-01/comm-0002-01-01/file/0", f"comm-0001-01/{hostile['id']}/file/7",
                  f"comm-0002-01/{hostile['id']}/file/1"):
