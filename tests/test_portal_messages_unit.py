@@ -265,6 +265,14 @@ def test_an_oversize_upload_gets_the_form_back_and_sends_nothing(signed_in_clien
         "attachment": (io.BytesIO(big), "big.txt", "text/plain")})
     assert resp.status_code == 413
     assert 'id="err-attachment" role="alert"' in resp.text and "up to 5 MB" in resp.text
+    # one byte over: read, and refused the same way, with what was typed kept
+    form = client.get("/messages/new").text
+    fields = {name: re.search(rf'name="{name}" value="([^"]+)"', form).group(1)
+              for name in ("csrf_token", "form_id")}
+    resp = client.post("/messages/new", content_type="multipart/form-data", data={
+        **fields, "recipient": "Practitioner/d1", "topic": "t", "text": "kept words",
+        "attachment": (io.BytesIO(b"a" * (5 * 1024 * 1024 + 1)), "big.txt", "text/plain")})
+    assert resp.status_code == 400 and "up to 5 MB" in resp.text and "kept words" in resp.text
     assert not [c for c in server.calls if c[0] == "post"]
 
 
