@@ -244,6 +244,76 @@ EN: dict[str, str] = {
     "privacy.outcome.failed": "Failed",
     "privacy.unavailable": "The clinic's system cannot show this part right now. "
                            "Please try again later.",
+    # --- Messages and Learn (portal/inbox.py, portal/learn.py) ---
+    "msg.title": "Messages",
+    "msg.intro": "Write to your care team and read their answers. For an emergency, call 911.",
+    "msg.new": "Write a new message",
+    "msg.none": "You have no messages yet.",
+    "msg.no_topic": "(No topic)",
+    "msg.unread_one": "New: 1 unread message",
+    "msg.unread_count": "New: {count} unread messages",
+    "msg.all_read": "All read",
+    "msg.with": "With: {name}",
+    "msg.care_team": "Your care team",
+    "msg.last": "Last message: {when}",
+    "msg.back": "Back to all messages",
+    "msg.new_title": "New message",
+    "msg.no_team": "You have no care team to write to yet. Please call the clinic.",
+    "msg.to_label": "To",
+    "msg.to_choose": "Choose who to write to",
+    "msg.topic_label": "Topic",
+    "msg.topic_hint": "A few words about what the message is about (up to {max} characters).",
+    "msg.text_label": "Your message",
+    "msg.text_hint": "Up to {max} characters.",
+    "msg.file_label": "Attach a file (optional)",
+    "msg.file_hint": "One file: {types}, up to {max}.",
+    "msg.file_other": "other file",
+    "msg.send": "Send message",
+    "msg.reply": "Reply",
+    "msg.send_reply": "Send reply",
+    "msg.you": "You",
+    "msg.new_marker": "New",
+    "msg.sent_at": "Sent {when}",
+    "msg.download": "Download {name}",
+    "msg.cannot_reply": "This person is no longer on your care team, so you cannot reply here.",
+    "msg.sent": "Your message was sent.",
+    "msg.queued": "Your message was received and will be delivered soon.",
+    "msg.err_twice": "This message was already sent. It was not sent again.",
+    "msg.err_text_empty": "Please write your message.",
+    "msg.err_text_long":
+        "Your message is too long: {length} characters. Please keep it under {max}.",
+    "msg.err_topic_empty": "Please write a topic.",
+    "msg.err_topic_long": "The topic is too long: {length} characters. Please keep it under {max}.",
+    "msg.err_recipient_empty": "Please choose who to write to.",
+    "msg.err_recipient_unknown":
+        "You can only write to someone on your care team. Please choose from the list.",
+    "msg.err_left_team": "This person is no longer on your care team. Please write a new message.",
+    "msg.err_file_type": "This kind of file cannot be sent. Please send one of: {types}.",
+    "msg.err_file_big": "The file is too big. Files can be up to {max}. Nothing was sent.",
+    "msg.err_file_empty": "The file is empty. Please choose another file.",
+    "msg.err_file_content": "This file is not really a {type} file. Please choose another file.",
+    "msg.err_body_big": "What you sent is too big. Nothing was sent.",
+    "msg.err_refused": "The clinic could not take this message: {reason}",
+    "msg.refused.recipient":
+        "This person is no longer on your care team. Please choose someone else.",
+    "msg.refused.attachment":
+        "The clinic could not take this file. Please check its kind and size.",
+    "msg.refused.text": "The clinic could not take this text. Please shorten it and try again.",
+    "msg.refused.topic": "The clinic could not take this topic. Please shorten it and try again.",
+    "learn.title": "Learn",
+    "learn.intro":
+        "Short, plain-language handouts chosen for your health problems, medicines and "
+        "test results.",
+    "learn.none":
+        "There are no handouts for you right now. Your care team can tell you more at "
+        "your next visit.",
+    "learn.group.conditions": "About your health problems",
+    "learn.group.medicines": "About your medicines",
+    "learn.group.results": "About your test results",
+    "learn.group.other": "Other handouts",
+    "learn.back": "Back to all handouts",
+    "learn.other_language": "This handout is only available in English for now.",
+    "learn.unreadable": "This handout cannot be shown here. Please ask your care team for a copy.",
 }
 
 ES: dict[str, str] = {
@@ -483,6 +553,81 @@ ES: dict[str, str] = {
     "privacy.outcome.failed": "Falló",
     "privacy.unavailable": "El sistema de la clínica no puede mostrar esta parte ahora. "
                            "Inténtelo más tarde.",
+    # --- Messages and Learn (portal/inbox.py, portal/learn.py) ---
+    "msg.title": "Mensajes",
+    "msg.intro":
+        "Escriba a su equipo de atención y lea sus respuestas. En una emergencia, llame "
+        "al 911.",
+    "msg.new": "Escribir un mensaje nuevo",
+    "msg.none": "Todavía no tiene mensajes.",
+    "msg.no_topic": "(Sin tema)",
+    "msg.unread_one": "Nuevo: 1 mensaje sin leer",
+    "msg.unread_count": "Nuevo: {count} mensajes sin leer",
+    "msg.all_read": "Todo leído",
+    "msg.with": "Con: {name}",
+    "msg.care_team": "Su equipo de atención",
+    "msg.last": "Último mensaje: {when}",
+    "msg.back": "Volver a todos los mensajes",
+    "msg.new_title": "Mensaje nuevo",
+    "msg.no_team": "Todavía no tiene un equipo de atención al que escribir. Llame a la clínica.",
+    "msg.to_label": "Para",
+    "msg.to_choose": "Elija a quién escribir",
+    "msg.topic_label": "Tema",
+    "msg.topic_hint": "Unas palabras sobre de qué trata el mensaje (hasta {max} caracteres).",
+    "msg.text_label": "Su mensaje",
+    "msg.text_hint": "Hasta {max} caracteres.",
+    "msg.file_label": "Adjuntar un archivo (opcional)",
+    "msg.file_hint": "Un archivo: {types}, de hasta {max}.",
+    "msg.file_other": "otro archivo",
+    "msg.send": "Enviar mensaje",
+    "msg.reply": "Responder",
+    "msg.send_reply": "Enviar respuesta",
+    "msg.you": "Usted",
+    "msg.new_marker": "Nuevo",
+    "msg.sent_at": "Enviado el {when}",
+    "msg.download": "Descargar {name}",
+    "msg.cannot_reply":
+        "Esta persona ya no está en su equipo de atención; no puede responder aquí.",
+    "msg.sent": "Su mensaje fue enviado.",
+    "msg.queued": "Recibimos su mensaje y se entregará pronto.",
+    "msg.err_twice": "Este mensaje ya fue enviado. No se envió otra vez.",
+    "msg.err_text_empty": "Escriba su mensaje.",
+    "msg.err_text_long": "Su mensaje es demasiado largo: {length} caracteres. Use menos de {max}.",
+    "msg.err_topic_empty": "Escriba un tema.",
+    "msg.err_topic_long": "El tema es demasiado largo: {length} caracteres. Use menos de {max}.",
+    "msg.err_recipient_empty": "Elija a quién escribir.",
+    "msg.err_recipient_unknown":
+        "Solo puede escribir a alguien de su equipo de atención. Elija de la lista.",
+    "msg.err_left_team":
+        "Esta persona ya no está en su equipo de atención. Escriba un mensaje nuevo.",
+    "msg.err_file_type": "Este tipo de archivo no se puede enviar. Envíe uno de estos: {types}.",
+    "msg.err_file_big":
+        "El archivo es demasiado grande. Puede ser de hasta {max}. No se envió nada.",
+    "msg.err_file_empty": "El archivo está vacío. Elija otro archivo.",
+    "msg.err_file_content": "Este archivo no es realmente un archivo {type}. Elija otro archivo.",
+    "msg.err_body_big": "Lo que envió es demasiado grande. No se envió nada.",
+    "msg.err_refused": "La clínica no pudo recibir este mensaje: {reason}",
+    "msg.refused.recipient":
+        "Esta persona ya no está en su equipo de atención. Elija a otra persona.",
+    "msg.refused.attachment": "La clínica no pudo recibir este archivo. Revise su tipo y tamaño.",
+    "msg.refused.text": "La clínica no pudo recibir este texto. Acórtelo e inténtelo de nuevo.",
+    "msg.refused.topic": "La clínica no pudo recibir este tema. Acórtelo e inténtelo de nuevo.",
+    "learn.title": "Aprender",
+    "learn.intro":
+        "Hojas informativas cortas y en palabras sencillas, elegidas para sus problemas "
+        "de salud, medicamentos y resultados.",
+    "learn.none":
+        "Por ahora no hay hojas informativas para usted. Su equipo de atención puede "
+        "contarle más en su próxima visita.",
+    "learn.group.conditions": "Sobre sus problemas de salud",
+    "learn.group.medicines": "Sobre sus medicamentos",
+    "learn.group.results": "Sobre sus resultados",
+    "learn.group.other": "Otras hojas informativas",
+    "learn.back": "Volver a todas las hojas informativas",
+    "learn.other_language": "Por ahora esta hoja informativa solo está en inglés.",
+    "learn.unreadable":
+        "Esta hoja informativa no se puede mostrar aquí. Pida una copia a su equipo de "
+        "atención.",
 }
 
 CATALOGUES: dict[str, dict[str, str]] = {"en": EN, "es": ES}
