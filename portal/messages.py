@@ -176,7 +176,7 @@ EN: dict[str, str] = {
     "trk.emergency": "If you feel very unwell, call 911 now.",
     "trk.measured": "Measured on {when}.",
     "trk.stats": "Last {days} days: average {average}, lowest {minimum}, highest {maximum} "
-                 "{unit} ({count} readings).",
+                 "{unit}. Number of readings: {count}.",
     "trk.add": "Add a reading",
     "trk.label.systolic": "Top number (systolic)",
     "trk.label.diastolic": "Bottom number (diastolic)",
@@ -421,7 +421,7 @@ ES: dict[str, str] = {
     "trk.emergency": "Si se siente muy mal, llame al 911 ahora.",
     "trk.measured": "Medido el {when}.",
     "trk.stats": "Últimos {days} días: promedio {average}, mínimo {minimum}, máximo {maximum} "
-                 "{unit} ({count} mediciones).",
+                 "{unit}. Número de mediciones: {count}.",
     "trk.add": "Añadir una medición",
     "trk.label.systolic": "Número de arriba (sistólica)",
     "trk.label.diastolic": "Número de abajo (diastólica)",
