@@ -66,6 +66,7 @@ def trend_svg(points: list[tuple[str, Decimal]], title: str, unit: str = "",
 #: How each series of `series_svg` is drawn, so they differ without colour too: line colour,
 #: dash pattern, marker shape.
 _SERIES_STYLES = (("#0b4f8a", "", "circle"), ("#5a2d82", "8 5", "square"))
+LEGEND_X = 130
 
 
 def _marker(shape: str, cx: float, cy: float, r: float, fill: str) -> str:
@@ -96,7 +97,7 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
     top, bottom = top + span / 5, bottom - span / 10
     span = top - bottom
     legend = any(name for name, _ in series)
-    pad_top = PAD_Y + (30 if legend else 0)
+    pad_top = PAD_Y + (26 * len(series) if legend else 0)
 
     def x(i: int) -> float:
         if count == 1:
@@ -130,16 +131,15 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
         if (count - 1 - i) % every == 0:  # the newest reading always named
             parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" text-anchor="middle" '
                          f'font-size="18" fill="#1b1b1b">{escape(label)}</text>')
-    if legend:
-        lx = WIDTH - PAD_X - 300
+    if legend:  # one entry a line, right of the unit: names may be long (and translated)
         for k, ((name, _), (colour, dash, shape)) in enumerate(
                 zip(series, _SERIES_STYLES, strict=False)):
-            sx = lx + k * 160
+            ly = 22 + 26 * k
             dashes = f' stroke-dasharray="{dash}"' if dash else ""
-            parts.append(f'<line x1="{sx}" x2="{sx + 40}" y1="22" y2="22" stroke="{colour}" '
-                         f'stroke-width="3"{dashes}/>')
-            parts.append(_marker(shape, sx + 20, 22, 6, colour))
-            parts.append(f'<text x="{sx + 48}" y="28" font-size="18" '
+            parts.append(f'<line x1="{LEGEND_X}" x2="{LEGEND_X + 40}" y1="{ly}" y2="{ly}" '
+                         f'stroke="{colour}" stroke-width="3"{dashes}/>')
+            parts.append(_marker(shape, LEGEND_X + 20, ly, 6, colour))
+            parts.append(f'<text x="{LEGEND_X + 50}" y="{ly + 6}" font-size="18" '
                          f'fill="#1b1b1b">{escape(name)}</text>')
     if unit:
         parts.append(f'<text x="6" y="28" font-size="18" fill="#1b1b1b">{escape(unit)}</text>')

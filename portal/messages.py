@@ -241,6 +241,8 @@ EN: dict[str, str] = {
     "trk.err_duplicate": "You already saved this same reading for this time. Nothing was "
                          "changed.",
     "trk.err_refused": "The clinic's system did not accept this reading: {reason}",
+    "trk.refused_bmi": "With the height in your record, this would give a body mass index "
+                       "that is not possible. Please check the number.",
     "trk.alert.bp_high": "Your blood pressure is very high (180/120 or higher). This can be "
                          "dangerous.",
     "trk.alert.bp_low": "Your blood pressure is low (below 90/60).",
@@ -486,6 +488,8 @@ ES: dict[str, str] = {
     "trk.err_twice": "Este formulario ya se envió. No se cambió nada más.",
     "trk.err_duplicate": "Ya guardó esta misma medición para esta hora. No se cambió nada.",
     "trk.err_refused": "El sistema de la clínica no aceptó esta medición: {reason}",
+    "trk.refused_bmi": "Con la estatura de su expediente, esto daría un índice de masa "
+                       "corporal imposible. Revise el número, por favor.",
     "trk.alert.bp_high": "Su presión arterial está muy alta (180/120 o más). Esto puede ser "
                          "peligroso.",
     "trk.alert.bp_low": "Su presión arterial está baja (menos de 90/60).",

@@ -442,6 +442,8 @@ def check_reading(kind: Kind, form, now: dt.datetime) -> tuple[list[dict], dict[
     return params, {}
 
 
+#: The operation's names for the stored height or weight a BMI is worked out from.
+_BMI_COMPANIONS = {"height_m", "weight_kg"}
 _REFUSED_FIELD = {"value": "value", "systolic": "systolic", "diastolic": "diastolic",
                   "unit": "unit", "effective": "date", "note": "note"}
 
@@ -465,7 +467,10 @@ def record_reading(key: str):
         if exc.status == 422:  # the one 422 of the operation: this reading is already stored
             return _page(kind, {"_form": t("trk.err_duplicate")}, values, status=422)
         if exc.status == 400:
-            field = _REFUSED_FIELD.get(exc.expression.split(",")[0], "_form")
+            where = exc.expression.split(",")[0]
+            if where in _BMI_COMPANIONS:  # with the stored height (or weight), a BMI over 100
+                return _page(kind, {"value": t("trk.refused_bmi")}, values, status=400)
+            field = _REFUSED_FIELD.get(where, "_form")
             return _page(kind, {field: t("trk.err_refused", reason=exc.text)}, values,
                          status=400)
         raise

@@ -253,6 +253,18 @@ def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, p
     page.select_option("#f-unit", "lb")
     page.get_by_role("button", name="Save reading").click()
     assert "between 1.1 and 1102.3 lb" in page.locator("#err-value").inner_text()
+    # plausible alone, but with the stored height a BMI over 100: the gateway's own 400,
+    # said in the patient's words
+    assert observations(env, "pat-0003", "8302-2")
+    page.goto(f"{portal.url}/trackers/weight")
+    page.fill("#f-value", "500")
+    page.select_option("#f-unit", "kg")
+    page.get_by_role("button", name="Save reading").click()
+    assert "body mass index that is not possible" in page.locator(
+        "#err-value[role=alert]").inner_text()
+    assert page.locator("#f-value").get_attribute("aria-invalid") == "true"
+    assert env.live.fingerprint() == mark
+    check_page(page, "tracker-refused")
     page.goto(f"{portal.url}/trackers/steps")
     page.fill("#f-value", "1000.5")
     page.get_by_role("button", name="Save reading").click()
