@@ -346,7 +346,7 @@ def trackers():
         unit = chosen_unit(kind)
         cards.append({"kind": kind, "reading": reading_text(kind, obs, unit) if obs else "",
                       "when": when_text(obs) if obs else "",
-                      "alert": bool(obs) and is_alert(obs)})
+                      "alerts": alert_keys(obs) if obs and is_alert(obs) else []})
     return render_template("trackers.html", cards=cards)
 
 
@@ -389,7 +389,8 @@ def _page(kind: Kind, errors: dict[str, str] | None = None,
                 "alerts": alert_keys(latest)} if latest else None,
         stats=_stats(kind, unit) if readings else None, stats_days=STATS_DAYS,
         errors=errors or {}, form=form, form_id=new_form_id(), max_note=MAX_NOTE,
-        ranges={p.field: allowed_range(p, unit) for p in kind.parts},
+        ranges={p.field: [(*allowed_range(p, u), u.code) for u in
+                          (unit, *(u for u in kind.units if u != unit))] for p in kind.parts},
         notice=notice), status
 
 

@@ -202,6 +202,8 @@ def test_an_alert_is_said_in_words_the_care_team_is_told_and_home_agrees(env, po
     alerted = page.locator("li.tracker-card:has(p.flag)")
     assert sorted(alerted.evaluate_all("els => els.map(e => e.dataset.kind)")) == [
         "blood-pressure", "glucose"]
+    assert "blood sugar is very low" in page.locator('li[data-kind="glucose"] p.flag').inner_text()
+    check_page(page, "trackers-alerts")
     page.goto(f"{portal.url}/home")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     flagged = [o for o in env.live.adapter.iter_all() if o["resourceType"] == "Observation"
