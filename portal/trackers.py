@@ -254,8 +254,11 @@ def is_alert(obs: dict) -> bool:
 
 
 def alert_keys(obs: dict) -> list[str]:
-    """Catalogue keys saying what a flagged reading means (the rules it meets), in rule
-    order without repeats; a generic one when the server flagged it by a rule not known here."""
+    """Catalogue keys saying what a reading the server flagged means (the rules it meets), in
+    rule order without repeats; a generic one when flagged by a rule not known here; none when
+    the server did not flag it (the server's alert is the one the care team was told of)."""
+    if not is_alert(obs):
+        return []
     keys: list[str] = []
     for key, loinc, comparator, threshold in ALERTS:
         value, _ = quantity(obs, loinc)
@@ -264,7 +267,7 @@ def alert_keys(obs: dict) -> list[str]:
         met = {"<": value < threshold, ">": value > threshold, ">=": value >= threshold}
         if met[comparator] and key not in keys:
             keys.append(key)
-    return keys or (["trk.alert.other"] if is_alert(obs) else [])
+    return keys or ["trk.alert.other"]
 
 
 def when_text(obs: dict) -> str:
@@ -346,7 +349,7 @@ def trackers():
         unit = chosen_unit(kind)
         cards.append({"kind": kind, "reading": reading_text(kind, obs, unit) if obs else "",
                       "when": when_text(obs) if obs else "",
-                      "alerts": alert_keys(obs) if obs and is_alert(obs) else []})
+                      "alerts": alert_keys(obs) if obs else []})
     return render_template("trackers.html", cards=cards)
 
 
