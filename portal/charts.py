@@ -112,7 +112,7 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
              f'<title id="chart-title">{escape(title)}</title>',
              f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>']
     write_values = count <= 12  # more would overlap; the table has every number
-    every = max(1, (count + 5) // 6)  # at most about six dates under the axis
+    every = max(1, (count + 3) // 4)  # at most four dates under the axis (room on a phone)
     for (_name, vs), (colour, dash, shape) in zip(series, _SERIES_STYLES, strict=False):
         line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vs) if v is not None)
         dashes = f' stroke-dasharray="{dash}"' if dash else ""
