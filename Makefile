@@ -18,8 +18,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/fhir-gateway demo
 
+# Two workers (pytest-xdist), each running whole test files, so a module's servers start once.
+TEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(VENV)/bin/ruff check .
