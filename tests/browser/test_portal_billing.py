@@ -257,10 +257,19 @@ def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, p
     assert env.live.fingerprint() == mark
     assert len(stored(env, "PaymentReconciliation", "inv-0002-01")) == 1
     assert balance(env, "acct-0002") == start - 5
-    page.go_back()
-    page.get_by_role("button", name="Pay now").click()  # the back button, then resend
-    assert "already sent" in page.locator("p.error[role=alert]").inner_text() \
-        or "already made" in page.locator("p.error[role=alert]").inner_text()
+    # the same in the browser: the old form id in a fresh form (a resent page)
+    page.goto(f"{portal.url}/billing/pay/inv-0002-01")
+    page.locator('form.pay-form input[name="form_id"]').evaluate("(e, v) => e.value = v",
+                                                                 form["form_id"])
+    fill(page, "5.00")
+    page.get_by_role("button", name="Pay now").click()
+    error = page.locator("#err-submit")
+    assert "already made. You were charged only once" in error.inner_text()
+    assert "err-submit" in page.get_by_role("button", name="Pay now") \
+        .get_attribute("aria-describedby")
+    receipt_id = stored(env, "PaymentReconciliation", "inv-0002-01")[0]["id"]
+    assert page.get_by_role("link", name="See the receipt").get_attribute("href") \
+        == f"/billing/receipt/{receipt_id}"
     assert env.live.fingerprint() == mark
     check_page(page, "billing-pay-twice")
     # nothing the portal keeps holds card data
