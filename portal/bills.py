@@ -99,7 +99,7 @@ def check_expiry(raw: str, today: date) -> tuple[str | None, Problem | None]:
     """MM/YY (or MMYY), a real month, not before this month; returned as MM/YY."""
     if not raw.strip():
         return None, ("bill.err_expiry_empty", {})
-    if len(raw) > MAX_EXPIRY_CHARS:
+    if len(raw.strip()) > MAX_EXPIRY_CHARS:
         return None, ("bill.err_expiry_format", {})
     match = _EXPIRY.match(raw.strip())
     if match is None:
