@@ -150,9 +150,14 @@ def test_statement_pay_part_then_the_rest_receipt_and_printable(env, portal, pag
     assert page.locator("p.balance").inner_text() == f"Balance due: ${start - 30:,.2f}"
     paid = page.locator('div.bill[data-invoice="inv-0001-03"]')
     assert paid.locator(".bill-status").inner_text() == "Paid"
-    assert paid.locator("tfoot tr").nth(1).locator("td").inner_text() == "$30.00"
+    assert paid.locator("tfoot tr.paid td").inner_text() == "$30.00"
     assert page.locator("table.payments tbody tr").count() == 2
     check_page(page, "billing-statement")
+    page.get_by_role("button", name="Larger text").click()  # and with the larger text
+    page.wait_for_url(f"{portal.url}/home")
+    page.goto(f"{portal.url}/billing/statement/acct-0001")
+    assert page.locator("html.large-text").count() == 1
+    check_page(page, "billing-statement-large")
     page.emulate_media(media="print")  # the printout has no menu, no buttons
     assert not page.locator("header.site").is_visible()
     assert not page.locator("footer.site").is_visible()
