@@ -174,13 +174,32 @@ def pay():
     invoice_id = form.get("invoice", "")
     if not _ID.match(invoice_id):
         return render_template("error.html", message=t("bill.err_unknown")), 404
-    amount_raw = form.get("amount", "")
-    kept = {"amount": amount_raw[:bills.MAX_AMOUNT_CHARS * 2]}  # never the card fields
+    kept = {"amount": form.get("amount", "")[:bills.MAX_AMOUNT_CHARS * 2]}  # no card fields
     fid = form.get("form_id", "")
     if not use_form_id(fid):
         receipt = _receipt_of(fid) if fid else ""
         return _pay_page(invoice_id, {"_submit": t("bill.err_twice_paid") if receipt
                                       else t("bill.err_twice")}, kept, 409, receipt=receipt)
+    paid = _paid_forms()
+    paid[fid] = ""  # being paid: a second submit of this form waits for the receipt
+    rid = None
+    try:
+        rid = _pay(invoice_id, fid, form, kept)
+    finally:
+        if isinstance(rid, str) and rid:
+            paid[fid] = rid
+        else:  # nothing was paid: a second submit is told so at once
+            paid.pop(fid, None)
+    if not isinstance(rid, str):
+        return rid  # the page with what was wrong
+    session["bill_notice"] = "bill.paid"
+    if not rid:  # a server that answers without the receipt: the payments list has it
+        return redirect(url_for("portal.billing"), code=303)
+    return redirect(url_for("portal.receipt", receipt_id=rid), code=303)
+
+
+def _pay(invoice_id: str, fid: str, form, kept: dict[str, str]):
+    """The receipt id of the payment, or the response to show when none was made."""
     opened = _open_bill(invoice_id)
     if opened is None:
         return render_template("error.html", message=t("bill.err_unknown")), 404
@@ -189,7 +208,7 @@ def pay():
         return _pay_page(invoice_id, status=422)
     most = bills.most_payable(found, balance)
     errors: dict[str, str] = {}
-    amount, problem = bills.check_amount(amount_raw, most)
+    amount, problem = bills.check_amount(form.get("amount", ""), most)
     if problem:
         errors["amount"] = _say(problem)
     number, problem = bills.check_card_number(form.get("card_number", ""))
@@ -209,7 +228,6 @@ def pay():
         {"name": "card-expiry", "valueString": expiry},
         {"name": "card-holder", "valueString": holder},
     ]
-    _paid_forms()[fid] = ""
     path = f"Invoice/{invoice_id}/$pay"
     try:
         try:
@@ -217,20 +235,13 @@ def pay():
         except httpx.TimeoutException:  # safe to repeat: the key makes the server charge once
             _, receipt = api().post_operation(path, params, {"Idempotency-Key": fid})
     except GatewayError as exc:
-        _paid_forms().pop(fid, None)
         if exc.status in (403, 404, 410):
             return render_template("error.html", message=t("bill.err_unknown")), 404
         if 400 <= exc.status < 500:
             where, message = _refusal(exc)
             return _pay_page(invoice_id, {where: message}, kept, 422)
         raise
-    except BaseException:
-        _paid_forms().pop(fid, None)
-        raise
-    rid = receipt.get("id", "")
-    _paid_forms()[fid] = rid
-    session["bill_notice"] = "bill.paid"
-    return redirect(url_for("portal.receipt", receipt_id=rid), code=303)
+    return receipt.get("id", "")
 
 
 @bp.get("/billing/receipt/<receipt_id>")
