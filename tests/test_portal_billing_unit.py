@@ -263,3 +263,18 @@ def test_billing_pages_need_a_sign_in():
                  "/billing/statement/acct-1"):
         resp = client.get(path)
         assert resp.status_code == 302 and resp.headers["Location"].endswith("/signin")
+
+
+def test_the_pay_page_in_spanish(signed_in_client):
+    client, _ = signed_in_client
+    with client.session_transaction() as sess:
+        sess["lang"] = "es"
+    with respx.mock(assert_all_called=False) as mock:
+        fake_server(mock, lambda request: httpx.Response(500))
+        text = client.get("/billing/pay/inv-a").get_data(as_text=True)
+    assert '<html lang="es"' in text
+    for words in ("Pagar una factura", "Número de tarjeta", "Nombre en la tarjeta",
+                  "Desde $0.01 hasta $63.50", "Pagar ahora"):
+        assert words in text
+    assert 'autocomplete="cc-number"' in text and 'autocomplete="cc-exp"' in text
+    assert 'autocomplete="cc-name"' in text and 'value="63.50"' in text
