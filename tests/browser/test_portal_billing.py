@@ -121,7 +121,7 @@ def test_statement_pay_part_then_the_rest_receipt_and_printable(env, portal, pag
     assert "Your payment was made" in page.locator("p.notice").inner_text()
     assert page.locator("dd.amount").inner_text() == "$10.00"
     assert page.locator("dd.date").inner_text() == receipt["paymentDate"]
-    assert page.locator("dd.card").inner_text() == "Card ending in 1111"
+    assert page.locator("dd.card-used").inner_text() == "Card ending in 1111"
     assert page.locator("dd.ref").inner_text() == receipt["paymentIdentifier"]["value"]
     assert page.locator("p.balance").inner_text() == \
         f"Your balance due is now ${start - 10:,.2f}."
