@@ -194,7 +194,12 @@ BAD = [
 ]
 
 
-def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, page):
+def pay_calls(caplog) -> int:
+    """How many times the portal called `$pay` (its FHIR client logs each call's status)."""
+    return sum(r.getMessage().startswith("fhir op $pay ") for r in caplog.records)
+
+
+def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, page, caplog):
     sign_in(page, portal, "bob")
     page.goto(f"{portal.url}/billing/pay/inv-0002-01")
     good = {"amount": "5.00", "card_number": CARD, "card_expiry": EXPIRY,
@@ -213,6 +218,7 @@ def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, p
         assert box.get_attribute("aria-invalid") == "true"
         assert "err-" + field in box.get_attribute("aria-describedby")
         assert env.live.fingerprint() == mark, (field, value)
+        assert pay_calls(caplog) == 0  # checked in the portal: the server was not asked
         # the card fields come back empty, the amount as typed
         for secret in ("card_number", "card_expiry", "card_holder"):
             assert page.input_value(f"#f-{secret}") == ""
@@ -253,9 +259,11 @@ def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, p
     form = {n: page.locator(f'form.pay-form input[name="{n}"]').get_attribute("value")
             for n in ("csrf_token", "form_id", "invoice")}
     fill(page, "5.00")
+    assert pay_calls(caplog) == 0
     page.get_by_role("button", name="Pay now").click()
     page.wait_for_url(f"{portal.url}/billing/receipt/*")
     assert balance(env, "acct-0002") == start - 5
+    assert pay_calls(caplog) == 1
     mark = env.live.fingerprint()
     resp = page.request.post(f"{portal.url}/billing/pay", form={**form, **good})
     assert resp.status == 409
@@ -278,6 +286,7 @@ def test_bad_input_is_shown_next_to_the_field_and_changes_nothing(env, portal, p
     assert page.get_by_role("link", name="See the receipt").get_attribute("href") \
         == f"/billing/receipt/{receipt_id}"
     assert env.live.fingerprint() == mark
+    assert pay_calls(caplog) == 1  # the resent forms never reached the server
     check_page(page, "billing-pay-twice")
     # nothing the portal keeps holds card data
     no_card_data(repr([e.data for e in portal.store._items.values()]))
