@@ -28,7 +28,6 @@ from portal.forms import MAX_OPEN_FORMS, new_form_id, use_form_id
 
 log = logging.getLogger("portal.billing")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-FIELDS = ("amount", "card_number", "card_expiry", "card_holder")
 #: $pay's OperationOutcome expression -> the form field it is about
 EXPRESSION_FIELD = {"amount": "amount", "card-number": "card_number",
                     "card-expiry": "card_expiry", "card-holder": "card_holder"}
@@ -235,6 +234,7 @@ def _pay(invoice_id: str, fid: str, form, kept: dict[str, str]):
         except httpx.TimeoutException:  # safe to repeat: the key makes the server charge once
             _, receipt = api().post_operation(path, params, {"Idempotency-Key": fid})
     except GatewayError as exc:
+        log.info("payment refused: %s", exc.status)  # the status only, never the form
         if exc.status in (403, 404, 410):
             return render_template("error.html", message=t("bill.err_unknown")), 404
         if 400 <= exc.status < 500:
