@@ -30,6 +30,7 @@ VIEW_MODULES = (
     "portal.inbox",
     "portal.learn",
     "portal.privacy",
+    "portal.trackers",
     "portal.billing",
 )
 

@@ -11,7 +11,7 @@ from portal.messages import LANGUAGES
 
 #: Pages a preference change never goes back to: they act on arrival (the SMART callback and
 #: launch) or are not pages.
-NO_RETURN = {"portal.callback", "portal.launch", "portal.static", "portal.preferences"}
+NO_RETURN = {"portal.callback", "portal.launch", "portal.static", "static", "portal.preferences"}
 
 
 def return_path(back: str) -> str | None:

@@ -334,7 +334,7 @@ class Records:
                                       .group_by(refresh_token.c.family)):
                     signed_in.setdefault(r.family, r.first)
         apps: dict[str, dict] = {}
-        for row, lifetime in [(r, None) for r in refresh] + [(a, 3600.0) for a in access]:
+        for row in [*refresh, *access]:
             app = apps.setdefault(row.client_id, {
                 "client_id": row.client_id, "scope": [], "granted": None, "expires": 0.0,
                 "families": set(), "tokens": 0})
@@ -343,9 +343,8 @@ class Records:
                 if scope not in app["scope"]:
                     app["scope"].append(scope)
             app["families"].add(row.family or f"token-{app['tokens']}")
-            # a token issued offline (no family) was granted about its lifetime before it ends
-            granted = (signed_in.get(row.family) if row.family else None) or (
-                row.expires_at - lifetime if lifetime else None)
+            # a token minted without a sign-in (no family) has no known grant time
+            granted = signed_in.get(row.family) if row.family else None
             if granted is not None and (app["granted"] is None or granted < app["granted"]):
                 app["granted"] = granted
             app["expires"] = max(app["expires"], row.expires_at)
