@@ -31,6 +31,7 @@ VIEW_MODULES = (
     "portal.learn",
     "portal.privacy",
     "portal.trackers",
+    "portal.billing",
 )
 
 

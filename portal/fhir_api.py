@@ -93,11 +93,13 @@ class FhirApi:
         """The resources of a Bundle-returning GET operation, all pages."""
         return self._collect(self.get_operation(path, params), path)
 
-    def post_operation(self, path: str, parameters: list[dict]) -> tuple[int, dict]:
-        """An operation called with POST and a Parameters body: (status, resource)."""
+    def post_operation(self, path: str, parameters: list[dict],
+                       headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        """An operation called with POST and a Parameters body: (status, resource).
+        `headers` adds request headers (e.g. `$pay`'s Idempotency-Key); they are never logged."""
         resp = self._send("POST", path, json={"resourceType": "Parameters",
                                            "parameter": parameters},
-                               headers={"Content-Type": FHIR_JSON})
+                               headers={"Content-Type": FHIR_JSON, **(headers or {})})
         body = self._check(resp, f"op {path.split('/')[-1]}")
         return resp.status_code, body
 
