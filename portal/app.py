@@ -37,7 +37,7 @@ def content_security_policy(settings: PortalSettings) -> str:
 
 def create_portal(settings: PortalSettings) -> Flask:
     """The portal app for one SMART server and one registered client."""
-    from portal import auth, pages, preferences, prescriptions  # noqa: F401 - register views
+    from portal import appointments, auth, pages, preferences, prescriptions  # noqa: F401
 
     app = Flask(__name__)
     app.config.update(

@@ -8,7 +8,8 @@ from portal.blueprint import bp
 from portal.messages import LANGUAGES
 
 #: Where a preference change may send the browser back to (never an outside URL).
-RETURN_TO = {"home", "record", "prescriptions", "signin_page"}
+RETURN_TO = {"home", "record", "prescriptions", "signin_page", "appointments",
+             "find_time"}
 
 
 @bp.post("/preferences")
