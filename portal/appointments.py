@@ -39,7 +39,8 @@ def _doctors() -> list[dict]:
     and the kinds of visit they offer."""
     found: dict[str, dict] = {}
     for sched in records.only(api().search("Schedule", {"active": "true"}), "Schedule"):
-        who = visits.actor(sched, "Practitioner")
+        who = next((a for a in sched.get("actor") or []
+                    if str(a.get("reference", "")).startswith("Practitioner/")), None)
         if who is None:
             continue
         pid = visits.ref_id(who)
