@@ -208,6 +208,11 @@ def test_find_book_and_every_bad_input(env, portal, page):
     assert page.request.get(f"{portal.url}/appointments/{bobs}/cancel").status == 404
     assert page.request.get(f"{portal.url}/appointments/{bobs}/change").status == 404
     assert env.live.fingerprint() == mark
+    # choices travel in POST bodies: no name, birth date or slot in any URL the browser opened
+    patient = stored(env, "Patient", "pat-0001")
+    for url in page.requested_urls:
+        assert patient["name"][0]["given"][0] not in url and patient["birthDate"] not in url
+        assert first["id"] not in url, url
 
 
 def test_a_time_taken_meanwhile_says_so_and_offers_the_list_again(env, portal, page):
@@ -331,3 +336,8 @@ def test_join_a_video_visit(env, portal, page):
     assert card.get_by_role("link", name="Go back to the video visit").get_attribute(
         "href") == link
     assert card.get_by_role("button", name="Join video visit").count() == 0
+    # the "Larger text" setting comes back to this page, and the page still passes at both sizes
+    page.get_by_role("button", name="Larger text").click()
+    page.wait_for_url(f"{portal.url}/appointments")
+    assert page.locator("html.large-text").count() == 1
+    check_page(page, "appointments-large-text")
