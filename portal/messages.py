@@ -217,7 +217,8 @@ EN: dict[str, str] = {
     "appt.telehealth": "Video visit (telehealth)",
     "appt.start_label": "From (date)",
     "appt.end_label": "To (date, optional)",
-    "appt.date_hint": "Write the date as year-month-day, like {example}.",
+    "appt.date_hint": "Type the day or choose it on the calendar. The first day you can "
+                      "choose is today.",
     "appt.end_hint": "Leave it empty to see {days} days. At most {max} days at a time.",
     "appt.search": "Show free times",
     "appt.results": "Free times",
@@ -494,7 +495,8 @@ ES: dict[str, str] = {
     "appt.telehealth": "Videoconsulta (telesalud)",
     "appt.start_label": "Desde (fecha)",
     "appt.end_label": "Hasta (fecha, opcional)",
-    "appt.date_hint": "Escriba la fecha como año-mes-día, por ejemplo {example}.",
+    "appt.date_hint": "Escriba el día o elíjalo en el calendario. El primer día que puede "
+                      "elegir es hoy.",
     "appt.end_hint": "Déjelo vacío para ver {days} días. Como máximo {max} días a la vez.",
     "appt.search": "Ver horas libres",
     "appt.results": "Horas libres",
