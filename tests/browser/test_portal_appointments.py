@@ -301,6 +301,18 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     assert env.live.fingerprint() == mark
     assert stored(env, "Appointment", soon["id"])["status"] == "booked"
     check_page(page, "appointments-cancel-window")
+    # moving it is refused the same way, after the patient chose the new time: nothing moves
+    spare = add_slot(env, at(later, 16))
+    page.goto(f"{portal.url}/appointments/{soon['id']}/change")
+    page.fill("#start", later.isoformat())
+    page.get_by_role("button", name="Show free times").click()
+    page.check(f'input[name="slot"][value="{spare["id"]}"]')
+    page.get_by_role("button", name="Continue").click()
+    mark = env.live.fingerprint()
+    page.get_by_role("button", name="Move my visit to this time").click()
+    assert "until 24 hours before" in page.locator("#err-page").inner_text()
+    assert env.live.fingerprint() == mark
+    assert stored(env, "Appointment", soon["id"])["slot"] == soon["slot"]
 
 
 def test_join_a_video_visit(env, portal, page):
@@ -341,3 +353,14 @@ def test_join_a_video_visit(env, portal, page):
     page.wait_for_url(f"{portal.url}/appointments")
     assert page.locator("html.large-text").count() == 1
     check_page(page, "appointments-large-text")
+    # and in Spanish, dates and times in Spanish words
+    page.select_option("#lang-select", "es")
+    page.get_by_role("button", name="Change language").click()
+    page.wait_for_url(f"{portal.url}/appointments")
+    assert page.locator("h1").inner_text() == "Citas"
+    later = page.locator(f'li.visit[data-appointment="{future["id"]}"]')
+    day = DAY + timedelta(days=2)
+    weekday = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado",
+               "domingo")[day.weekday()]
+    assert later.locator("h3").inner_text().startswith(f"{weekday} {day.day} de ")
+    assert later.locator("h3").inner_text().endswith("a las 17:00")
