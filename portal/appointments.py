@@ -19,6 +19,7 @@ from portal import records, visits
 from portal.blueprint import api, bp, language, patient_id, signed_in, t
 from portal.fhir_api import GatewayError
 from portal.forms import new_form_id, use_form_id
+from portal.messages import EN
 
 log = logging.getLogger("portal.appointments")
 CRITERIA = ("practitioner", "visit_type", "start", "end")
@@ -89,19 +90,13 @@ def describe(appt: dict, names: dict[str, str], places: dict[str, dict],
     return {
         "id": appt.get("id", ""), "when": visits.when_words(appt.get("start"), lang),
         "who": doctor, "where": where, "telehealth": tele, "status": status,
-        "status_words": t(f"appt.status.{status}") if f"appt.status.{status}" in _STATUSES
+        "status_words": t(f"appt.status.{status}") if f"appt.status.{status}" in EN
         else status,
-        "what": records.text_of((appt.get("serviceType") or [None])[0]),
         "join": join, "join_url": visits.join_link(appt),
         "opens": visits.when_words(visits.opens_at(appt), lang) if join == "later" else "",
         "can_change": status == "booked" and start is not None and start > now,
         "slot": visits.slot_id(appt),
     }
-
-
-_STATUSES = {f"appt.status.{s}" for s in (
-    "proposed", "pending", "booked", "arrived", "fulfilled", "cancelled", "noshow",
-    "entered-in-error", "checked-in", "waitlist", "unknown")}
 
 
 def _mine() -> list[dict]:
@@ -154,8 +149,8 @@ def appointments():
 
 def _find_page(search: visits.Search | None = None, moving: dict | None = None,
                results: list | None = None, error: str | None = None, status: int = 200,
-               slot_error: str | None = None):
-    doctors = _doctors()
+               slot_error: str | None = None, doctors: list[dict] | None = None):
+    doctors = _doctors() if doctors is None else doctors
     raw = search.raw if search else {}
     if not raw and moving is not None:  # changing a visit: start from its doctor and kind
         raw = {"practitioner": visits.ref_id(visits.actor(moving["appt"], "Practitioner")),
@@ -198,15 +193,16 @@ def _moving(form) -> tuple[dict | None, bool]:
 
 def _search(form, moving: dict | None, **page):
     """Check the criteria and list the free times (or show what is wrong with them)."""
-    doctors = {d["id"] for d in _doctors()}
-    search = visits.check_search(form, doctors, _today())
+    doctors = _doctors()
+    search = visits.check_search(form, {d["id"] for d in doctors}, _today())
     if search.errors:
-        return _find_page(search, moving, status=400)
+        return _find_page(search, moving, error=page.get("error"), status=400,
+                          doctors=doctors)
     found = api().bundle_entries("Appointment/$find", search.params(patient_id()))
     current = moving["row"]["slot"] if moving else None  # not "move" a visit onto itself
     results = [a for a in records.only(found, "Appointment")
                if visits.slot_id(a) and visits.slot_id(a) != current]
-    return _find_page(search, moving, results, **page)
+    return _find_page(search, moving, results, doctors=doctors, **page)
 
 
 @bp.get("/appointments/find")

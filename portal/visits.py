@@ -62,8 +62,8 @@ class Search:
     start: date | None = None
     end: date | None = None
     raw: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # field -> (key, values) rendered later
-    values: dict[str, dict] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # field -> catalogue key
+    values: dict[str, dict] = field(default_factory=dict)  # field -> the key's placeholders
 
     def params(self, patient: str) -> dict:
         """The `Appointment/$find` parameters (the end is exclusive: the day after To)."""
