@@ -175,6 +175,8 @@ def _find_page(search: visits.Search | None = None, moving: dict | None = None,
     return render_template(
         "appointments_find.html", doctors=doctors, raw=raw, errors=errors, days=days,
         searched=results is not None, error=error, slot_error=slot_error,
+        more=visits.MAX_TIMES if results is not None and len(results) >= visits.MAX_TIMES
+        else 0,
         moving=moving["row"] if moving else None, today=_today().isoformat(),
         max_days=visits.MAX_RANGE_DAYS, default_days=visits.DEFAULT_RANGE_DAYS), status
 

@@ -225,6 +225,8 @@ EN: dict[str, str] = {
     "appt.results_none": "There are no free times for this choice. Try other dates, another "
                          "doctor or the other kind of visit.",
     "appt.results_hint": "Choose one time, then press Continue.",
+    "appt.results_more": "These are the first {count} free times. To see later ones, choose "
+                         "a later From date.",
     "appt.time_with": "{time} with {who}",
     "appt.kind_video": "video visit",
     "appt.kind_office": "in person",
@@ -503,6 +505,8 @@ ES: dict[str, str] = {
     "appt.results_none": "No hay horas libres para esta elección. Pruebe otras fechas, otro "
                          "médico o el otro tipo de cita.",
     "appt.results_hint": "Elija una hora y luego pulse Continuar.",
+    "appt.results_more": "Estas son las primeras {count} horas libres. Para ver otras más "
+                         "tarde, elija una fecha Desde posterior.",
     "appt.time_with": "{time} con {who}",
     "appt.kind_video": "videoconsulta",
     "appt.kind_office": "en persona",

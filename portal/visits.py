@@ -25,6 +25,8 @@ JOIN_EARLY_MINUTES = 30
 MAX_RANGE_DAYS = 31
 #: With no To date, the search covers this many days from From.
 DEFAULT_RANGE_DAYS = 7
+#: At most this many free times are asked for and listed at once.
+MAX_TIMES = 100
 MAX_REASON = 1000
 VISIT_TYPES = ("in-person", "telehealth")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -68,7 +70,7 @@ class Search:
     def params(self, patient: str) -> dict:
         """The `Appointment/$find` parameters (the end is exclusive: the day after To)."""
         out = {"visit-type": self.visit_type, "start": self.start.isoformat(),
-               "end": (self.end + timedelta(days=1)).isoformat(), "_count": "100",
+               "end": (self.end + timedelta(days=1)).isoformat(), "_count": str(MAX_TIMES),
                "patient": f"Patient/{patient}"}
         if self.practitioner:
             out["practitioner"] = self.practitioner

@@ -233,6 +233,19 @@ def test_a_time_taken_meanwhile_says_so_and_offers_the_list_again(env, portal, p
     assert env.live.fingerprint() == mark and appointments_on(env, wanted["id"]) == []
     check_page(page, "appointments-taken")
 
+    # a busy doctor: the first 100 free times are listed, and the page says there are more
+    far = DAY + timedelta(days=20)
+    many = [{"resourceType": "Slot", "id": f"many-{i:03d}", "serviceType": [IN_PERSON],
+             "schedule": {"reference": "Schedule/sched-02"}, "status": "free",
+             "start": sched.instant(at(far, 8) + timedelta(minutes=5 * i)),
+             "end": sched.instant(at(far, 8) + timedelta(minutes=5 * i + 5))}
+            for i in range(101)]
+    env.live.adapter.load(many)
+    page.goto(f"{portal.url}/appointments/find")
+    search(page, far.isoformat(), doctor="prac-02")
+    assert page.locator('input[name="slot"]').count() == 100
+    assert "first 100 free times" in page.locator("p.more").inner_text()
+
 
 def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     later = DAY + timedelta(days=1)
