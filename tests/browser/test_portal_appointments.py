@@ -292,8 +292,14 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
         assert env.live.fingerprint() == mark
     check_page(page, "appointments-cancel-error")
     page.fill("#reason", "Feeling better")
+    fields = {**hidden_fields(page.locator('form[action="/appointments/cancel"]')),
+              "reason": "Feeling better"}
     page.get_by_role("button", name="Yes, cancel this visit").click()
     page.wait_for_url(f"{portal.url}/appointments")
+    mark = env.live.fingerprint()  # the same form again changes nothing
+    resp = page.request.post(f"{portal.url}/appointments/cancel", form=fields)
+    assert resp.status == 409 and "already sent" in resp.text()
+    assert env.live.fingerprint() == mark
     assert "Your visit was cancelled." in page.locator("div.notice").inner_text()
     cancelled = stored(env, "Appointment", appt["id"])
     assert cancelled["status"] == "cancelled"
@@ -343,8 +349,13 @@ def test_join_a_video_visit(env, portal, page):
     assert "Video visit" in card.locator(".where").inner_text()
     check_page(page, "appointments-video")
 
+    fields = hidden_fields(card.locator("form"))
     card.get_by_role("button", name="Join video visit").click()
     assert page.locator("h1").inner_text() == "Your video visit has started"
+    mark = env.live.fingerprint()  # the same form again changes nothing
+    resp = page.request.post(f"{portal.url}/appointments/join", form=fields)
+    assert resp.status == 409 and "already sent" in resp.text()
+    assert env.live.fingerprint() == mark
     arrived = stored(env, "Appointment", visit["id"])
     assert arrived["status"] == "arrived"
     (encounter,) = [r for r in env.live.adapter.iter_all() if r["resourceType"] == "Encounter"
