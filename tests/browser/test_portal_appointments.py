@@ -74,13 +74,19 @@ def hidden_fields(form) -> dict:
             for el in form.locator('input[type="hidden"]').all()}
 
 
+def submit(page, button: str) -> None:
+    """Press a form's button and wait for the page it loads (never read the old page)."""
+    with page.expect_navigation():
+        page.get_by_role("button", name=button).click()
+
+
 def search(page, start: str, end: str = "", doctor: str = "prac-01",
            kind: str = "in-person") -> None:
     page.select_option("#practitioner", doctor)
     page.check(f'input[name="visit_type"][value="{kind}"]')
     page.fill("#start", start)
     page.fill("#end", end)
-    page.get_by_role("button", name="Show free times").click()
+    submit(page, "Show free times")
 
 
 def test_find_book_and_every_bad_input(env, portal, page):
@@ -147,12 +153,12 @@ def test_find_book_and_every_bad_input(env, portal, page):
     check_page(page, "appointments-times")
 
     mark = env.live.fingerprint()
-    page.get_by_role("button", name="Continue").click()
+    submit(page, "Continue")
     assert "Choose a time from the list" in page.locator("#err-slot").inner_text()
     assert env.live.fingerprint() == mark
 
     page.check(f'input[name="slot"][value="{first["id"]}"]')
-    page.get_by_role("button", name="Continue").click()
+    submit(page, "Continue")
     assert page.locator("h1").inner_text() == "Check your visit"
     held = stored(env, "Slot", first["id"])  # $hold keeps it while the patient confirms
     assert held["status"] == "busy-tentative"
@@ -162,7 +168,7 @@ def test_find_book_and_every_bad_input(env, portal, page):
 
     form = page.locator('form[action="/appointments/book"]')
     fields = hidden_fields(form)
-    page.get_by_role("button", name="Book this visit").click()
+    submit(page, "Book this visit")
     page.wait_for_url(f"{portal.url}/appointments")
     (booked,) = appointments_on(env, first["id"])
     assert booked["status"] == "booked" and booked["start"] == first["start"]
@@ -221,12 +227,12 @@ def test_a_time_taken_meanwhile_says_so_and_offers_the_list_again(env, portal, p
     page.goto(f"{portal.url}/appointments/find")
     search(page, DAY.isoformat(), DAY.isoformat())
     page.check(f'input[name="slot"][value="{wanted["id"]}"]')
-    page.get_by_role("button", name="Continue").click()
+    submit(page, "Continue")
     assert page.locator("h1").inner_text() == "Check your visit"
     # meanwhile the clinic's front desk gives the time to someone on the phone
     env.live.adapter.load([sched.booked_slot(stored(env, "Slot", wanted["id"]))])
     mark = env.live.fingerprint()
-    page.get_by_role("button", name="Book this visit").click()
+    submit(page, "Book this visit")
     assert "someone else just took that time" in page.locator("#err-page").inner_text()
     offered = [el.get_attribute("value") for el in page.locator('input[name="slot"]').all()]
     assert other["id"] in offered and wanted["id"] not in offered
@@ -261,15 +267,15 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     assert words(at(later, 14)) in page.locator("p.moving").inner_text()
     check_page(page, "appointments-change")
     page.fill("#start", later.isoformat())
-    page.get_by_role("button", name="Show free times").click()
+    submit(page, "Show free times")
     offered = [el.get_attribute("value") for el in page.locator('input[name="slot"]').all()]
     assert new["id"] in offered and old["id"] not in offered  # not "moved" onto itself
     page.check(f'input[name="slot"][value="{new["id"]}"]')
-    page.get_by_role("button", name="Continue").click()
+    submit(page, "Continue")
     assert words(at(later, 14)) in page.locator(".old .when").inner_text()
     assert words(at(later, 15)) in page.locator(".chosen .when").inner_text()
     check_page(page, "appointments-confirm-move")
-    page.get_by_role("button", name="Move my visit to this time").click()
+    submit(page, "Move my visit to this time")
     page.wait_for_url(f"{portal.url}/appointments")
     assert "moved to the new time" in page.locator("div.notice").inner_text()
     moved = stored(env, "Appointment", appt["id"])  # the same appointment, one atomic move
@@ -285,7 +291,7 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     for reason, text in (("   ", "only spaces"), ("x" * 1001, "too long: 1001 characters")):
         mark = env.live.fingerprint()
         page.fill("#reason", reason)
-        page.get_by_role("button", name="Yes, cancel this visit").click()
+        submit(page, "Yes, cancel this visit")
         assert text in page.locator("#err-reason").inner_text()
         assert page.locator("#reason").get_attribute("aria-invalid") == "true"
         assert "err-reason" in page.locator("#reason").get_attribute("aria-describedby")
@@ -294,7 +300,7 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     page.fill("#reason", "Feeling better")
     fields = {**hidden_fields(page.locator('form[action="/appointments/cancel"]')),
               "reason": "Feeling better"}
-    page.get_by_role("button", name="Yes, cancel this visit").click()
+    submit(page, "Yes, cancel this visit")
     page.wait_for_url(f"{portal.url}/appointments")
     mark = env.live.fingerprint()  # the same form again changes nothing
     resp = page.request.post(f"{portal.url}/appointments/cancel", form=fields)
@@ -313,7 +319,7 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     soon = book_by_api(env, token, add_slot(env, NOW + timedelta(hours=3)))
     page.goto(f"{portal.url}/appointments/{soon['id']}/cancel")
     mark = env.live.fingerprint()
-    page.get_by_role("button", name="Yes, cancel this visit").click()
+    submit(page, "Yes, cancel this visit")
     error = page.locator("#err-page").inner_text()
     assert "until 24 hours before" in error and "(217) 555-0100" in error
     assert page.locator("#reason").count() == 0  # the form goes away
@@ -324,11 +330,11 @@ def test_change_the_time_then_cancel_and_the_clinics_window(env, portal, page):
     spare = add_slot(env, at(later, 16))
     page.goto(f"{portal.url}/appointments/{soon['id']}/change")
     page.fill("#start", later.isoformat())
-    page.get_by_role("button", name="Show free times").click()
+    submit(page, "Show free times")
     page.check(f'input[name="slot"][value="{spare["id"]}"]')
-    page.get_by_role("button", name="Continue").click()
+    submit(page, "Continue")
     mark = env.live.fingerprint()
-    page.get_by_role("button", name="Move my visit to this time").click()
+    submit(page, "Move my visit to this time")
     assert "until 24 hours before" in page.locator("#err-page").inner_text()
     assert env.live.fingerprint() == mark
     assert stored(env, "Appointment", soon["id"])["slot"] == soon["slot"]
@@ -350,7 +356,8 @@ def test_join_a_video_visit(env, portal, page):
     check_page(page, "appointments-video")
 
     fields = hidden_fields(card.locator("form"))
-    card.get_by_role("button", name="Join video visit").click()
+    with page.expect_navigation():
+        card.get_by_role("button", name="Join video visit").click()
     assert page.locator("h1").inner_text() == "Your video visit has started"
     mark = env.live.fingerprint()  # the same form again changes nothing
     resp = page.request.post(f"{portal.url}/appointments/join", form=fields)
@@ -373,13 +380,13 @@ def test_join_a_video_visit(env, portal, page):
         "href") == link
     assert card.get_by_role("button", name="Join video visit").count() == 0
     # the "Larger text" setting comes back to this page, and the page still passes at both sizes
-    page.get_by_role("button", name="Larger text").click()
+    submit(page, "Larger text")
     page.wait_for_url(f"{portal.url}/appointments")
     assert page.locator("html.large-text").count() == 1
     check_page(page, "appointments-large-text")
     # and in Spanish, dates and times in Spanish words
     page.select_option("#lang-select", "es")
-    page.get_by_role("button", name="Change language").click()
+    submit(page, "Change language")
     page.wait_for_url(f"{portal.url}/appointments")
     assert page.locator("h1").inner_text() == "Citas"
     later = page.locator(f'li.visit[data-appointment="{future["id"]}"]')
