@@ -229,6 +229,12 @@ def test_a_time_taken_meanwhile_says_so_and_offers_the_list_again(env, portal, p
     page.check(f'input[name="slot"][value="{wanted["id"]}"]')
     submit(page, "Continue")
     assert page.locator("h1").inner_text() == "Check your visit"
+    # back to the list: the time this patient holds is still offered to her, and kept held
+    submit(page, "Choose another time")
+    assert page.locator("#start").input_value() == DAY.isoformat()
+    page.check(f'input[name="slot"][value="{wanted["id"]}"]')
+    submit(page, "Continue")
+    assert stored(env, "Slot", wanted["id"])["status"] == "busy-tentative"
     # meanwhile the clinic's front desk gives the time to someone on the phone
     env.live.adapter.load([sched.booked_slot(stored(env, "Slot", wanted["id"]))])
     mark = env.live.fingerprint()
