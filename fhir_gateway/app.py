@@ -151,6 +151,7 @@ def _init_smart(app: Flask, gateway: Gateway, engine: Engine) -> None:
     smart.init_app(app)
     gateway.smart = smart
     gateway.service.security = oauth_uris_extension(smart.endpoints)
+    gateway.service.smart, gateway.service.audit = smart, gateway.audit
     app.extensions["smart"] = smart
     app.register_blueprint(authorize_bp, url_prefix="/auth")
     app.register_blueprint(endpoints_bp, url_prefix="/auth")

@@ -46,6 +46,8 @@ class FhirService:
         self.payment_provider: PaymentProvider = OfflinePaymentProvider()
         self.outbox: Outbox | None = None  # set when the EHR is remote (fhir_rest)
         self.ledger = None  # fhir_gateway.ledger.Ledger, likewise
+        self.smart = None  # smart_launch.server.SmartServer, set with SMART ($apps...)
+        self.audit = None  # fhir_gateway.audit.AuditLog, likewise (an app's last use)
         self.operations = Registry()
         for spec in builtin_operations():
             self.operations.add(spec)

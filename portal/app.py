@@ -6,6 +6,7 @@ works against any SMART server that offers the same operations.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from urllib.parse import urlsplit
 
@@ -20,6 +21,18 @@ from portal.sessions import SessionStore
 from portal.settings import PortalSettings
 
 log = logging.getLogger("portal")
+#: The modules that hold the portal's pages, one per part of the site.
+VIEW_MODULES = (
+    "portal.auth",
+    "portal.pages",
+    "portal.preferences",
+    "portal.prescriptions",
+    "portal.inbox",
+    "portal.learn",
+    "portal.privacy",
+    "portal.trackers",
+    "portal.appointments",
+)
 
 
 def _origin(url: str) -> str:
@@ -37,7 +50,8 @@ def content_security_policy(settings: PortalSettings) -> str:
 
 def create_portal(settings: PortalSettings) -> Flask:
     """The portal app for one SMART server and one registered client."""
-    from portal import appointments, auth, pages, preferences, prescriptions  # noqa: F401
+    for name in VIEW_MODULES:  # each registers its views on the blueprint
+        importlib.import_module(name)
 
     app = Flask(__name__)
     app.config.update(
@@ -49,7 +63,8 @@ def create_portal(settings: PortalSettings) -> Flask:
         PERMANENT_SESSION_LIFETIME=settings.absolute_timeout,
         WTF_CSRF_TIME_LIMIT=settings.absolute_timeout,
         WTF_CSRF_SSL_STRICT=settings.cookies_secure,
-        MAX_CONTENT_LENGTH=64 * 1024,
+        # forms are small; a message may carry one attachment (plus its form fields)
+        MAX_CONTENT_LENGTH=64 * 1024 + settings.max_attachment_bytes,
     )
     app.extensions["portal"] = PortalState(
         settings, SessionStore(settings.idle_timeout, settings.absolute_timeout))

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from flask import redirect, request, session, url_for
+from flask import current_app, redirect, request, session, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from portal.blueprint import bp
 from portal.messages import LANGUAGES
 
-#: Where a preference change may send the browser back to (never an outside URL).
-RETURN_TO = {"home", "record", "prescriptions", "signin_page", "appointments",
-             "find_time"}
+#: Pages a preference change never goes back to: they act on arrival (the SMART callback and
+#: launch) or are not pages.
+NO_RETURN = {"portal.callback", "portal.launch", "portal.static", "static", "portal.preferences"}
+
+
+def return_path(back: str) -> str | None:
+    """`back` when it is a page of this portal to show again (a local path that a GET view
+    answers), else None: never an outside URL."""
+    if not back.startswith("/") or back.startswith(("//", "/\\")) or "?" in back:
+        return None
+    try:
+        endpoint, _ = current_app.url_map.bind("localhost").match(back, method="GET")
+    except (HTTPException, RequestRedirect):
+        return None
+    return back if endpoint not in NO_RETURN else None
 
 
 @bp.post("/preferences")
@@ -20,5 +34,4 @@ def preferences():
     lang = request.form.get("lang")
     if lang in LANGUAGES:
         session["lang"] = lang
-    back = request.form.get("back", "")
-    return redirect(url_for(f"portal.{back if back in RETURN_TO else 'index'}"))
+    return redirect(return_path(request.form.get("back", "")) or url_for("portal.index"))

@@ -23,6 +23,11 @@ class PortalSettings:
     idle_timeout: int = 15 * 60
     absolute_timeout: int = 12 * 60 * 60
     secure_cookies: bool | None = None  # None: Secure exactly when redirect_uri is https
+    # The server's rules for message attachments (the gateway's `[portal] attachment_types`
+    # and `max_attachment_bytes`; its defaults), checked here before anything is sent.
+    attachment_types: tuple[str, ...] = ("application/pdf", "image/jpeg", "image/png",
+                                         "text/plain")
+    max_attachment_bytes: int = 5 * 1024 * 1024
 
     @property
     def cookies_secure(self) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     insert,
     select,
     update,
@@ -301,6 +302,57 @@ class Records:
                              .values(revoked=True))
         self._revoked()
         return n
+
+    def live_grants(self, patient: str) -> list[dict]:
+        """Every client holding a live grant for one patient: an unexpired, unrevoked refresh
+        token (the family's newest) or access token. One dict per client: `client_id`,
+        `scope` (the scopes of its live tokens, in order of first appearance), `granted`
+        (the earliest sign-in among its live grants, epoch seconds), `expires` (when the last
+        of them ends), `families` and `tokens` (how many live grants and tokens). Nothing
+        secret: no token values, no digests."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            refresh = conn.execute(select(
+                refresh_token.c.client_id, refresh_token.c.family, refresh_token.c.scope,
+                refresh_token.c.expires_at).where(
+                refresh_token.c.patient == patient, refresh_token.c.revoked.is_(False),
+                refresh_token.c.rotated.is_(False), refresh_token.c.expires_at > now)).all()
+            access = conn.execute(select(
+                issued_token.c.client_id, issued_token.c.family, issued_token.c.scope,
+                issued_token.c.expires_at).where(
+                issued_token.c.patient == patient, issued_token.c.revoked.is_(False),
+                issued_token.c.expires_at > now)).all()
+            families = {r.family for r in refresh} | {a.family for a in access if a.family}
+            signed_in: dict[str, float] = {}
+            if families:
+                signed_in = {r.family: r.auth_time for r in conn.execute(select(
+                    auth_code.c.family, auth_code.c.auth_time).where(
+                    auth_code.c.family.in_(families)))}
+                for r in conn.execute(select(refresh_token.c.family,
+                                             func.min(refresh_token.c.issued_at).label("first"))
+                                      .where(refresh_token.c.family.in_(families))
+                                      .group_by(refresh_token.c.family)):
+                    signed_in.setdefault(r.family, r.first)
+        apps: dict[str, dict] = {}
+        for row in [*refresh, *access]:
+            app = apps.setdefault(row.client_id, {
+                "client_id": row.client_id, "scope": [], "granted": None, "expires": 0.0,
+                "families": set(), "tokens": 0})
+            app["tokens"] += 1
+            for scope in row.scope.split():
+                if scope not in app["scope"]:
+                    app["scope"].append(scope)
+            app["families"].add(row.family or f"token-{app['tokens']}")
+            # a token minted without a sign-in (no family) has no known grant time
+            granted = signed_in.get(row.family) if row.family else None
+            if granted is not None and (app["granted"] is None or granted < app["granted"]):
+                app["granted"] = granted
+            app["expires"] = max(app["expires"], row.expires_at)
+        out = []
+        for app in sorted(apps.values(), key=lambda a: a["client_id"]):
+            out.append({**app, "scope": " ".join(app["scope"]),
+                        "families": len(app["families"])})
+        return out
 
     # -- launch contexts --------------------------------------------------------------------
 

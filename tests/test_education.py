@@ -116,6 +116,18 @@ def test_code_systems_by_oid_and_uri():
     assert code_system("") is None
 
 
+def test_each_topic_says_what_it_is_about_in_catalogue_order():
+    """Conditions, then medicines, then test results: the category follows the sections (a
+    condition topic also found by a result code, like obesity by BMI, stays a condition)."""
+    kinds = [as_document_reference(t, "http://gw.example/fhir", None)["category"][0]
+             for t in TOPICS]
+    codes = [k["coding"][0]["code"] for k in kinds]
+    assert codes == sorted(codes, key=["Condition", "Medication", "Observation"].index)
+    assert set(codes) == {"Condition", "Medication", "Observation"}
+    assert codes[[t.id for t in TOPICS].index("obesity")] == "Condition"
+    assert {k["text"] for k in kinds} == {"A health problem", "A medicine", "A test result"}
+
+
 def test_every_topic_builds_a_valid_document_reference():
     for t in TOPICS:
         for pid in (None, "pat-0001"):
@@ -131,6 +143,11 @@ def test_every_topic_builds_a_valid_document_reference():
             text = base64.b64decode(attachment["data"]).decode("utf-8")
             assert t.text in text and attachment["size"] == len(text.encode())
             assert ("subject" in doc) == (pid is not None)
+            (about,) = doc["category"]
+            kind = about["coding"][0]
+            assert kind["system"] == "http://hl7.org/fhir/resource-types"
+            assert kind["code"] == {SNOMED: "Condition", ICD10CM: "Condition",
+                                    RXNORM: "Medication", LOINC: "Observation"}[t.codes[0][0]]
             if pid:
                 assert doc["subject"] == {"reference": "Patient/pat-0001"}
 

@@ -102,11 +102,30 @@ def test_language_and_large_text_preferences():
     client = create_portal(settings()).test_client()
     page = client.get("/signin").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    client.post("/preferences", data={"csrf_token": token, "lang": "es", "back": "signin_page"})
-    client.post("/preferences", data={"csrf_token": token, "large": "on",
-                                      "back": "https://evil.example/"})
+    assert 'name="back" value="/signin"' in page  # the form says which page it was on
+    resp = client.post("/preferences", data={"csrf_token": token, "lang": "es",
+                                             "back": "/signin"})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/signin"
+    resp = client.post("/preferences", data={"csrf_token": token, "large": "on",
+                                             "back": "https://evil.example/"})
+    assert resp.headers["Location"] == "/"  # never an outside URL
     page = client.get("/signin").text
     assert '<html lang="es" class="large-text">' in page and "Iniciar sesión" in page
+
+
+@pytest.mark.parametrize("back, to", [
+    ("/trackers/weight", "/trackers/weight"),  # a page with an id in its path
+    ("/privacy", "/privacy"),
+    ("//evil.example/x", "/"), ("/\\evil.example", "/"), ("https://evil.example/", "/"),
+    ("evil.example", "/"), ("", "/"), ("/callback", "/"),  # acts on arrival: not again
+    ("/launch", "/"), ("/signout", "/"),  # POST only
+    ("/no-such-page", "/"), ("/static/portal.css", "/"),
+])
+def test_a_preference_change_goes_back_only_to_a_page_of_the_portal(back, to):
+    client = create_portal(settings()).test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/signin").text).group(1)
+    resp = client.post("/preferences", data={"csrf_token": token, "large": "on", "back": back})
+    assert resp.status_code == 302 and resp.headers["Location"] == to
 
 
 def test_sessions_expire_after_idle_and_absolute_time():

@@ -73,3 +73,26 @@ def test_audit_chain_verifies_after_traffic(smart_env):
     audit = smart_env.live.app.extensions["fhir_gateway"].audit
     result = audit.verify()
     assert result.ok and result.entries > 5
+
+
+def test_app_agents_carry_the_apps_registered_name(smart_env, tokens):
+    """So "which app" reads as the app's name, even after its access was removed."""
+    smart_env.smart.clients.add("named-app", "public", redirect_uris=["http://127.0.0.1:9/n"],
+                                name="Named App")
+    smart_env.smart.clients.add("nameless-app", "public",
+                                redirect_uris=["http://127.0.0.1:9/m"])
+    for client_id in ("named-app", "nameless-app"):
+        token = smart_env.smart.mint(smart_env.smart.clients.get(client_id),
+                                     "patient/*.rs", patient="pat-0001")
+        with smart_env.fhir(token) as app:
+            assert app.get("Patient/pat-0001").status_code == 200
+    with smart_env.fhir(tokens["ann"]) as ann:
+        log = ann.get("Patient/pat-0001/$access-log", params={"_count": "10"}).json()
+    apps = {}
+    for entry in log["entry"]:
+        for agent in entry["resource"]["agent"]:
+            ident = agent["who"].get("identifier")
+            if ident:
+                apps[ident["value"]] = agent["who"].get("display")
+    assert apps["named-app"] == "Named App"
+    assert apps["nameless-app"] is None

@@ -28,10 +28,32 @@ def _page(entries: list[dict], path: str, params: list[tuple[str, str]], count: 
                                                                str(entries[-1]["seq"]))]
         bundle["link"].append({"relation": "next", "url": page_url(base, path, nxt)})
     events = [audit.as_audit_event(row, base) for row in entries]
+    _name_apps(events)
     if events:
         bundle["entry"] = [{"fullUrl": f"{base}/AuditEvent/{e['id']}", "resource": e,
                             "search": {"mode": "match"}} for e in events]
     return bundle
+
+
+def _name_apps(events: list[dict]) -> None:
+    """Give each app agent its registered name (`who.display`), so a reader of the log sees
+    which app it was even after the app's access was removed."""
+    smart = current_app.extensions.get("smart")
+    if smart is None:
+        return
+    names: dict[str, str] = {}
+    for event in events:
+        for agent in event.get("agent") or []:
+            who = agent.get("who") or {}
+            client_id = (who.get("identifier") or {}).get("value")
+            if not client_id:
+                continue
+            if client_id not in names:
+                client = smart.clients.get(client_id)
+                name = client.name if client is not None else ""
+                names[client_id] = name if name != client_id else ""
+            if names[client_id]:
+                who["display"] = names[client_id]
 
 
 def _paging() -> tuple[int, int | None]:

@@ -7,7 +7,7 @@ import importlib
 from fhir_gateway.operations.registry import OperationSpec
 
 MODULES = ("everything", "summary", "trackers", "scheduling", "refills", "messaging",
-           "billing", "education")
+           "billing", "education", "apps")
 
 
 def builtin_operations() -> list[OperationSpec]:

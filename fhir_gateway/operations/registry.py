@@ -17,6 +17,17 @@ class ParamSpec:
     max: str = "1"
     use: str = "in"
     documentation: str = ""
+    part: tuple[ParamSpec, ...] = ()  # a parameter made of parts has no type of its own
+
+    def definition(self) -> dict:
+        out: dict = {"name": self.name, "use": self.use, "min": self.min, "max": self.max}
+        if not self.part:
+            out["type"] = self.type
+        if self.documentation:
+            out["documentation"] = self.documentation
+        if self.part:
+            out["part"] = [p.definition() for p in self.part]
+        return out
 
 
 INTERACTION_OF = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search-type"}
@@ -92,11 +103,7 @@ class OperationSpec:
             "system": False,
             "type": self.type_level,
             "instance": self.instance,
-            "parameter": [
-                {"name": p.name, "use": p.use, "min": p.min, "max": p.max, "type": p.type,
-                 **({"documentation": p.documentation} if p.documentation else {})}
-                for p in self.parameters
-            ],
+            "parameter": [p.definition() for p in self.parameters],
         }
 
     @property

@@ -21,6 +21,15 @@ from dataclasses import dataclass
 from mappings.terminology import ICD10CM, LOINC, RXNORM, SNOMED
 
 EDUCATION_NOTE = {"system": LOINC, "code": "34895-3", "display": "Education note"}
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+# What a topic is about, by the code system of its codes: DocumentReference.category names the
+# kind of record it explains (FHIR resource type codes), so an app can group the handouts.
+ABOUT: dict[str, tuple[str, str]] = {
+    SNOMED: ("Condition", "A health problem"),
+    ICD10CM: ("Condition", "A health problem"),
+    RXNORM: ("Medication", "A medicine"),
+    LOINC: ("Observation", "A test result"),
+}
 
 # Infobutton (HL7 context-aware knowledge retrieval) names code systems by OID.
 CODE_SYSTEMS: dict[str, str] = {
@@ -77,6 +86,12 @@ def topic_by_id(topic_id: str) -> Topic | None:
     return _BY_ID.get(topic_id)
 
 
+def about(topic: Topic) -> dict:
+    """DocumentReference.category of a topic: the kind of record it explains."""
+    code, text = ABOUT[topic.codes[0][0]]
+    return {"coding": [{"system": RESOURCE_TYPES, "code": code, "display": code}], "text": text}
+
+
 def as_document_reference(topic: Topic, base: str, patient_id: str | None) -> dict:
     """An R4 DocumentReference carrying the topic as a plain-text attachment (not stored).
 
@@ -90,6 +105,7 @@ def as_document_reference(topic: Topic, base: str, patient_id: str | None) -> di
         "status": "current",
         "docStatus": "final",
         "type": {"coding": [dict(EDUCATION_NOTE)], "text": "Patient education"},
+        "category": [about(topic)],
     }
     if patient_id is not None:
         doc["subject"] = {"reference": f"Patient/{patient_id}"}
