@@ -32,6 +32,7 @@ VIEW_MODULES = (
     "portal.privacy",
     "portal.trackers",
     "portal.billing",
+    "portal.appointments",
 )
 
 
