@@ -17,7 +17,7 @@ from flask import abort, redirect, render_template, request, session, url_for
 
 from portal import records, visits
 from portal.blueprint import api, bp, language, patient_id, signed_in, t
-from portal.fhir_api import GatewayError
+from portal.fhir_api import GatewayError, valid_id
 from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
 
@@ -106,14 +106,9 @@ def _mine() -> list[dict]:
 
 def _read_mine(aid: str) -> dict | None:
     """The patient's own Appointment, or None (unknown, or someone else's: it looks missing)."""
-    if not visits.valid_id(aid):
+    appt = api().read_or_none("Appointment", aid)
+    if appt is None:
         return None
-    try:
-        appt = api().read("Appointment", aid)
-    except GatewayError as exc:
-        if exc.status in (403, 404, 410):
-            return None
-        raise
     pat = visits.actor(appt, "Patient")
     return appt if visits.ref_id(pat) == patient_id() else None
 
@@ -244,7 +239,7 @@ def choose_time():
     slot = request.form.get("slot", "")
     if not slot:
         return _search(request.form, moving, slot_error=t("appt.err_choose"), status=400)
-    if not visits.valid_id(slot):
+    if not valid_id(slot):
         return _search(request.form, moving, error=t("appt.err_unknown_slot"), status=400)
     try:
         _, proposed = api().post_operation("Appointment/$hold", [
@@ -291,7 +286,7 @@ def book():
     """Book the confirmed time (`$book`), or move the visit to it (`$reschedule`)."""
     slot = request.form.get("slot", "")
     aid = request.form.get("appointment", "")
-    if not visits.valid_id(slot) or (aid and not visits.valid_id(aid)):
+    if not valid_id(slot) or (aid and not valid_id(aid)):
         return _list_page(t("appt.err_unknown_slot"), 400)
     if not use_form_id(request.form.get("form_id", "")):
         return _list_page(t("appt.err_twice"), 409)

@@ -14,7 +14,7 @@ from portal.records import day, patient_name
 log = logging.getLogger("portal.auth")
 
 
-def _reset_session(**values: str) -> None:
+def reset_session(**values: str) -> None:
     """Empty the cookie session (CSRF token included) but keep the display preferences."""
     prefs = {k: session[k] for k in ("lang", "large") if k in session}
     session.clear()
@@ -101,7 +101,7 @@ def callback():
         entry.data["name"] = ""
     finally:
         api.close()
-    _reset_session(sid=sid)
+    reset_session(sid=sid)
     return redirect(url_for("portal.home"))
 
 
@@ -111,5 +111,5 @@ def signout():
     entry = state().store.drop(session.get("sid"))
     if entry is not None:
         smart.revoke(state().settings, entry.fhir_state)
-    _reset_session(notice="signin.signed_out")
+    reset_session(notice="signin.signed_out")
     return redirect(url_for("portal.signin_page"))

@@ -13,7 +13,6 @@ logged, kept, put in a URL or shown again (only the last four digits, from the r
 from __future__ import annotations
 
 import logging
-import re
 import time
 from datetime import date
 from decimal import Decimal
@@ -23,11 +22,10 @@ from flask import abort, redirect, render_template, request, session, url_for
 
 from portal import bills
 from portal.blueprint import api, bp, current, patient_id, signed_in, t
-from portal.fhir_api import GatewayError
+from portal.fhir_api import HIDDEN, GatewayError, valid_id
 from portal.forms import MAX_OPEN_FORMS, new_form_id, use_form_id
 
 log = logging.getLogger("portal.billing")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 #: $pay's OperationOutcome expression -> the form field it is about
 EXPRESSION_FIELD = {"amount": "amount", "card-number": "card_number",
                     "card-expiry": "card_expiry", "card-holder": "card_holder"}
@@ -75,12 +73,12 @@ def billing():
 def statement(account_id: str):
     """The printable statement of one account (the portal's own page: translated, and the
     same strict CSP as every page; print styles hide the menu)."""
-    if not _ID.match(account_id):
+    if not valid_id(account_id):
         abort(404)
     try:
         (found,) = _statements(account_id)
     except GatewayError as exc:
-        if exc.status in (403, 404, 410):
+        if exc.status in HIDDEN:
             abort(404)
         raise
     return render_template("billing_statement.html", s=found, b=bills,
@@ -96,7 +94,7 @@ def _open_bill(invoice_id: str) -> tuple[bills.Bill, Decimal | None] | None:
         account_id = bills.ref_id(invoice.get("account"), "Account")
         account = api().read("Account", account_id) if account_id else {"id": ""}
     except GatewayError as exc:
-        if exc.status in (403, 404, 410):
+        if exc.status in HIDDEN:
             return None
         raise
     notices, _ = _payments_for([invoice])
@@ -122,7 +120,7 @@ def _pay_page(invoice_id: str, errors: dict[str, str] | None = None,
 @bp.get("/billing/pay/<invoice_id>")
 @signed_in
 def pay_page(invoice_id: str):
-    if not _ID.match(invoice_id):
+    if not valid_id(invoice_id):
         abort(404)
     return _pay_page(invoice_id)
 
@@ -171,7 +169,7 @@ def pay():
     next to its field and the card fields are left empty."""
     form = request.form
     invoice_id = form.get("invoice", "")
-    if not _ID.match(invoice_id):
+    if not valid_id(invoice_id):
         return render_template("error.html", message=t("bill.err_unknown")), 404
     kept = {"amount": form.get("amount", "")[:bills.MAX_AMOUNT_CHARS * 2]}  # no card fields
     fid = form.get("form_id", "")
@@ -235,7 +233,7 @@ def _pay(invoice_id: str, fid: str, form, kept: dict[str, str]):
             _, receipt = api().post_operation(path, params, {"Idempotency-Key": fid})
     except GatewayError as exc:
         log.info("payment refused: %s", exc.status)  # the status only, never the form
-        if exc.status in (403, 404, 410):
+        if exc.status in HIDDEN:
             return render_template("error.html", message=t("bill.err_unknown")), 404
         if 400 <= exc.status < 500:
             where, message = _refusal(exc)
@@ -248,14 +246,14 @@ def _pay(invoice_id: str, fid: str, form, kept: dict[str, str]):
 @signed_in
 def receipt(receipt_id: str):
     """A payment's receipt (the stored PaymentReconciliation) and the balance now."""
-    if not _ID.match(receipt_id):
+    if not valid_id(receipt_id):
         abort(404)
     try:
         found = api().read("PaymentReconciliation", receipt_id)
         paid = bills.payment(found)
         invoice = api().read("Invoice", paid.invoice_id) if paid.invoice_id else {}
     except GatewayError as exc:
-        if exc.status in (403, 404, 410):
+        if exc.status in HIDDEN:
             abort(404)
         raise
     account_id = bills.ref_id(invoice.get("account"), "Account")

@@ -7,6 +7,7 @@ Only resource types, ids and status codes are logged, never content.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import httpx
@@ -14,6 +15,14 @@ import httpx
 log = logging.getLogger("portal.fhir")
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 10
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: What the server answers for a resource this patient may not see: it looks missing.
+HIDDEN = (403, 404, 410)
+
+
+def valid_id(value: str | None) -> bool:
+    """Is `value` a FHIR resource id (the only thing portal URLs carry)?"""
+    return bool(value) and _FHIR_ID.fullmatch(value) is not None
 
 
 class GatewayError(Exception):
@@ -78,6 +87,17 @@ class FhirApi:
     def read(self, rtype: str, rid: str) -> dict:
         """One resource."""
         return self._check(self._send("GET", f"{rtype}/{rid}"), f"read {rtype}")
+
+    def read_or_none(self, rtype: str, rid: str) -> dict | None:
+        """One resource, or None when the id is not one or the patient may not see it."""
+        if not valid_id(rid):
+            return None
+        try:
+            return self.read(rtype, rid)
+        except GatewayError as exc:
+            if exc.status in HIDDEN:
+                return None
+            raise
 
     def search(self, rtype: str, params: dict | list) -> list[dict]:
         """Every match of a search (following `next` links, at most MAX_PAGES pages)."""

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 
 from flask import abort, redirect, render_template, request, send_file, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import threads as th
 from portal.blueprint import api, bp, current, patient_id, signed_in, state, t
-from portal.fhir_api import GatewayError
+from portal.fhir_api import GatewayError, valid_id
 from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
 
 log = logging.getLogger("portal.messages")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FIELDS = ("recipient", "topic", "text", "attachment")
 
 
@@ -92,7 +90,7 @@ def _after_send(status: int, body: dict):
     """To the thread (a 201 names it in partOf); a queued message (202) to the list."""
     tid = th.thread_of(body) if status == 201 else ""
     session["msg_notice"] = "msg.sent" if tid else "msg.queued"
-    if tid and _ID.match(tid):
+    if tid and valid_id(tid):
         return redirect(url_for("portal.thread", tid=tid), code=303)
     return redirect(url_for("portal.messages"), code=303)
 
@@ -152,15 +150,8 @@ def send_new():
 
 def _header(tid: str) -> dict:
     """The thread's header Communication, or 404 (unknown, another patient's, or a message)."""
-    if not _ID.match(tid):
-        abort(404)
-    try:
-        header = api().read("Communication", tid)
-    except GatewayError as exc:
-        if exc.status in (403, 404, 410):
-            abort(404)
-        raise
-    if th.thread_of(header):
+    header = api().read_or_none("Communication", tid)
+    if header is None or th.thread_of(header):
         abort(404)
     return header
 
@@ -231,14 +222,9 @@ def reply(tid: str):
 def attachment(tid: str, mid: str, n: int):
     """One attachment, fetched from the server with the patient's token and served as a
     download of its declared type (a type the portal does not serve as octet-stream)."""
-    if not _ID.match(tid) or not _ID.match(mid):
+    message = api().read_or_none("Communication", mid) if valid_id(tid) else None
+    if message is None:
         abort(404)
-    try:
-        message = api().read("Communication", mid)
-    except GatewayError as exc:
-        if exc.status in (403, 404, 410):
-            abort(404)
-        raise
     payload = message.get("payload") or []
     if th.thread_of(message) != tid or not 0 <= n < len(payload):
         abort(404)

@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from flask import abort, render_template
 
 from portal.blueprint import api, bp, language, patient_id, signed_in
+from portal.fhir_api import valid_id
 
 RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 #: The groups in the order the page shows them: (category code, catalogue key).
@@ -25,7 +26,6 @@ GROUPS = (("Condition", "learn.group.conditions"), ("Medication", "learn.group.m
           ("MedicationRequest", "learn.group.medicines"),
           ("Observation", "learn.group.results"))
 OTHER = "learn.group.other"
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SENTENCE_END = (".", "!", "?", ":", ";", ",")
 
 
@@ -51,7 +51,7 @@ def grouped(docs: list[dict]) -> list[tuple[str, list[Handout]]]:
     """The handouts by group (groups in GROUPS order, then "other"), each in server order."""
     groups: dict[str, list[Handout]] = {}
     for doc in docs:
-        if doc.get("resourceType") != "DocumentReference" or not _ID.match(doc.get("id", "")):
+        if doc.get("resourceType") != "DocumentReference" or not valid_id(doc.get("id", "")):
             continue
         groups.setdefault(about(doc), []).append(Handout(doc["id"], title_of(doc)))
     order = list(dict.fromkeys([key for _, key in GROUPS] + [OTHER]))
@@ -170,7 +170,7 @@ def learn():
 @signed_in
 def handout(doc_id: str):
     """One handout of the patient's own list (another id is not found)."""
-    if not _ID.match(doc_id):
+    if not valid_id(doc_id):
         abort(404)
     doc = next((d for d in _handouts() if d.get("resourceType") == "DocumentReference"
                 and d.get("id") == doc_id), None)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections import Counter
 
 import httpx
 from flask import abort, render_template
 
-from portal import charts, records
-from portal.blueprint import api, bp, current, patient_id, signed_in
+from portal import charts, records, visits
+from portal.blueprint import api, bp, current, language, patient_id, signed_in
 from portal.fhir_api import GatewayError
 
 log = logging.getLogger("portal.pages")
@@ -33,7 +32,7 @@ def _visits() -> list[dict]:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     found = api().search("Appointment", {"patient": patient_id(), "date": f"ge{now}",
                                          "status": "booked", "_sort": "date", "_count": "5"})
-    return [{"when": (a.get("start") or "")[:16].replace("T", " "),
+    return [{"when": visits.when_words(a.get("start"), language()),
              "what": records.text_of((a.get("serviceType") or [None])[0])
              or a.get("description", "")}
             for a in records.only(found, "Appointment")][:5]
@@ -104,7 +103,6 @@ def record():
         meds=meds, labs=labs, repeated=Counter(x.code or x.name for x in labs))
 
 
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 @bp.get("/record/trend/<oid>")
@@ -112,14 +110,9 @@ _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 def trend(oid: str):
     """One test's results over time: a chart drawn here and the same numbers as a table.
     The URL names an opaque Observation id, never the test or the patient."""
-    if not _ID.match(oid):
+    obs = api().read_or_none("Observation", oid)
+    if obs is None:
         abort(404)
-    try:
-        obs = api().read("Observation", oid)
-    except GatewayError as exc:
-        if exc.status in (403, 404, 410):
-            abort(404)
-        raise
     token = records.coding_token(obs.get("code"))
     found = api().search("Observation", {"patient": patient_id(), "code": token,
                                          "_sort": "date", "_count": "200"}) if token else [obs]

@@ -8,19 +8,17 @@ server. Each form carries a one-time `form_id` (`portal.forms`) against double s
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import redirect, render_template, request, session, url_for
 
 from portal import records
 from portal.blueprint import api, bp, signed_in, t
-from portal.fhir_api import GatewayError
+from portal.fhir_api import GatewayError, valid_id
 from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
 
 log = logging.getLogger("portal.prescriptions")
 MAX_NOTE = 1000
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def check_note(raw: str) -> tuple[str | None, str | None]:
@@ -72,7 +70,7 @@ def refill():
     """Ask for a refill of one prescription; errors are shown next to the form's field."""
     rid = request.form.get("prescription", "")
     raw = request.form.get("note", "")
-    if not _ID.match(rid):
+    if not valid_id(rid):
         return _page({"_page": t("rx.err_unknown")}, status=400)
     if not use_form_id(request.form.get("form_id", "")):
         return _page({rid: t("rx.err_twice")}, {rid: raw}, status=409)

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from flask import abort, redirect, render_template, request, session, url_for
 
-from portal.auth import _reset_session
+from portal.auth import reset_session
 from portal.blueprint import api, bp, patient_id, signed_in, state, t
 from portal.fhir_api import GatewayError
 from portal.forms import new_form_id, use_form_id
@@ -263,7 +263,7 @@ def privacy_remove():
     if app["this"]:
         # this website's own tokens are revoked now: the session cannot go on
         state().store.drop(session.get("sid"))
-        _reset_session(notice="privacy.removed_self")
+        reset_session(notice="privacy.removed_self")
         return redirect(url_for("portal.signin_page"), code=303)
     session["privacy_notice"] = app["label"]
     return redirect(url_for("portal.privacy"), code=303)

@@ -30,17 +30,9 @@ MAX_TIMES = 100
 MAX_REASON = 1000
 VISIT_TYPES = ("in-person", "telehealth")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _WINDOW = re.compile(r"until (\d+) hours before")
 _PHONE = re.compile(r"call the clinic at (.+?) to change it")
 
-
-def valid_id(value: str) -> bool:
-    """An opaque FHIR id as the portal accepts it in a form."""
-    return bool(_ID.match(value or ""))
-
-
-# -- dates the patient types --------------------------------------------------------------
 
 def parse_day(raw: str) -> tuple[date | None, str | None]:
     """(the date, None) or (None, catalogue key of what is wrong)."""

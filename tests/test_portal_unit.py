@@ -53,7 +53,7 @@ def test_every_language_has_every_string_with_the_same_placeholders(lang):
 def test_templates_use_only_catalogue_keys():
     keys = set()
     for path in (PORTAL / "templates").glob("*.html"):
-        keys |= set(re.findall(r't\(\s*["\']([a-z_.]+[a-z_])["\']', path.read_text()))
+        keys |= set(re.findall(r'\bt\(\s*["\']([a-z_.]+[a-z_])["\']', path.read_text()))
     assert keys and keys <= set(EN), keys - set(EN)
     assert translate("es", "nav.home") == "Inicio"
     assert translate("xx", "nav.home") == "Home"

@@ -60,3 +60,8 @@ def sign_in(page, portal: LivePortal, username: str, patient: str | None = None)
         page.check(f'input[name="patient"][value="{patient}"]')
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{portal.url}/home")
+
+
+def menu(page, name: str) -> None:
+    """Follow the main menu's link `name` (exactly that link, not a page link that says more)."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True).click()

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from mappings.portal import scheduling as sched
-from tests.browser.support import check_page, sign_in
+from tests.browser.support import check_page, menu, sign_in
 from tests.test_scheduling import IN_PERSON, TELEHEALTH
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -92,7 +92,7 @@ def search(page, start: str, end: str = "", doctor: str = "prac-01",
 def test_find_book_and_every_bad_input(env, portal, page):
     first, second = add_slot(env, at(DAY, 14)), add_slot(env, at(DAY, 14, 30))
     sign_in(page, portal, "ann")
-    page.get_by_role("link", name="Appointments").click()
+    menu(page, "Appointments")
     page.wait_for_url(f"{portal.url}/appointments")
     past = page.locator("ul.past li.visit")
     seeded = [r for r in env.live.adapter.iter_all() if r["resourceType"] == "Appointment"

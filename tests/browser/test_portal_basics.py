@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from tests.browser.support import CLIENT_ID, check_page, sign_in
+from tests.browser.support import CLIENT_ID, check_page, menu, sign_in
 from tests.smart_support import PASSWORD
 
 
@@ -52,7 +52,7 @@ def test_sign_in_home_record_and_preferences(env, portal, page, caplog):
     assert shown == (f"${balance:.2f}" if balance else "You owe nothing.")
     check_page(page, "home")
 
-    page.get_by_role("link", name="My record").click()
+    menu(page, "My record")
     page.wait_for_url(f"{portal.url}/record")
     labs = [r for r in env.live.adapter.iter_all() if r["resourceType"] == "Observation"
             and r["subject"]["reference"] == "Patient/pat-0001"
@@ -113,7 +113,7 @@ def test_sign_in_home_record_and_preferences(env, portal, page, caplog):
 
 def test_refill_bad_input_then_request_then_double_submit(env, portal, page):
     sign_in(page, portal, "bob")
-    page.get_by_role("link", name="Prescriptions").click()
+    menu(page, "Prescriptions")
     page.wait_for_url(f"{portal.url}/prescriptions")
     card = page.locator("li.rx:has(form)").first
     mr = card.get_attribute("data-prescription")

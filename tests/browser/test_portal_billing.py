@@ -19,7 +19,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.browser.support import check_page, sign_in
+from tests.browser.support import check_page, menu, sign_in
 
 CARD = "4111 1111 1111 1111"
 DIGITS = CARD.replace(" ", "")
@@ -68,7 +68,7 @@ def _logs(caplog):
 
 def test_statement_pay_part_then_the_rest_receipt_and_printable(env, portal, page):
     sign_in(page, portal, "ann")
-    page.get_by_role("link", name="Billing").click()
+    menu(page, "Billing")
     page.wait_for_url(f"{portal.url}/billing")
     start = balance(env, "acct-0001")
     account = page.locator('section.account[data-account="acct-0001"]')

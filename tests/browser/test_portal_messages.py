@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 
-from tests.browser.support import check_page, sign_in
+from tests.browser.support import check_page, menu, sign_in
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00"
        b"\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05"
@@ -41,7 +41,7 @@ def test_read_a_thread_reply_and_home_count_agrees(env, portal, page):
     sign_in(page, portal, "ann")
     assert unread_at_gateway(env, "pat-0001") == 1
     assert page.locator("#h-messages + p").inner_text() == "You have 1 unread message."
-    page.get_by_role("link", name="Messages").click()
+    menu(page, "Messages")
     page.wait_for_url(f"{portal.url}/messages")
     headers = [c["id"] for c in comms(env, "pat-0001") if not c.get("partOf")]
     cards = page.locator("li.thread")
@@ -93,9 +93,9 @@ def test_read_a_thread_reply_and_home_count_agrees(env, portal, page):
     assert new["payload"] == [{"contentString": "Thank you.\nSee you on Monday."}]
     assert page.locator("li.message").last.get_attribute("data-message") == new["id"]
 
-    page.get_by_role("link", name="Home").click()
+    menu(page, "Home")
     assert page.locator("#h-messages + p").inner_text() == "You have no unread messages."
-    page.get_by_role("link", name="Messages").click()
+    menu(page, "Messages")
     assert "All read" in page.locator('li.thread[data-thread="comm-0001-01"]').inner_text()
 
 
@@ -287,7 +287,7 @@ def test_learn_groups_the_handouts_and_each_reads_in_the_portal(env, portal, pag
         docs = [e["resource"] for e in
                 fhir.get("Patient/pat-0001/$education").json().get("entry", [])]
     assert docs
-    page.get_by_role("link", name="Learn").click()
+    menu(page, "Learn")
     page.wait_for_url(f"{portal.url}/learn")
     groups = page.locator("section.learn-group")
     expected = [name for code, name in (("Condition", "About your health problems"),

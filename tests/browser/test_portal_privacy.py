@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.browser.support import CLIENT_ID, check_page, sign_in
+from tests.browser.support import CLIENT_ID, check_page, menu, sign_in
 from tests.smart_support import REDIRECT
 
 DIARY = "vitals-diary"
@@ -53,7 +53,7 @@ def test_apps_access_log_and_removing_a_second_app(env, portal, page):
     for _ in range(12):  # the diary reads ann's vital signs (enough for a second log page)
         assert _status(env, diary["access_token"]) == 200
 
-    page.get_by_role("link", name="Privacy").click()
+    menu(page, "Privacy")
     page.wait_for_url(f"{portal.url}/privacy")
     portal_card = page.locator(f'li.app[data-client="{CLIENT_ID}"]')
     diary_card = page.locator(f'li.app[data-client="{DIARY}"]')
@@ -117,7 +117,7 @@ def test_apps_access_log_and_removing_a_second_app(env, portal, page):
     assert [g["client_id"] for g in env.smart.records.live_grants("pat-0001")] == [CLIENT_ID]
     assert _status(env, token, "Patient/pat-0001") == 200
     assert token in portal.tokens()
-    page.get_by_role("link", name="Home").click()
+    menu(page, "Home")
     page.wait_for_url(f"{portal.url}/home")
 
 

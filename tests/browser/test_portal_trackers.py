@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tests.browser.support import check_page, sign_in
+from tests.browser.support import check_page, menu, sign_in
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -39,7 +39,7 @@ def only_new(before: list[dict], after: list[dict]) -> dict:
 
 def test_readings_in_the_patients_units_chart_table_and_summary(env, portal, page):
     sign_in(page, portal, "bob")
-    page.get_by_role("link", name="Health trackers").click()
+    menu(page, "Health trackers")
     page.wait_for_url(f"{portal.url}/trackers")
     assert page.locator("li.tracker-card").count() == 9
     check_page(page, "trackers")
