@@ -3,11 +3,35 @@ colour (points are labelled in the table next to each chart)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT, PAD_X, PAD_Y = 640, 300, 70, 40
+
+
+def when_of(label: str) -> dt.datetime | None:
+    """The moment an ISO date or date-time label names (naive ones taken as UTC), or None."""
+    try:
+        at = dt.datetime.fromisoformat(label)
+    except (TypeError, ValueError):
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def x_positions(labels: list[str]) -> list[float]:
+    """Where each reading sits on the x axis: by its time when every label is an ISO date or
+    date-time (so a gap of months looks like one), else evenly, in order."""
+    count = len(labels)
+    if count == 1:
+        return [WIDTH / 2]
+    times = [when_of(label) for label in labels]
+    if all(times) and times[-1] > times[0]:
+        first, span = times[0], (times[-1] - times[0]).total_seconds()
+        return [PAD_X + (at - first).total_seconds() / span * (WIDTH - 2 * PAD_X)
+                for at in times]
+    return [PAD_X + i * (WIDTH - 2 * PAD_X) / (count - 1) for i in range(count)]
 
 
 def _fmt(value: Decimal) -> str:
@@ -16,7 +40,8 @@ def _fmt(value: Decimal) -> str:
 
 def trend_svg(points: list[tuple[str, Decimal]], title: str, unit: str = "",
               low: Decimal | None = None, high: Decimal | None = None) -> Markup:
-    """A line chart of (date, value) points, oldest first, with the normal range shaded.
+    """A line chart of (date, value) points, oldest first, with the normal range shaded; the
+    points sit at their dates (`x_positions`).
 
     `title` names the chart for screen readers (role=img with a <title>); the same numbers
     are always given as a table beside it."""
@@ -27,10 +52,10 @@ def trend_svg(points: list[tuple[str, Decimal]], title: str, unit: str = "",
     top, bottom = top + span / 10, bottom - span / 10
     span = top - bottom
 
+    xs = x_positions([when for when, _ in points])
+
     def x(i: int) -> float:
-        if len(points) == 1:
-            return WIDTH / 2
-        return PAD_X + i * (WIDTH - 2 * PAD_X) / (len(points) - 1)
+        return xs[i]
 
     def y(v: Decimal) -> float:
         return float(PAD_Y + (top - v) / span * (HEIGHT - 2 * PAD_Y))
@@ -79,7 +104,8 @@ def _marker(shape: str, cx: float, cy: float, r: float, fill: str) -> str:
 def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]], title: str,
                unit: str = "", flagged: list[bool] | None = None) -> Markup:
     """A line chart of one or two series over the same readings (oldest first), e.g. systolic
-    and diastolic blood pressure. `labels[i]` names reading i on the x axis; a series' value may
+    and diastolic blood pressure. `labels[i]` names reading i on the x axis (an ISO date or
+    date-time places it by time, `x_positions`); a series' value may
     be None (that reading has no such number). Flagged readings get a larger red marker. Each
     series has its own dash pattern and marker shape and, when named, a legend entry.
 
@@ -99,10 +125,10 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
     legend = any(name for name, _ in series)
     pad_top = PAD_Y + (26 * len(series) if legend else 0)
 
+    xs = x_positions(labels)
+
     def x(i: int) -> float:
-        if count == 1:
-            return WIDTH / 2
-        return PAD_X + i * (WIDTH - 2 * PAD_X) / (count - 1)
+        return xs[i]
 
     def y(v: Decimal) -> float:
         return float(pad_top + (top - v) / span * (HEIGHT - pad_top - PAD_Y))

@@ -195,6 +195,21 @@ def test_trend_chart_is_plain_svg_with_every_point():
     assert 'fill="#a4000f"' in svg  # the 6.0 is drawn as out of range
 
 
+def test_chart_points_sit_at_their_dates():
+    from portal.charts import PAD_X, WIDTH, x_positions
+
+    right = WIDTH - PAD_X
+    xs = x_positions(["2026-01-01", "2026-01-02", "2026-01-11"])  # 1 day, then 9 days
+    assert xs[0] == PAD_X and xs[2] == right
+    assert abs((xs[1] - xs[0]) * 9 - (xs[2] - xs[1])) < 1e-6
+    times = x_positions(["2026-01-01T08:00:00+00:00", "2026-01-01T10:00:00+02:00",
+                         "2026-01-01T12:00"])  # the first two are the same moment
+    assert times[0] == times[1] == PAD_X and times[2] == right
+    assert x_positions(["a", "b", "c"]) == [PAD_X, (PAD_X + right) / 2, right]  # not dates
+    assert x_positions(["2026-01-01", "2026-01-01"]) == [PAD_X, right]  # no time between
+    assert x_positions(["2026-01-01"]) == [WIDTH / 2]
+
+
 def test_session_store_keeps_at_most_its_limit():
     now = [0.0]
     store = SessionStore(idle=100, absolute=100, clock=lambda: now[0], limit=3)
