@@ -6,8 +6,20 @@ import argparse
 import os
 import secrets
 
+from werkzeug.serving import WSGIRequestHandler
+
 from portal.app import create_portal
 from portal.settings import PortalSettings
+
+
+class PathOnlyRequestLog(WSGIRequestHandler):
+    """The server's one line per request, without the query string: the SMART callback's
+    carries the authorization code and `state`, the EHR launch's its launch id."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = getattr(self, "path", "").split("?", 1)[0]
+        self.log("info", '"%s %s" %s %s', getattr(self, "command", "-"),
+                 path.translate(self._control_char_table), code, size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         secret_key=os.environ.get("PORTAL_SECRET_KEY") or secrets.token_hex(32),
         language=args.language, idle_timeout=args.idle_timeout,
         absolute_timeout=args.absolute_timeout)
-    create_portal(settings).run(host=args.host, port=args.port, threaded=True)
+    create_portal(settings).run(host=args.host, port=args.port, threaded=True,
+                                request_handler=PathOnlyRequestLog)
     return 0
 
 

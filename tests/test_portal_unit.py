@@ -182,6 +182,37 @@ def test_portal_runs_as_its_own_process():
     assert "--fhir-base" in out.stdout
 
 
+def test_the_servers_request_log_leaves_out_query_strings():
+    """`python -m portal` logs each request's path only: the callback's query carries the
+    authorization code."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "portal", "--fhir-base",
+                             "http://127.0.0.1:9/fhir", "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/callback?code=SECRET-CODE&state=S1", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("python -m portal did not answer")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert '"GET /callback" ' in err, err
+    assert "SECRET-CODE" not in err and "S1" not in err
+
+
 def test_trend_chart_is_plain_svg_with_every_point():
     from decimal import Decimal
 
