@@ -102,13 +102,19 @@ def test_bad_calls_are_refused_and_change_nothing(smart_env, grants):
         assert issue["expression"] == [where], (what, issue)
     assert by_get.status_code == 405
     smart.clients.add("audit-admin", "public", redirect_uris=["http://127.0.0.1:9/a"])
-    system = smart.mint(smart.clients.get("audit-admin"), "system/Patient.rs system/Patient.u")
-    with smart_env.fhir(system) as admin:
-        assert admin.get("Patient/pat-0001/$apps").status_code == 403
-        resp = admin.post("Patient/pat-0001/$revoke-app", json={
-            "resourceType": "Parameters",
-            "parameter": [{"name": "client", "valueString": "app-two"}]})
-        assert resp.status_code == 403
+    admin_app = smart.clients.get("audit-admin")
+    # not the patient's own choice: a system token, and tokens that carry this patient's
+    # context but are no patient's sign-in (a system or clinic-user token with a patient)
+    for scope, patient in (("system/Patient.rs system/Patient.u", None),
+                           ("system/Patient.rs system/Patient.u", "pat-0001"),
+                           ("user/Patient.rs user/Patient.u", "pat-0001")):
+        with smart_env.fhir(smart.mint(admin_app, scope, patient=patient)) as admin:
+            assert admin.get("Patient/pat-0001/$apps").status_code == 403, scope
+            resp = admin.post("Patient/pat-0001/$revoke-app", json={
+                "resourceType": "Parameters",
+                "parameter": [{"name": "client", "valueString": "app-two"}]})
+            assert resp.status_code == 403, (scope, patient)
+    smart.records.revoke_client_for_patient("audit-admin", "pat-0001")  # minted just now
     # app-two's token may read Patient but not write it: it can list, not remove
     with smart_env.fhir(grants[("ann", "app-two")]["access_token"]) as two:
         assert two.get("Patient/pat-0001/$apps").status_code == 200

@@ -32,9 +32,13 @@ def _own_patient(ctx: OperationContext, op: str) -> tuple[str, object]:
     if smart is None or who is None:
         raise NotSupported(f"${op} needs the gateway's SMART authorization server (auth is off)",
                            expression=f"Patient.${op}")
-    if not who.patient:
-        raise Forbidden(f"${op} needs the patient's own token (a token with patient context)",
-                        expression="Patient")
+    # A person signed in for this patient (the patient or a proxy: fhirUser a Patient or a
+    # RelatedPerson) through an app holding patient/ scopes only. A clinic user's EHR launch
+    # or a system token also carries a patient context, but it is not the patient's choice.
+    person = (who.fhir_user or "").split("/", 1)[0] in ("Patient", "RelatedPerson")
+    if not who.patient or not person or any(g.context != "patient" for g in who.scopes.grants):
+        raise Forbidden(f"${op} needs the patient's own token: a patient (or proxy) signed in, "
+                        "patient/ scopes only, a patient context", expression="Patient")
     if ctx.request.id != who.patient:
         raise NotFound(f"Patient/{ctx.request.id} is not known", expression="Patient")
     return who.patient, who
