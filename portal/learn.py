@@ -3,19 +3,23 @@
 On the server's `Patient/{id}/$education` (DocumentReferences built from its catalogue, not
 stored): the list groups them by what they are about (`DocumentReference.category`, a FHIR
 resource type code), and each handout is read here, its text/plain (or text/html, reduced to
-its text) attachment turned into headings, paragraphs and lists that the template escapes. The
-URL names the catalogue's opaque topic id, never the patient's condition.
+its text) attachment turned into headings, paragraphs and lists that the template escapes.
+Catalogue ids are readable ("type-2-diabetes"), so the URL carries a key made from the id and
+the session instead (`handout_key`): neither the condition nor a key that works in another
+session ends up in browser history or logs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from flask import abort, render_template
+from flask import abort, current_app, render_template, session
 
 from portal.blueprint import api, bp, language, patient_id, signed_in
 from portal.fhir_api import valid_id
@@ -33,6 +37,18 @@ _SENTENCE_END = (".", "!", "?", ":", ";", ",")
 class Handout:
     id: str
     title: str
+
+    @property
+    def key(self) -> str:
+        return handout_key(self.id)
+
+
+def handout_key(doc_id: str) -> str:
+    """The URL key of a handout in this session: an HMAC of its id under the app's secret and
+    the session id, so it names no condition and is worthless elsewhere."""
+    message = f"{session.get('sid', '')}\0{doc_id}".encode()
+    digest = hmac.new(current_app.config["SECRET_KEY"].encode(), message, hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
 
 
 def about(doc: dict) -> str:
@@ -166,14 +182,16 @@ def learn():
     return render_template("learn.html", groups=grouped(_handouts()))
 
 
-@bp.get("/learn/<doc_id>")
+@bp.get("/learn/<key>")
 @signed_in
-def handout(doc_id: str):
-    """One handout of the patient's own list (another id is not found)."""
-    if not valid_id(doc_id):
+def handout(key: str):
+    """One handout of the patient's own list, by its key in this session (`handout_key`);
+    anything else is not found."""
+    if len(key) > 32:
         abort(404)
     doc = next((d for d in _handouts() if d.get("resourceType") == "DocumentReference"
-                and d.get("id") == doc_id), None)
+                and valid_id(d.get("id")) and hmac.compare_digest(handout_key(d["id"]), key)),
+               None)
     if doc is None:
         abort(404)
     title = title_of(doc)

@@ -244,7 +244,11 @@ def test_learn_says_plainly_when_there_is_nothing(signed_in_client):
 def test_a_handout_is_rendered_escaped(signed_in_client):
     evil = doc("t1", "<b>Title</b>", "Condition", text="<img src=x onerror=alert(1)>")
     client = signed_in_client(FakeServer(education=[evil]))
-    page = client.get("/learn/t1").text
+    listing = client.get("/learn").text
+    (path,) = re.findall(r'href="(/learn/[^"]+)"', listing)
+    assert "t1" not in path  # the URL carries a key, not the catalogue id
+    assert client.get("/learn/t1").status_code == 404
+    page = client.get(path).text
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page
     assert "&lt;b&gt;Title&lt;/b&gt;" in page and "About your health problems" in page
     assert client.get("/learn/no%20such").status_code == 404
@@ -302,3 +306,14 @@ def test_a_refusal_of_the_server_is_shown_next_to_the_field_it_names(signed_in_c
     assert call[2] == [{"name": "topic", "valueString": "Knee"},
                        {"name": "recipient", "valueReference": {"reference": "Practitioner/d1"}},
                        {"name": "text", "valueString": "It hurts\nmore"}]
+
+
+def test_a_handout_link_works_only_in_its_own_session(signed_in_client):
+    topic = doc("type-2-diabetes", "Type 2 diabetes", "Condition", text="Plain words.")
+    first = signed_in_client(FakeServer(education=[topic]))
+    (path,) = re.findall(r'href="(/learn/[^"]+)"', first.get("/learn").text)
+    assert "diabetes" not in path
+    assert first.get(path).status_code == 200
+    other = signed_in_client(FakeServer(education=[topic]))  # another session, same topic
+    assert other.get(path).status_code == 404
+    assert other.get("/learn/" + "x" * 40).status_code == 404
