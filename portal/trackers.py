@@ -13,6 +13,7 @@ value or the patient.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -140,12 +141,17 @@ def show(value: Decimal, unit: Unit) -> str:
     return f"{round_to(value, unit.decimals):f}"
 
 
+#: A number as typed: ASCII digits, one optional sign and decimal point, at most 12 characters
+#: (no reading needs more; a longer one could not even be rounded).
+_NUMBER = re.compile(r"[+-]?(?=.{1,12}$)(\d+\.?\d*|\.\d+)", re.ASCII)
+
+
 def parse_number(raw: str) -> Decimal | None:
     """A finite number from what the patient typed ('72', '72.5', '72,5'), else None."""
     text = raw.strip().replace(" ", "")
     if text.count(",") == 1 and "." not in text:
         text = text.replace(",", ".")
-    if not text or not all(c.isdigit() or c in ".-+" for c in text):
+    if not _NUMBER.fullmatch(text):
         return None
     try:
         value = Decimal(text)

@@ -57,7 +57,8 @@ def test_the_portals_alert_words_cover_the_operations_alert_rules():
 @pytest.mark.parametrize(("raw", "value"), [
     ("72", Decimal(72)), (" 72.5 ", Decimal("72.5")), ("72,5", Decimal("72.5")),
     ("1 000", Decimal(1000)), ("abc", None), ("", None), ("1e5", None), ("NaN", None),
-    ("7.2.1", None), ("--1", None)])
+    ("7.2.1", None), ("--1", None), ("1" + "0" * 40, None), ("4\u00b2", None),
+    ("\u0663", None), ("1234567890123", None), (".5", Decimal("0.5"))])
 def test_numbers_as_patients_type_them(raw, value):
     assert trk.parse_number(raw) == value
 
@@ -126,6 +127,11 @@ def test_check_reading_builds_the_operations_parameters(ctx):
         "value": "70", "unit": "kg", "date": "2026-03-01", "time": "08:30",
         "note": "x" * 1001}, now)
     assert set(errors) == {"note"}
+    # a number too long to round is refused next to its field, not a server error
+    _, errors = trk.check_reading(trk.KINDS["blood-pressure"], {
+        "systolic": "1" + "0" * 40, "diastolic": "80", "date": "2026-03-01", "time": "08:30"},
+        now)
+    assert set(errors) == {"systolic"}
 
 
 def test_stored_readings_are_shown_in_the_patients_unit(ctx):
