@@ -72,7 +72,7 @@ def check_amount(raw: str, most: Decimal) -> tuple[Decimal | None, Problem | Non
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn (mod 10) check digit rule."""
-    if not digits.isdigit():
+    if not re.fullmatch(r"[0-9]+", digits):  # ASCII only: isdigit() takes '²'
         return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -88,7 +88,7 @@ def check_card_number(raw: str) -> tuple[str | None, Problem | None]:
     if len(raw) > MAX_CARD_CHARS:
         return None, ("bill.err_card_long", {})
     digits = re.sub(r"[ -]", "", raw.strip())
-    if not digits.isdigit() or not 12 <= len(digits) <= 19:
+    if not re.fullmatch(r"[0-9]{12,19}", digits):
         return None, ("bill.err_card_format", {})
     if not luhn_valid(digits):
         return None, ("bill.err_card_luhn", {})

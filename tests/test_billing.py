@@ -39,6 +39,7 @@ def _valid(resource: dict) -> None:
 def test_luhn_and_card_number():
     assert billing.luhn_valid("4111111111111111") and billing.luhn_valid("79927398713")
     assert not billing.luhn_valid("4111111111111112") and not billing.luhn_valid("12a4")
+    assert not billing.luhn_valid("411111111111111\u00b2")  # isdigit() says yes, int() fails
     assert billing.parse_card_number("4242-4242-4242-4242") == "4242424242424242"
     for bad in ("4111111111111112", "4111", "4111 1111 1111 111x", 4111111111111111, ""):
         with pytest.raises(BillingError) as err:

@@ -49,6 +49,8 @@ def test_luhn_and_card_number():
                      ("4111", "bill.err_card_format"), ("4111 1111 1111 111x",
                                                         "bill.err_card_format"),
                      ("4111111111111112", "bill.err_card_luhn"),
+                     ("4111 1111 1111 111\u00b2", "bill.err_card_format"),  # was a 500
+                     ("\u0664111111111111111", "bill.err_card_format"),  # Arabic-Indic 4
                      ("4" * 31, "bill.err_card_long")):
         assert err(bills.check_card_number(raw)) == key, raw
 

@@ -86,7 +86,7 @@ class BillingError(ValueError):
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn (mod 10) check of a string of digits."""
-    if not digits.isdigit():
+    if not re.fullmatch(r"[0-9]+", digits):  # ASCII only: isdigit() takes '²'
         return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -103,7 +103,7 @@ def parse_card_number(raw: object) -> str:
     if not isinstance(raw, str):
         raise BillingError("card-number", "The card number must be a string of digits")
     digits = re.sub(r"[ -]", "", raw.strip())
-    if not digits.isdigit() or not 12 <= len(digits) <= 19:
+    if not re.fullmatch(r"[0-9]{12,19}", digits):
         raise BillingError("card-number", "The card number must have 12 to 19 digits")
     if not luhn_valid(digits):
         raise BillingError("card-number", "The card number is not valid (check digit)")
