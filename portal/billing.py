@@ -152,13 +152,13 @@ def _receipt_of(fid: str) -> str:
 
 def _refusal(exc: GatewayError) -> tuple[str, str]:
     """(field or '_form', message) for a refusal of `$pay`, in the patient's words."""
+    if exc.status == 409:  # payments at once on the account: nothing was paid, try again
+        return "_form", t("bill.refused.busy")
     field = EXPRESSION_FIELD.get(exc.expression)
     if field:
         return field, t(f"bill.refused.{field}")
     if exc.expression == "Invoice.status":
         return "_form", t("bill.refused.status")
-    if exc.status == 409:
-        return "_form", t("bill.refused.busy")
     return "_form", t("bill.err_refused", reason=exc.text)
 
 

@@ -224,7 +224,7 @@ def bill(invoice: dict, notices: list[dict]) -> Bill:
     lines = [Line(text_of(item.get("chargeItemCodeableConcept")), when, line_amount(item))
              for item in sorted(invoice.get("lineItem") or [],
                                 key=lambda i: i.get("sequence") or 0)]
-    total = money_of(invoice.get("totalGross") or invoice.get("totalNet"))
+    total = money_of(invoice.get("totalGross"))  # what `$pay` counts (net is before tax)
     paid = paid_on(invoice.get("id", ""), notices)
     status = invoice.get("status") or "unknown"
     left = max(total - paid, Decimal(0)) if status == "issued" else Decimal(0)

@@ -430,6 +430,8 @@ EN: dict[str, str] = {
     "bill.balance": "Balance due: {amount}",
     "bill.balance_now": "Your balance due is now {amount}.",
     "bill.balance_none": "You owe nothing on this account.",
+    "bill.balance_unknown": "We cannot show this account's balance right now. "
+                            "Please ask the clinic.",
     "bill.printable": "Printable statement",
     "bill.bills": "Bills",
     "bill.bills_none": "No bills on this account.",
@@ -1072,6 +1074,8 @@ ES: dict[str, str] = {
     "bill.balance": "Saldo pendiente: {amount}",
     "bill.balance_now": "Su saldo pendiente ahora es {amount}.",
     "bill.balance_none": "No debe nada en esta cuenta.",
+    "bill.balance_unknown": "No podemos mostrar el saldo de esta cuenta ahora. "
+                            "Pregunte en la clínica.",
     "bill.printable": "Estado de cuenta para imprimir",
     "bill.bills": "Facturas",
     "bill.bills_none": "No hay facturas en esta cuenta.",
