@@ -6,6 +6,7 @@ tested on plain dicts.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -43,6 +44,19 @@ def patient_name(patient: dict) -> str:
     if name.get("text"):
         return name["text"]
     return " ".join([*(name.get("given") or []), name.get("family", "")]).strip()
+
+
+def local_time(value: str | None) -> str:
+    """A FHIR dateTime as the pages show a moment: 'YYYY-MM-DD HH:MM' in the portal's time zone
+    (the browser's is unknown without script); one without an offset as written."""
+    raw = value or ""
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        return raw[:16].replace("T", " ")
+    if when.tzinfo is not None:
+        when = when.astimezone()
+    return when.strftime("%Y-%m-%d %H:%M")
 
 
 def day(value: str | None) -> str:

@@ -16,6 +16,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from portal.records import local_time
+
 MAX_TEXT = 10_000
 MAX_TOPIC = 200
 _INACTIVE_TEAMS = frozenset({"inactive", "entered-in-error"})
@@ -66,8 +68,8 @@ def when(value: str | None) -> datetime:
 
 
 def shown_time(value: str | None) -> str:
-    """A dateTime as the pages show it: `2026-06-03 11:10` (the clinic's own clock)."""
-    return (value or "")[:16].replace("T", " ")
+    """When a message was sent, in the portal's time zone (`records.local_time`)."""
+    return local_time(value)
 
 
 def addressed_to(message: dict, who: str) -> bool:

@@ -278,14 +278,7 @@ def alert_keys(obs: dict) -> list[str]:
 
 def when_text(obs: dict) -> str:
     """The effective time as the patient reads it: 'YYYY-MM-DD HH:MM' in the portal's zone."""
-    raw = obs.get("effectiveDateTime") or ""
-    try:
-        when = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        return raw[:16].replace("T", " ")
-    if when.tzinfo is not None:
-        when = when.astimezone()
-    return when.strftime("%Y-%m-%d %H:%M")
+    return records.local_time(obs.get("effectiveDateTime"))
 
 
 def kind_of(obs: dict) -> Kind | None:

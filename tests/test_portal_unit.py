@@ -268,3 +268,14 @@ def test_every_fhir_status_the_pages_show_has_words():
     tasks = {"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
              "in-progress", "on-hold", "failed", "completed", "entered-in-error"}
     assert {f"rx.task_status.{c}" for c in tasks} <= set(EN)
+
+
+def test_moments_are_shown_in_the_portals_time_zone():
+    import datetime as dt
+
+    sent = "2026-06-03T14:42:00+00:00"
+    local = dt.datetime(2026, 6, 3, 14, 42, tzinfo=dt.UTC).astimezone()
+    assert records.local_time(sent) == local.strftime("%Y-%m-%d %H:%M")
+    assert records.local_time("2026-06-03T09:42:00-05:00") == records.local_time(sent)
+    assert records.local_time("2026-06-03T14:42:00") == "2026-06-03 14:42"  # no offset
+    assert records.local_time("2026-06") == "2026-06" and records.local_time(None) == ""

@@ -8,6 +8,7 @@ Content-Disposition, every bad input shown next to its field and proven to chang
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 
 from tests.browser.support import check_page, menu, sign_in
@@ -49,7 +50,10 @@ def test_read_a_thread_reply_and_home_count_agrees(env, portal, page):
     card = page.locator('li.thread[data-thread="comm-0001-01"]')
     text = card.inner_text()
     assert "Preparing for my next visit" in text and "New: 1 unread message" in text
-    assert "With: Dr. Sarah Mitchell" in text and "Last message: 2026-06-03 14:42" in text
+    newest = max(c["sent"] for c in comms(env, "pat-0001")
+                 if c.get("partOf", [{}])[0].get("reference") == "Communication/comm-0001-01")
+    shown = dt.datetime.fromisoformat(newest).astimezone().strftime("%Y-%m-%d %H:%M")
+    assert "With: Dr. Sarah Mitchell" in text and f"Last message: {shown}" in text
     check_page(page, "messages")
 
     card.get_by_role("link", name="Preparing for my next visit").click()
