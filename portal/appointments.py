@@ -30,7 +30,7 @@ def _now() -> dt.datetime:
 
 
 def _today() -> dt.date:
-    return _now().date()
+    return visits.today()
 
 
 # -- what the server knows about the clinic ---------------------------------------------------

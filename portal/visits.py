@@ -60,13 +60,24 @@ class Search:
     values: dict[str, dict] = field(default_factory=dict)  # field -> the key's placeholders
 
     def params(self, patient: str) -> dict:
-        """The `Appointment/$find` parameters (the end is exclusive: the day after To)."""
-        out = {"visit-type": self.visit_type, "start": self.start.isoformat(),
-               "end": (self.end + timedelta(days=1)).isoformat(), "_count": str(MAX_TIMES),
+        """The `Appointment/$find` parameters: from the start of the From day to the start of
+        the day after To, days of the portal's time zone (a bare date would be a UTC day)."""
+        out = {"visit-type": self.visit_type, "start": local_midnight(self.start),
+               "end": local_midnight(self.end + timedelta(days=1)), "_count": str(MAX_TIMES),
                "patient": f"Patient/{patient}"}
         if self.practitioner:
             out["practitioner"] = self.practitioner
         return out
+
+
+def local_midnight(day: date) -> str:
+    """The start of `day` in the portal's time zone, as a FHIR dateTime with its offset."""
+    return datetime.combine(day, datetime.min.time()).astimezone().isoformat(timespec="seconds")
+
+
+def today() -> date:
+    """Today in the portal's time zone (the patient's "today", not UTC's)."""
+    return datetime.now().astimezone().date()
 
 
 def check_search(form: dict, doctors: set[str], today: date) -> Search:

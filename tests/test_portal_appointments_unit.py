@@ -37,11 +37,16 @@ def test_search_checks_every_field_and_builds_the_find_parameters():
     ok = visits.check_search(form(), {"prac-01"}, TODAY)
     assert not ok.errors and ok.end == date(2026, 12, 10)  # seven days with no To date
     assert ok.params("pat-0001") == {
-        "visit-type": "in-person", "start": "2026-12-04", "end": "2026-12-11",
+        "visit-type": "in-person", "start": visits.local_midnight(date(2026, 12, 4)),
+        "end": visits.local_midnight(date(2026, 12, 11)),
         "_count": "100", "patient": "Patient/pat-0001", "practitioner": "prac-01"}
     anyone = visits.check_search(form(practitioner="", end="2026-12-04"), set(), TODAY)
     assert not anyone.errors and "practitioner" not in anyone.params("pat-0001")
-    assert anyone.params("p")["end"] == "2026-12-05"
+    assert anyone.params("p")["end"] == visits.local_midnight(date(2026, 12, 5))
+    # the days are the portal's: midnight where it runs, with the offset, not a UTC day
+    start = datetime.fromisoformat(ok.params("p")["start"])
+    assert start.utcoffset() == datetime(2026, 12, 4).astimezone().utcoffset()
+    assert (start.hour, start.minute) == (0, 0)
     assert visits.check_search(form(start="2026-11-30"), {"prac-01"}, TODAY).errors == {
         "start": "appt.err_date_past"}
     assert not visits.check_search(form(start="2026-12-01"), {"prac-01"}, TODAY).errors
