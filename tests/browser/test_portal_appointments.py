@@ -11,6 +11,7 @@ seeded Schedules (`sched-01`: Dr. Sarah Mitchell in person at the main clinic, p
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -195,6 +196,12 @@ def test_find_book_and_every_bad_input(env, portal, page):
                 and sched.patient_of(r) == "pat-0002")
     criteria = {"csrf_token": csrf, "practitioner": "prac-01", "visit_type": "in-person",
                 "start": DAY.isoformat(), "end": ""}
+    # a real one-time form id (from the patient's own confirm page), to prove that moving
+    # another patient's appointment is refused for its owner, not for a stale form
+    confirm = page.request.post(f"{portal.url}/appointments/choose",
+                                form={**criteria, "slot": second["id"]})
+    assert confirm.status == 200, confirm.text()
+    real_id = re.search(r'name="form_id" value="([^"]+)"', confirm.text()).group(1)
     mark = env.live.fingerprint()
     for path, form, status, text in (
             ("choose", {"slot": "no-such-slot"}, 404, "could not find that time"),
@@ -204,6 +211,8 @@ def test_find_book_and_every_bad_input(env, portal, page):
              "could not find that appointment"),
             ("book", {"slot": second["id"], "appointment": bobs, "form_id": "x"}, 409,
              "already sent"),
+            ("book", {"slot": second["id"], "appointment": bobs, "form_id": real_id}, 404,
+             "could not find that appointment"),
             ("cancel", {"appointment": bobs, "reason": "", "form_id": "x"}, 404,
              "could not find that appointment"),
             ("join", {"appointment": bobs, "form_id": "x"}, 404,
