@@ -239,26 +239,41 @@ def _pay(invoice_id: str, fid: str, form, kept: dict[str, str]):
             where, message = _refusal(exc)
             return _pay_page(invoice_id, {where: message}, kept, 422)
         raise
+    _remember_receipt(receipt)
     return receipt.get("id", "")
+
+
+MAX_REMEMBERED_RECEIPTS = 10
+
+
+def _remember_receipt(receipt: dict) -> None:
+    """Keep the receipt `$pay` answered with (server-side session, the last few): where the
+    gateway keeps payments in its own ledger the EHR cannot be asked for it again."""
+    if receipt.get("resourceType") != "PaymentReconciliation" or not valid_id(receipt.get("id")):
+        return
+    kept: dict = current().data.setdefault("receipts", {})
+    kept[receipt["id"]] = receipt
+    for old in list(kept)[:-MAX_REMEMBERED_RECEIPTS]:
+        del kept[old]
 
 
 @bp.get("/billing/receipt/<receipt_id>")
 @signed_in
 def receipt(receipt_id: str):
     """A payment's receipt (the stored PaymentReconciliation) and the balance now."""
-    if not valid_id(receipt_id):
-        abort(404)
-    try:
-        found = api().read("PaymentReconciliation", receipt_id)
-        paid = bills.payment(found)
-        invoice = api().read("Invoice", paid.invoice_id) if paid.invoice_id else {}
-    except GatewayError as exc:
-        if exc.status in HIDDEN:
+    found = api().read_or_none("PaymentReconciliation", receipt_id)
+    remembered = found is None
+    if remembered:  # not at the EHR (a gateway ledger's payment): this session's own answer
+        found = current().data.get("receipts", {}).get(receipt_id)
+        if found is None:
             abort(404)
-        raise
-    account_id = bills.ref_id(invoice.get("account"), "Account")
+    paid = bills.payment(found)
+    invoice = api().read_or_none("Invoice", paid.invoice_id) if paid.invoice_id else None
+    if invoice is None and not remembered:
+        abort(404)
+    account_id = bills.ref_id((invoice or {}).get("account"), "Account")
     balance = None
-    if account_id:
+    if account_id and not remembered:  # the EHR's balance would not show a ledger payment
         balance = bills.account_balance(api().read("Account", account_id))
     notice = session.pop("bill_notice", None)
     return render_template("billing_receipt.html", p=paid, b=bills, balance=balance,

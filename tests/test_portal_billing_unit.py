@@ -284,3 +284,27 @@ def test_an_unknown_balance_is_not_shown_as_nothing_owed(signed_in_client):
         page = client.get("/billing/pay/inv-a").get_data(as_text=True)
     assert "cannot show this account&#39;s balance" in page
     assert "You owe nothing" not in page
+
+
+def test_a_receipt_the_ehr_cannot_give_back_is_shown_from_the_payments_answer(
+        signed_in_client):
+    """Where the gateway keeps payments in its own ledger, reading the receipt back from the
+    EHR is a 404: the page shows what `$pay` answered in this session (and no stale
+    balance); another session's or an unknown receipt stays not found."""
+    client, entry = signed_in_client
+    with respx.mock(assert_all_called=False) as mock:
+        fake_server(mock, lambda request: httpx.Response(200, json=receipt("led-1", "inv-a", 5)))
+        mock.get(f"{BASE}/PaymentReconciliation/led-1").respond(404, json={
+            "resourceType": "OperationOutcome", "issue": [{"severity": "error",
+                                                           "code": "not-found"}]})
+        mock.get(f"{BASE}/PaymentReconciliation/led-2").respond(404)
+        page = client.get("/billing/pay/inv-a").get_data(as_text=True)
+        fid = page.split('name="form_id" value="')[1].split('"')[0]
+        resp = client.post("/billing/pay", data={**FORM, "form_id": fid})
+        assert resp.status_code == 303 and resp.headers["Location"].endswith("/receipt/led-1")
+        shown = client.get("/billing/receipt/led-1")
+        assert client.get("/billing/receipt/led-2").status_code == 404
+    text = shown.get_data(as_text=True)
+    assert shown.status_code == 200 and "$5.00" in text and "1111" in text
+    assert "cannot show this account&#39;s balance" in text and "4111 1111" not in text
+    assert set(entry.data["receipts"]) == {"led-1"}
