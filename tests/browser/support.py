@@ -29,6 +29,22 @@ class LivePortal:
                 for e in list(self.store._items.values()) if e.signed_in]
 
 
+def screenshot(page, path, attempts: int = 3) -> None:
+    """A full-page screenshot. Chromium sometimes answers "Unable to capture screenshot" right
+    after a viewport change on a loaded machine; that is retried after a moment (the page and
+    every assertion about it are unchanged)."""
+    from playwright.sync_api import Error
+
+    for attempt in range(attempts):
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            return
+        except Error as exc:
+            if "Unable to capture screenshot" not in str(exc) or attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(250)
+
+
 def check_page(page, name: str) -> None:
     """axe-core at desktop and phone sizes (no serious or critical violation); screenshots."""
     from axe_playwright_python.sync_playwright import Axe
@@ -38,7 +54,7 @@ def check_page(page, name: str) -> None:
     try:
         for size, viewport in SIZES.items():
             page.set_viewport_size(viewport)
-            page.screenshot(path=str(ARTIFACTS / f"portal-{name}-{size}.png"), full_page=True)
+            screenshot(page, ARTIFACTS / f"portal-{name}-{size}.png")
             violations = axe.run(page).response["violations"]
             bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
                    for v in violations if v["impact"] in ("serious", "critical")]
