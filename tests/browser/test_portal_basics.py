@@ -50,6 +50,13 @@ def test_sign_in_home_record_and_preferences(env, portal, page, caplog):
                   for sub in ext["extension"] if "valueMoney" in sub)
     shown = page.locator("#h-balance + p").inner_text()
     assert shown == (f"${balance:.2f}" if balance else "You owe nothing.")
+    # each card leads to its part of the portal, and the menu marks where the patient is
+    for link, path in (("See your appointments", "/appointments"),
+                       ("Read your messages", "/messages"), ("See your bills", "/billing"),
+                       ("See your health trackers", "/trackers")):
+        assert page.get_by_role("link", name=link).get_attribute("href") == path
+    current = page.get_by_role("navigation", name="Main").locator('[aria-current="page"]')
+    assert current.all_inner_texts() == ["Home"]
     check_page(page, "home")
 
     menu(page, "My record")
@@ -82,6 +89,9 @@ def test_sign_in_home_record_and_preferences(env, portal, page, caplog):
     assert page.locator("svg.chart[role=img] circle").count() == len(same)
     assert page.locator("table.results tbody tr").count() == len(same)
     check_page(page, "trend")
+    # a sub-page marks its part in the menu
+    current = page.get_by_role("navigation", name="Main").locator('[aria-current="page"]')
+    assert current.all_inner_texts() == ["My record"]
     page.get_by_role("link", name="Back to my record").click()
     page.wait_for_url(f"{portal.url}/record")
 
