@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections import Counter
@@ -9,8 +10,8 @@ from collections import Counter
 import httpx
 from flask import abort, render_template
 
-from portal import charts, records, visits
-from portal.blueprint import api, bp, current, language, patient_id, signed_in
+from portal import charts, records, trackers, visits
+from portal.blueprint import api, bp, current, language, patient_id, signed_in, t
 from portal.fhir_api import GatewayError
 
 log = logging.getLogger("portal.pages")
@@ -51,10 +52,21 @@ def _balance() -> str | None:
 
 
 def _alerts() -> list[records.Result]:
+    """Out-of-range vital signs of the last 30 days; a tracker's reading named and written
+    as on the tracker pages (in the unit the patient chose for it)."""
     since = (dt.date.today() - dt.timedelta(days=30)).isoformat()
     found = api().search("Observation", {"patient": patient_id(), "category": "vital-signs",
                                          "date": f"ge{since}", "_count": "100"})
-    return [r for r in records.results(found) if r.flag in ("high", "low", "abnormal")]
+    rows = []
+    for obs in records.only(found, "Observation"):
+        row = records.result(obs)
+        if row.flag not in ("high", "low", "abnormal"):
+            continue
+        kind = trackers.kind_of(obs)
+        shown = trackers.reading_text(kind, obs, trackers.chosen_unit(kind)) if kind else ""
+        rows.append(dataclasses.replace(row, value=shown, name=t(f"trk.kind.{kind.key}"))
+                    if shown else row)
+    return sorted(rows, key=lambda r: r.when, reverse=True)
 
 
 def _todo() -> list[tuple[str, dict]]:

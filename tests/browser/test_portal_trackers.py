@@ -215,6 +215,8 @@ def test_an_alert_is_said_in_words_the_care_team_is_told_and_home_agrees(env, po
     assert items.count() == len(flagged) == 2
     text = page.locator("#h-alerts + ul").inner_text()
     assert "Blood pressure" in text and "Out of range" in text
+    assert "2.5 mmol/L" in text and "mg/dL" not in text  # in the unit the patient chose
+    assert "Blood sugar: 2.5 mmol/L" in text and "panel" not in text  # named as the tracker
     check_page(page, "home-tracker-alerts")
 
 
