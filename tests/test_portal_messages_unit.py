@@ -317,3 +317,18 @@ def test_a_handout_link_works_only_in_its_own_session(signed_in_client):
     other = signed_in_client(FakeServer(education=[topic]))  # another session, same topic
     assert other.get(path).status_code == 404
     assert other.get("/learn/" + "x" * 40).status_code == 404
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/pdf", "image/png", "image/jpeg", "text/plain", "image/gif", "text/html"])
+@pytest.mark.parametrize("data", [
+    b"%PDF-1.7 x", b"\x89PNG\r\n\x1a\n....", b"\xff\xd8\xff\xe0..", b"plain words",
+    "caf\u00e9".encode(), b"\xff\xfe not utf-8 \x80", b"", b"GIF89a"])
+def test_the_portal_checks_a_file_as_the_gateway_does(content_type, data):
+    """The portal may not import the gateway's rule, so it keeps its own copy: the same answer
+    for every declared type and content (else it would refuse what the server takes, or send
+    what it refuses)."""
+    from mappings.portal import messaging
+
+    assert th.content_matches(content_type, data) == messaging.content_matches(content_type,
+                                                                              data)
