@@ -40,52 +40,12 @@ def _fmt(value: Decimal) -> str:
 
 def trend_svg(points: list[tuple[str, Decimal]], title: str, unit: str = "",
               low: Decimal | None = None, high: Decimal | None = None) -> Markup:
-    """A line chart of (date, value) points, oldest first, with the normal range shaded; the
-    points sit at their dates (`x_positions`).
-
-    `title` names the chart for screen readers (role=img with a <title>); the same numbers
-    are always given as a table beside it."""
+    """One test's (date, value) points, oldest first, with the normal range shaded and the
+    points outside it marked: `series_svg` with one series and a band."""
     values = [v for _, v in points]
-    bounds = values + [b for b in (low, high) if b is not None]
-    top, bottom = max(bounds), min(bounds)
-    span = (top - bottom) or Decimal(1)
-    top, bottom = top + span / 10, bottom - span / 10
-    span = top - bottom
-
-    xs = x_positions([when for when, _ in points])
-
-    def x(i: int) -> float:
-        return xs[i]
-
-    def y(v: Decimal) -> float:
-        return float(PAD_Y + (top - v) / span * (HEIGHT - 2 * PAD_Y))
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'class="chart" role="img" aria-labelledby="chart-title">',
-             f'<title id="chart-title">{escape(title)}</title>',
-             f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>']
-    if low is not None and high is not None:
-        parts.append(f'<rect x="{PAD_X}" y="{y(high):.1f}" width="{WIDTH - 2 * PAD_X}" '
-                     f'height="{y(low) - y(high):.1f}" fill="#e3f1e6"/>')
-    for bound in (b for b in (low, high) if b is not None):
-        parts.append(f'<line x1="{PAD_X}" x2="{WIDTH - PAD_X}" y1="{y(bound):.1f}" '
-                     f'y2="{y(bound):.1f}" stroke="#1d5b2b" stroke-dasharray="6 4"/>')
-        parts.append(f'<text x="{PAD_X - 6}" y="{y(bound) + 5:.1f}" text-anchor="end" '
-                     f'font-size="20" fill="#1b1b1b">{escape(_fmt(bound))}</text>')
-    line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, (_, v) in enumerate(points))
-    parts.append(f'<polyline points="{line}" fill="none" stroke="#0b4f8a" stroke-width="3"/>')
-    for i, (when, value) in enumerate(points):
-        out = (high is not None and value > high) or (low is not None and value < low)
-        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="{9 if out else 7}" '
-                     f'fill="{"#a4000f" if out else "#0b4f8a"}"/>')
-        parts.append(f'<text x="{x(i):.1f}" y="{y(value) - 12:.1f}" text-anchor="middle" '
-                     f'font-size="20" fill="#1b1b1b">{escape(_fmt(value))}</text>')
-        parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" text-anchor="middle" '
-                     f'font-size="18" fill="#1b1b1b">{escape(when)}</text>')
-    if unit:
-        parts.append(f'<text x="6" y="20" font-size="18" fill="#1b1b1b">{escape(unit)}</text>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    flagged = [(high is not None and v > high) or (low is not None and v < low) for v in values]
+    return series_svg([when for when, _ in points], [("", values)], title, unit, flagged,
+                      band=(low, high))
 
 
 #: How each series of `series_svg` is drawn, so they differ without colour too: line colour,
@@ -102,12 +62,14 @@ def _marker(shape: str, cx: float, cy: float, r: float, fill: str) -> str:
 
 
 def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]], title: str,
-               unit: str = "", flagged: list[bool] | None = None) -> Markup:
+               unit: str = "", flagged: list[bool] | None = None,
+               band: tuple[Decimal | None, Decimal | None] = (None, None)) -> Markup:
     """A line chart of one or two series over the same readings (oldest first), e.g. systolic
     and diastolic blood pressure. `labels[i]` names reading i on the x axis (an ISO date or
-    date-time places it by time, `x_positions`); a series' value may
-    be None (that reading has no such number). Flagged readings get a larger red marker. Each
-    series has its own dash pattern and marker shape and, when named, a legend entry.
+    date-time places it by time, `x_positions`); a series' value may be None (that reading has
+    no such number). Flagged readings get a larger red marker. Each series has its own dash
+    pattern and marker shape and, when named, a legend entry. `band` (low, high) draws a
+    normal range: its bounds as dashed, labelled lines, shaded between when both are known.
 
     `title` names the chart for screen readers (role=img with a <title>); the same numbers
     are always given as a table beside it."""
@@ -118,7 +80,8 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
     values = [v for _, vs in series for v in vs if v is not None]
     if not values:
         raise ValueError("nothing to draw")
-    top, bottom = max(values), min(values)
+    bounds = [b for b in band if b is not None]
+    top, bottom = max(values + bounds), min(values + bounds)
     span = (top - bottom) or Decimal(1)
     top, bottom = top + span / 5, bottom - span / 10
     span = top - bottom
@@ -137,6 +100,15 @@ def series_svg(labels: list[str], series: list[tuple[str, list[Decimal | None]]]
              f'class="chart" role="img" aria-labelledby="chart-title">',
              f'<title id="chart-title">{escape(title)}</title>',
              f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>']
+    low, high = band
+    if low is not None and high is not None:
+        parts.append(f'<rect x="{PAD_X}" y="{y(high):.1f}" width="{WIDTH - 2 * PAD_X}" '
+                     f'height="{y(low) - y(high):.1f}" fill="#e3f1e6"/>')
+    for bound in bounds:
+        parts.append(f'<line x1="{PAD_X}" x2="{WIDTH - PAD_X}" y1="{y(bound):.1f}" '
+                     f'y2="{y(bound):.1f}" stroke="#1d5b2b" stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{PAD_X - 6}" y="{y(bound) + 5:.1f}" text-anchor="end" '
+                     f'font-size="18" fill="#1b1b1b">{escape(_fmt(bound))}</text>')
     write_values = count <= 12  # more would overlap; the table has every number
     every = max(1, (count + 3) // 4)  # at most four dates under the axis (room on a phone)
     for (_name, vs), (colour, dash, shape) in zip(series, _SERIES_STYLES, strict=False):

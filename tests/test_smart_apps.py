@@ -109,11 +109,15 @@ def test_bad_calls_are_refused_and_change_nothing(smart_env, grants):
                            ("system/Patient.rs system/Patient.u", "pat-0001"),
                            ("user/Patient.rs user/Patient.u", "pat-0001")):
         with smart_env.fhir(smart.mint(admin_app, scope, patient=patient)) as admin:
-            assert admin.get("Patient/pat-0001/$apps").status_code == 403, scope
+            listed = admin.get("Patient/pat-0001/$apps")
             resp = admin.post("Patient/pat-0001/$revoke-app", json={
                 "resourceType": "Parameters",
                 "parameter": [{"name": "client", "valueString": "app-two"}]})
-            assert resp.status_code == 403, (scope, patient)
+        for answer in (listed, resp):
+            assert answer.status_code == 403, (scope, patient, answer.text)
+            issue = answer.json()["issue"][0]
+            assert issue["expression"] == ["Patient"] and "patient's own token" in \
+                issue["diagnostics"], issue
     smart.records.revoke_client_for_patient("audit-admin", "pat-0001")  # minted just now
     # app-two's token may read Patient but not write it: it can list, not remove
     with smart_env.fhir(grants[("ann", "app-two")]["access_token"]) as two:
