@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
+
+import orjson
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -45,32 +48,36 @@ def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_references(item, f"{path}[{i}]")
 
 
+# A `reference` member in compact JSON (orjson's output, or json.dumps with these separators):
+# a key's opening quote follows `{` or `,`; inside a string every `"` is escaped, so this can
+# only match a real key. The value is the raw JSON string body (escapes kept).
+_REFERENCE_MEMBER = re.compile(rb'[{,]"reference":"((?:[^"\\]|\\.)*)"')
+
+
+def _compact_json(node: object) -> bytes:
+    try:
+        return orjson.dumps(node)
+    except TypeError:  # beyond orjson (an int over 64 bits, built in Python): the same bytes
+        return json.dumps(node, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def patient_targets(node: object) -> frozenset[str]:
     """Ids of every Patient that a `reference` anywhere in `node` points at, in any spelling.
 
     The access checks and the store's compartment index both read a resource's patients here.
-    It runs on every resource a patient's app is shown, so it walks with a stack, builds no
-    element paths, and parses only references that can name a Patient. A `reference` that is
-    not a string is walked into too (stricter than skipping it: it can only add patients).
+    It runs on every resource a patient's app is shown, so instead of walking the dicts in
+    Python it scans the resource's compact JSON (orjson, in C) for `reference` members and
+    parses only values that can name a Patient. A `reference` that is not a string is looked
+    into too (its nested members match): stricter than skipping it, it can only add patients.
     """
     found: set[str] = set()
-    stack = [node]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item = pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if isinstance(value, str):
-                    if key == "reference" and "Patient/" in value:
-                        target = reference_target(value)
-                        if target is not None and target[0] == "Patient":
-                            found.add(target[1])
-                elif isinstance(value, (dict, list)):
-                    push(value)
-        elif isinstance(item, list):
-            for value in item:
-                if isinstance(value, (dict, list)):
-                    push(value)
+    for raw in _REFERENCE_MEMBER.findall(_compact_json(node)):
+        if b"Patient/" not in raw:
+            continue  # JSON escapes only quotes, backslashes and control characters
+        value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8")
+        target = reference_target(value)
+        if target is not None and target[0] == "Patient":
+            found.add(target[1])
     return frozenset(found)
 
 

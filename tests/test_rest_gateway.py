@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -398,3 +399,26 @@ def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
         env.browser.close()
         stop()
         up.stop()
+
+
+def test_served_front_logs_no_upstream_urls_or_search_values(tmp_path, upstream):
+    """`fhir-gateway serve` with the REST adapter: the log has the gateway's one PHI-free line
+    per request, and none of the outbound client's (httpx logs each request's full URL, query
+    and all, at INFO)."""
+    from tests.rest_support import UpstreamProcess
+
+    marker = "Qxyzzyplugh"
+    front = UpstreamProcess(tmp_path / "front", env={
+        "FHIR_GATEWAY_ADAPTER": "fhir_rest", "FHIR_GATEWAY_FHIR_REST_BASE_URL": upstream.base,
+        "FHIR_GATEWAY_FHIR_REST_VENDOR": "fhir-gateway"}).start()
+    try:
+        with httpx.Client(timeout=30, headers={"Accept": "application/fhir+json"}) as client:
+            resp = client.get(f"{front.base}/Patient", params={"family": marker})
+            assert resp.status_code == 200 and resp.json()["resourceType"] == "Bundle"
+            assert client.get(f"{front.base}/Patient/pat-0001").status_code == 200
+    finally:
+        front.stop()
+    log = front.log.read_text()
+    assert log.count(" fhir_gateway.request GET /fhir/") >= 2, log[-2000:]
+    assert marker not in log
+    assert f"127.0.0.1:{upstream.port}" not in log
