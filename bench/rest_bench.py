@@ -208,7 +208,9 @@ class Server:
 
 
 def logged_requests(log: Path) -> int:
-    """Requests a gateway served so far, from its one log line per request."""
+    """Requests a gateway served so far, from its one log line per request (the gateway
+    writes its log lines in batches, a few times a second: wait for the last batch)."""
+    time.sleep(0.4)
     with open(log, "rb") as fh:
         return sum(1 for line in fh if b" fhir_gateway.request GET " in line)
 

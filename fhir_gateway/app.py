@@ -53,7 +53,8 @@ class Gateway:
         """Append to the audit log; never let auditing break a request (it is logged)."""
         if self.audit is None:
             return
-        request_id = g.get("request_id") if has_app_context() else None
+        request_id = fields.pop("request_id", None) or (
+            g.get("request_id") if has_app_context() else None)
         try:
             self.audit.append(AuditRecord(action=action, outcome=outcome,
                                           request_id=request_id, **fields))
@@ -194,31 +195,34 @@ def _register_logging(app: Flask) -> None:
     """One line per request: method, route, status, time, request id. Never the query string
     or body, which can carry PHI (names, birth dates)."""
 
+    gateway = app.extensions["fhir_gateway"]
+
     @app.before_request
     def start() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or _next_request_id()
-        g.started = time.perf_counter()
-        g.adapter_notices = collect_notices()
+        ctx = g._get_current_object()  # one context lookup, not one per attribute
+        ctx.request_id = request.headers.get("X-Request-Id", "")[:64] or _next_request_id()
+        ctx.started = time.perf_counter()
+        ctx.adapter_notices = collect_notices()
         # Only while nothing changes a resource as it is shown (reads); off for writes.
         remember_patient_refs(request.method in ("GET", "HEAD"))
 
     @app.after_request
     def finish(resp: Response) -> Response:
-        access = g.get("fhir_access")
-        gateway = app.extensions["fhir_gateway"]
+        ctx, req = g._get_current_object(), request._get_current_object()
+        request_id = getattr(ctx, "request_id", "")
+        access = getattr(ctx, "fhir_access", None)
+        status = resp.status_code
         if access is not None and gateway.audit is not None:
-            who = g.get("fhir_principal")
+            who = getattr(ctx, "fhir_principal", None)
             interaction, rtype, rid = access
             gateway.record(
-                interaction, "allowed" if resp.status_code < 400 else "denied",
+                interaction, "allowed" if status < 400 else "denied",
                 user=(who.fhir_user or who.subject) if who else None,
                 client_id=who.client_id if who else None,
-                patient=g.get("fhir_patient") or (who.patient if who else None),
-                resource_type=rtype,
-                resource_id=rid, status=resp.status_code)
-        resp.headers["X-Request-Id"] = g.get("request_id", "")
-        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        rule = request.url_rule.rule if request.url_rule else "-"
-        log.info("%s %s %s %.1fms id=%s", request.method, rule, resp.status_code, elapsed,
-                 g.get("request_id"))
+                patient=getattr(ctx, "fhir_patient", None) or (who.patient if who else None),
+                resource_type=rtype, resource_id=rid, status=status, request_id=request_id)
+        resp.headers["X-Request-Id"] = request_id
+        elapsed = (time.perf_counter() - getattr(ctx, "started", time.perf_counter())) * 1000
+        rule = req.url_rule.rule if req.url_rule else "-"
+        log.info("%s %s %s %.1fms id=%s", req.method, rule, status, elapsed, request_id)
         return resp

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gc
-import logging
 
 from gunicorn.app.base import BaseApplication
 
 from fhir_gateway.config import Config
+from fhir_gateway.logsetup import configure_logging
 
 
 class GatewayServer(BaseApplication):
@@ -44,23 +44,6 @@ class GatewayServer(BaseApplication):
         # few hundred requests.
         gc.freeze()
         return app
-
-
-# Libraries whose INFO lines would name upstream URLs with their query strings (PHI: search
-# values such as names and birth dates): warnings and errors only.
-QUIET_LOGGERS = ("httpx", "httpcore", "urllib3")
-
-
-def configure_logging() -> None:
-    """The server's logging: INFO lines with time and logger name, no PHI from libraries, and
-    none of the per-record lookups the format never prints (the logging HOWTO's optimisation
-    knobs: caller frame, thread, process and multiprocessing names), since the gateway writes
-    one line per request."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging._srcfile = None  # noqa: SLF001 - documented in the logging HOWTO ("Optimization")
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def serve(config: Config) -> None:

@@ -35,10 +35,12 @@ def base_url() -> str:
     configured = current_app.extensions["fhir_gateway"].config.server.base_url
     if configured:
         return configured.rstrip("/")
-    base = g.get("fhir_base")
+    ctx = g._get_current_object()
+    base = getattr(ctx, "fhir_base", None)
     if base is None:
         # scheme://host[:port]/script-root, as url_root gives it, without its IRI decoding
-        base = g.fhir_base = f"{request.scheme}://{request.host}{request.script_root}/fhir"
+        req = request._get_current_object()
+        base = ctx.fhir_base = f"{req.scheme}://{req.host}{req.script_root}/fhir"
     return base
 
 
@@ -59,8 +61,10 @@ def principal() -> Principal | None:
     gateway = current_app.extensions["fhir_gateway"]
     if gateway.smart is None:
         return None
-    if "fhir_principal" in g:
-        return g.fhir_principal
+    ctx = g._get_current_object()
+    known = getattr(ctx, "fhir_principal", None)
+    if known is not None:
+        return known
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
@@ -75,25 +79,32 @@ def principal() -> Principal | None:
         gateway.record("access", "denied", detail=str(exc))
         raise Unauthorized(str(exc)) from None
     claims = verified.claims
-    g.fhir_principal = Principal.from_claims(claims, parse_scopes(claims.get("scope", "")))
-    return g.fhir_principal
+    ctx.fhir_principal = Principal.from_claims(claims, parse_scopes(claims.get("scope", "")))
+    return ctx.fhir_principal
+
+
+# Interactions that change nothing read no conditional-write headers (If-Match, If-None-Exist);
+# reads of one resource read no `Prefer` either (searches do: `handling=strict`).
+_READ_ONLY = frozenset({"read", "vread", "search-type", "search-system", "history-instance",
+                        "history-type", "capabilities"})
+_NO_PREFER = frozenset({"read", "vread", "capabilities"})
 
 
 def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = None,
                   **extra) -> FhirRequest:
     who = principal() if interaction != "capabilities" else None
-    if interaction == "operation":
-        g.fhir_access = (f"${extra.get('operation')}", rtype, id)
-    if interaction != "operation":
-        g.fhir_access = (interaction, rtype, id)
-    headers = request.headers
+    req = request._get_current_object()
+    g._get_current_object().fhir_access = (
+        f"${extra.get('operation')}" if interaction == "operation" else interaction, rtype, id)
+    headers = req.headers
+    writes = interaction not in _READ_ONLY
     return FhirRequest(
         interaction=interaction, resource_type=rtype, id=id, principal=who,
-        params=list(request.args.items(multi=True)),
-        if_match=parse_etag(headers.get("If-Match")),
-        if_none_exist=headers.get("If-None-Exist"),
-        prefer=parse_prefer(headers.get("Prefer")),
-        # Only operations read other headers; looking for them walks the whole WSGI environ.
+        params=list(req.args.items(multi=True)) if req.query_string else [],
+        if_match=parse_etag(headers.get("If-Match")) if writes else None,
+        if_none_exist=headers.get("If-None-Exist") if writes else None,
+        prefer=parse_prefer(None if interaction in _NO_PREFER else headers.get("Prefer")),
+        # Only operations read other headers.
         headers={name: value for name in OPERATION_HEADERS
                  if (value := headers.get(name)) is not None}
         if interaction == "operation" else {},

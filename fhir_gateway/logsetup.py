@@ -1,0 +1,96 @@
+"""The server's logging: one PHI-free line per request, written in batches.
+
+Libraries whose INFO lines name upstream URLs with their query strings (PHI: search values such
+as names and birth dates) are kept to warnings. Lines are written by a background thread a few
+times a second, one `write` for all of them, instead of a write and flush per request; a
+warning or worse is written at once, with everything before it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from typing import TextIO
+
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3")
+FORMAT = "%(asctime)s %(name)s %(message)s"
+
+
+class BatchedStreamHandler(logging.Handler):
+    """Formats each record at once (so it says when it happened) and writes what gathered
+    every `interval` seconds, or at once for WARNING and above, and at exit."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.25,
+                 max_lines: int = 2000) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.max_lines = max_lines
+        self._lines: list[str] = []
+        self._wake = threading.Event()
+        self._closed = False
+        self._pid: int | None = None  # the process whose writer thread runs
+        atexit.register(self.flush)
+
+    def _start_writer(self) -> None:
+        """One writer thread per process, started at its first record: gunicorn forks its
+        workers after the handler is made, and a fork keeps no threads (a child also drops
+        lines it inherited unwritten: its parent writes those)."""
+        self._pid = os.getpid()
+        self._lines = []
+        threading.Thread(target=self._run, name="log-writer", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler does
+            self.handleError(record)
+            return
+        with self.lock:
+            if self._pid != os.getpid():
+                self._start_writer()
+            self._lines.append(line)
+            full = len(self._lines) >= self.max_lines
+        if record.levelno >= logging.WARNING or full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self._lines = self._lines, []
+            if not lines:
+                return
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream went away (closed at exit)
+                pass
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self.flush()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.flush()
+        super().close()
+
+
+def configure_logging(stream: TextIO | None = None) -> logging.Handler:
+    """INFO to `stream` (stderr) through one batched handler on the root logger; also sets the
+    logging HOWTO's optimisation knobs (no caller frame, thread or process lookups per record:
+    the format prints none of them)."""
+    handler = BatchedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging._srcfile = None  # noqa: SLF001 - documented in the logging HOWTO ("Optimization")
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    return handler

@@ -1,0 +1,93 @@
+"""The server's batched log handler: lines are written a few times a second, warnings at once,
+each line exactly once, also in forked workers (gunicorn forks after logging is set up)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+
+from fhir_gateway.logsetup import QUIET_LOGGERS, BatchedStreamHandler, configure_logging
+
+
+def make(path, interval=0.2) -> tuple[logging.Logger, BatchedStreamHandler]:
+    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the handler's user
+    handler = BatchedStreamHandler(stream, interval=interval)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"test.logsetup.{path.name}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def wait_for(path, lines: list[str], timeout=5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = path.read_text().splitlines()
+        if got == lines:
+            return got
+        time.sleep(0.02)
+    return path.read_text().splitlines()
+
+
+def test_info_lines_are_written_in_a_batch_and_warnings_at_once(tmp_path):
+    path = tmp_path / "a.log"
+    logger, handler = make(path, interval=30)  # the timer never fires during this test
+    logger.info("one")
+    logger.info("two")
+    assert path.read_text() == ""  # gathered, not yet written
+    logger.warning("three")  # written at once, after what came before it
+    assert path.read_text().splitlines() == ["one", "two", "three"]
+    logger.info("four")
+    handler.flush()
+    assert path.read_text().splitlines() == ["one", "two", "three", "four"]
+    handler.close()
+
+
+def test_the_writer_thread_writes_without_being_asked(tmp_path):
+    path = tmp_path / "b.log"
+    logger, handler = make(path, interval=0.05)
+    logger.info("by the timer")
+    assert wait_for(path, ["by the timer"]) == ["by the timer"]
+    handler.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
+    path = tmp_path / "c.log"
+    logger, handler = make(path, interval=0.05)
+    logger.info("parent before fork")  # pending in the parent when it forks
+    pid = os.fork()
+    if pid == 0:  # the child: no explicit flush; its own writer thread must write
+        try:
+            logger.info("child")
+            time.sleep(0.5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    handler.flush()
+    lines = path.read_text().splitlines()
+    assert sorted(lines) == ["child", "parent before fork"], lines
+    handler.close()
+
+
+def test_configure_logging_quiets_libraries_that_log_urls(tmp_path):
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging._srcfile)
+    try:
+        path = tmp_path / "d.log"
+        with open(path, "a", encoding="utf-8") as stream:
+            handler = configure_logging(stream)
+            logging.getLogger("httpx").info("HTTP Request: GET http://ehr/Patient?name=Ana")
+            logging.getLogger("fhir_gateway.request").info("GET /fhir/<rtype> 200")
+            handler.flush()
+            text = path.read_text()
+        assert "name=Ana" not in text and "fhir_gateway.request GET /fhir/<rtype> 200" in text
+        assert all(logging.getLogger(n).level == logging.WARNING for n in QUIET_LOGGERS)
+        handler.close()
+    finally:
+        root.handlers[:], _, logging._srcfile = saved[0], None, saved[2]
+        root.setLevel(saved[1])
