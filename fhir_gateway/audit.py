@@ -216,6 +216,7 @@ class AuditLog:
         self._pending_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._wake = threading.Event()
+        self._idle = True  # the writer waits for `_wake` (it wrote all it had)
         self._writer: threading.Thread | None = None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._attempts = attempts
@@ -252,16 +253,16 @@ class AuditLog:
         item = (record, utc_stamp(self._clock()))
         if self._window > 0:
             with self._pending_lock:
-                first = not self._pending
                 self._pending.append(item)
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_behind,
                                                     name="audit-writer", daemon=True)
                     self._writer.start()
                     atexit.register(self.flush)
-            # Only the first entry of a window wakes the writer: the others join its batch
-            # (a flush drains until it sees the list empty, under the same lock).
-            if first:
+                wake, self._idle = self._idle, False
+            # The writer is woken only when it went idle (nothing came in its last window);
+            # while entries keep coming it writes a batch every window without being told.
+            if wake:
                 self._wake.set()
             return None
         return self._write([item])
@@ -269,25 +270,32 @@ class AuditLog:
     def _write_behind(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(self._window)  # let the window fill: one transaction for all of it
             self._wake.clear()
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - kept in memory and retried next round
-                log.exception("audit write failed; %d entries kept for retry",
-                              len(self._pending))
-                time.sleep(min(1.0, self._window * 20))
-                self._wake.set()
+            while True:
+                time.sleep(self._window)  # let the window fill: one transaction for all of it
+                try:
+                    written = self.flush()
+                except Exception:  # noqa: BLE001 - kept in memory and retried next round
+                    log.exception("audit write failed; %d entries kept for retry",
+                                  len(self._pending))
+                    time.sleep(min(1.0, self._window * 20))
+                    continue
+                with self._pending_lock:
+                    if not written and not self._pending:  # a whole window brought nothing
+                        self._idle = True
+                        break
 
-    def flush(self) -> None:
-        """Write every pending entry now (batched mode); no-op otherwise."""
+    def flush(self) -> int:
+        """Write every pending entry now (batched mode); returns how many were written."""
+        written = 0
         with self._drain_lock:
             while True:
                 with self._pending_lock:
                     batch = self._pending[:500]
                 if not batch:
-                    return
+                    return written
                 self._write(batch)
+                written += len(batch)
                 with self._pending_lock:
                     del self._pending[:len(batch)]
 

@@ -566,3 +566,33 @@ def test_audit_events_validate(log, record, expect):
             e.get("what") for e in ev["entity"]]
     if record.detail:
         assert record.detail in ev["outcomeDesc"]
+
+
+def test_the_writer_wakes_again_after_going_idle(tmp_path):
+    """The writer is told of new entries only after a window that brought nothing: entries
+    that come while it is busy, and the first one after a quiet spell, are all written by it
+    alone (no reader flushing)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    log = AuditLog(engine, batch_window=0.005)
+
+    def written() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(audit_log)).scalar()
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if written() == count:
+                return
+            time.sleep(0.005)
+        pytest.fail(f"the writer wrote {written()} entries, not {count}")
+
+    for i in range(30):  # a steady stream over several windows
+        log.append(sample(i))
+        time.sleep(0.001)
+    wait_for(30)
+    time.sleep(0.05)  # ten quiet windows: the writer goes idle
+    assert log._idle
+    log.append(sample(30))
+    wait_for(31)
+    engine.dispose()

@@ -22,7 +22,7 @@ _ACCEPTED: dict[str, str] = {}  # Accept header -> the JSON flavour chosen for i
 
 def response_mimetype(request: Request) -> str:
     """The JSON flavour to answer with, or NotAcceptable for a format this server lacks."""
-    fmt = request.args.get("_format")
+    fmt = request.args.get("_format") if request.query_string else None
     if fmt is not None:
         key = fmt.split(";")[0].strip().lower()
         if key in _FORMAT_ALIASES:
@@ -63,12 +63,12 @@ def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:
 
 def render(resource: dict | None, status: int, mimetype: str, pretty: bool,
            headers: dict[str, str] | None = None) -> Response:
-    body = b"" if resource is None else orjson.dumps(
-        resource, option=orjson.OPT_INDENT_2 if pretty else 0)
-    resp = Response(body, status=status, mimetype=mimetype)
-    if resource is not None:
-        resp.headers["Content-Type"] = f"{mimetype}; charset=utf-8"
-    for key, value in (headers or {}).items():
-        resp.headers[key] = value
+    if resource is None:
+        resp = Response(b"", status=status, mimetype=mimetype)
+    else:
+        resp = Response(orjson.dumps(resource, option=orjson.OPT_INDENT_2 if pretty else 0),
+                        status=status, content_type=f"{mimetype}; charset=utf-8")
+    if headers:
+        resp.headers.update(headers)  # each replaces any header of its name
     return resp
 
