@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, has_app_context, request
@@ -13,14 +10,14 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
-from adapters.base import Adapter, collect_notices
+from adapters.base import Adapter
 from adapters.errors import FhirError
-from fhir_gateway.access.policy import remember_patient_refs
 from fhir_gateway.audit import AuditLog, AuditRecord
 from fhir_gateway.config import Config
 from fhir_gateway.ehr import build_adapter
-from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
+from fhir_gateway.errors import issue, operation_outcome
 from fhir_gateway.http.cors import install_cors
+from fhir_gateway.http.exchange import begin, end, error_response
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.paging import CursorSigner, load_or_create_key
 from fhir_gateway.service import FhirService
@@ -29,13 +26,6 @@ from smart_launch.discovery import Endpoints, oauth_uris_extension
 from smart_launch.server import SmartServer
 
 log = logging.getLogger("fhir_gateway.request")
-# Request ids: a random prefix per process and a counter (unique, and no system call each).
-_ID_PREFIX = uuid.uuid4().hex[:8]
-_ID_COUNTER = itertools.count(1)
-
-
-def _next_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 @dataclass
@@ -53,8 +43,9 @@ class Gateway:
         """Append to the audit log; never let auditing break a request (it is logged)."""
         if self.audit is None:
             return
-        request_id = fields.pop("request_id", None) or (
-            g.get("request_id") if has_app_context() else None)
+        request_id = fields.pop("request_id", None)
+        if request_id is None and has_app_context() and g.get("exchange") is not None:
+            request_id = g.exchange.request_id
         try:
             self.audit.append(AuditRecord(action=action, outcome=outcome,
                                           request_id=request_id, **fields))
@@ -164,15 +155,7 @@ def _init_smart(app: Flask, gateway: Gateway, engine: Engine) -> None:
 
 
 def _register_errors(app: Flask, config: Config) -> None:
-    @app.errorhandler(FhirError)
-    def fhir_error(exc: FhirError) -> Response:
-        resp = render(outcome_for(exc), status_for(exc), FHIR_JSON, False)
-        if isinstance(exc, Unauthorized):
-            resp.headers["WWW-Authenticate"] = exc.challenge
-        wait = getattr(exc, "retry_after", None)
-        if wait is not None:
-            resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
-        return resp
+    app.register_error_handler(FhirError, error_response)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -185,44 +168,24 @@ def _register_errors(app: Flask, config: Config) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error request_id=%s", g.get("request_id"))
+        ex = g.get("exchange")
+        request_id = ex.request_id if ex is not None else None
+        log.exception("unhandled error request_id=%s", request_id)
         outcome = operation_outcome([issue("fatal", "exception",
-                                           f"Internal error (request id {g.get('request_id')})")])
+                                           f"Internal error (request id {request_id})")])
         return render(outcome, 500, FHIR_JSON, False)
 
 
 def _register_logging(app: Flask) -> None:
-    """One line per request: method, route, status, time, request id. Never the query string
-    or body, which can carry PHI (names, birth dates)."""
-
+    """Every request is an exchange (fhir_gateway.http.exchange): begun before anything else
+    looks at it, ended with its access-log entry and one PHI-free log line."""
     gateway = app.extensions["fhir_gateway"]
 
     @app.before_request
     def start() -> None:
-        ctx = g._get_current_object()  # one context lookup, not one per attribute
-        ctx.request_id = request.headers.get("X-Request-Id", "")[:64] or _next_request_id()
-        ctx.started = time.perf_counter()
-        ctx.adapter_notices = collect_notices()
-        # Only while nothing changes a resource as it is shown (reads); off for writes.
-        remember_patient_refs(request.method in ("GET", "HEAD"))
+        g.exchange = begin(gateway, request._get_current_object())
 
     @app.after_request
     def finish(resp: Response) -> Response:
-        ctx, req = g._get_current_object(), request._get_current_object()
-        request_id = getattr(ctx, "request_id", "")
-        access = getattr(ctx, "fhir_access", None)
-        status = resp.status_code
-        if access is not None and gateway.audit is not None:
-            who = getattr(ctx, "fhir_principal", None)
-            interaction, rtype, rid = access
-            gateway.record(
-                interaction, "allowed" if status < 400 else "denied",
-                user=(who.fhir_user or who.subject) if who else None,
-                client_id=who.client_id if who else None,
-                patient=getattr(ctx, "fhir_patient", None) or (who.patient if who else None),
-                resource_type=rtype, resource_id=rid, status=status, request_id=request_id)
-        resp.headers["X-Request-Id"] = request_id
-        elapsed = (time.perf_counter() - getattr(ctx, "started", time.perf_counter())) * 1000
-        rule = req.url_rule.rule if req.url_rule else "-"
-        log.info("%s %s %s %.1fms id=%s", req.method, rule, status, elapsed, request_id)
-        return resp
+        ex = g.get("exchange") or begin(gateway, request._get_current_object())
+        return end(ex, resp, request.url_rule.rule if request.url_rule else "-")

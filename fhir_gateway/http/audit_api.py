@@ -73,7 +73,7 @@ def audit_events() -> Response:
                               for gr in who.scopes.grants):
         raise Forbidden("Searching the audit log needs a system/AuditEvent.rs scope",
                         expression="AuditEvent")
-    g.fhir_access = ("search-type", "AuditEvent", None)
+    g.exchange.access = ("search-type", "AuditEvent", None)
     count, before = _paging()
     patient = request.args.get("patient")
     if patient:
@@ -104,7 +104,7 @@ def access_log(pid: str) -> Response:
     system = any(gr.context == "system" and gr.allows("AuditEvent", "s") for gr in grants)
     if not (own or system):
         raise NotFound(f"Patient/{pid} is not known", expression="Patient")
-    g.fhir_access = ("operation", "Patient", pid)
+    g.exchange.access = ("operation", "Patient", pid)
     count, before = _paging()
     entries = current_app.extensions["fhir_gateway"].audit.search(
         patient=pid, count=count, before_seq=before)
