@@ -100,6 +100,10 @@ def create_app(config: Config, adapter: Adapter | None = None) -> Flask:
         return render(health, 200 if health.get("status") == "ok" else 503,
                       "application/json", False)
 
+    if config.server.fast_reads:
+        from fhir_gateway.http.fastpath import FastReads
+
+        app.wsgi_app = FastReads(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

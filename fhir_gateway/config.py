@@ -29,6 +29,7 @@ class ServerConfig:
     workers: int = 1
     threads: int = 8
     timeout: int = 60
+    fast_reads: bool = True  # GET reads and searches skip Flask's machinery (http/fastpath.py)
 
 
 @dataclass

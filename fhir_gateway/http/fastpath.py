@@ -1,0 +1,83 @@
+"""The fast path: FHIR reads and searches (`GET [base]/Type/id`, `GET [base]/Type?...`) served
+straight from WSGI, without Flask's request machinery (contexts, hooks, signals, dispatch).
+
+Reads are most of what a portal asks. They go through the same functions as the blueprint's
+views and hooks (`fhir_gateway.http.exchange`): the same token check, access decision, service
+call, shaping, rendering, access-log entry and log line. Routing is Flask's own URL map, asked
+once per path: only paths that Flask would send to the `read` and `search-type` views are
+taken, so every other route (AuditEvent, operations, history, OperationDefinition, ...) keeps
+its view. Requests with an `Origin` (CORS), other methods, and any request whose handling
+raises something other than a FHIR error go to Flask, which serves them from the start with
+its error handlers (nothing was written for them yet: the access log is written last).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
+
+from adapters.errors import FhirError
+from fhir_gateway.http.exchange import (
+    base_url,
+    begin,
+    end,
+    error_response,
+    fhir_request,
+    present,
+)
+from fhir_gateway.http.negotiation import response_mimetype
+
+# Flask endpoint -> the FHIR interaction its GET serves
+ENDPOINTS = {"fhir.instance": "read", "fhir.type_level": "search-type"}
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class FastReads:
+    """WSGI middleware in front of the Flask app's own `wsgi_app` (Flask's documented way to
+    wrap it); `served` counts the requests it answered itself."""
+
+    def __init__(self, app: Flask, wsgi_app: WsgiApp) -> None:
+        self.app = app
+        self.next = wsgi_app
+        self.gateway = app.extensions["fhir_gateway"]
+        self.urls = app.url_map.bind("localhost")  # no host matching: the path decides
+        # path -> route or None; lru_cache is thread-safe (gthread workers share this object)
+        self._route = functools.lru_cache(maxsize=4096)(self._match)
+        self.served = 0
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET" or "HTTP_ORIGIN" in environ:
+            return self.next(environ, start_response)
+        route = self._route(environ.get("PATH_INFO", ""))
+        if route is None:
+            return self.next(environ, start_response)
+        rule, interaction, args = route
+        req = self.app.request_class(environ)
+        ex = begin(self.gateway, req)
+        try:
+            freq = fhir_request(ex, interaction, args.get("rtype"), args.get("id"))
+            mimetype = response_mimetype(req)
+            resp = present(ex, self.gateway.service.handle(freq, base_url(ex)), freq, mimetype)
+        except FhirError as exc:
+            resp = error_response(exc)
+        except Exception:  # noqa: BLE001 - Flask answers it, with its handlers
+            return self.next(environ, start_response)
+        self.served += 1
+        return end(ex, resp, rule)(environ, start_response)
+
+    def _match(self, path: str) -> tuple[str, str, dict] | None:
+        """(rule, interaction, view args) when Flask's map sends a GET of `path` to a view
+        the fast path serves; None otherwise (Flask routes it, redirects or refuses it)."""
+        if not path.startswith("/fhir/"):
+            return None
+        try:
+            rule, args = self.urls.match(path, method="GET", return_rule=True)
+        except (HTTPException, RequestRedirect):
+            return None
+        interaction = ENDPOINTS.get(rule.endpoint)
+        return (rule.rule, interaction, args) if interaction else None
