@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=5.0)
 
 # Headers curl writes itself from the body it is given (a streamed request is read whole).
 _CURL_OWNS = frozenset((b"content-length", b"transfer-encoding"))
+_NOT_IDEMPOTENT = frozenset(("POST", "PATCH"))
 
 _CONNECT_ERRORS = frozenset((
     5,   # COULDNT_RESOLVE_PROXY
@@ -167,6 +168,11 @@ class CurlTransport(httpx.BaseTransport):
                 c.setopt(pycurl.CUSTOMREQUEST, method)
         elif method != "GET":
             c.setopt(pycurl.CUSTOMREQUEST, method)
+        if method in _NOT_IDEMPOTENT:
+            # Curl sends a request once more on a fresh connection when a reused one dies
+            # before the first byte of the answer; the EHR may have acted on the first. A new
+            # connection for writes that must not happen twice.
+            c.setopt(pycurl.FRESH_CONNECT, 1)
 
         lines = []
         for key, value in request.headers.raw:
@@ -232,9 +238,12 @@ def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, request: httpx.Request) ->
     code = exc.args[0] if exc.args else 0
     text = f"curl error {code}: {exc.args[1] if len(exc.args) > 1 else ''}"
     try:
-        # PRETRANSFER is stamped once connected (TLS included) or on a reused connection.
-        connected = handle.getinfo(pycurl.PRETRANSFER_TIME) > 0 or (
-            handle.getinfo(pycurl.CONNECT_TIME) > 0 and request.url.scheme != "https")
+        # Connected: over a reused connection (no new one made), or the TCP connect (and the
+        # TLS handshake for https) finished. PRETRANSFER_TIME is no sign: curl stamps it on
+        # failures too.
+        handshake = pycurl.APPCONNECT_TIME if request.url.scheme == "https" else \
+            pycurl.CONNECT_TIME
+        connected = handle.getinfo(pycurl.NUM_CONNECTS) == 0 or handle.getinfo(handshake) > 0
     except pycurl.error:
         connected = False
     if code in _CONNECT_ERRORS:
