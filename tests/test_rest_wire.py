@@ -66,6 +66,7 @@ class RawServer:
         self.port = self.sock.getsockname()[1]
         self.seen: list[Seen] = []
         self.connections = 0
+        self.tokens = 0
         self.arrived = threading.Condition()
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -162,6 +163,17 @@ class RawServer:
         elif kind == "continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n" +
                          answer("201 Created", patient(arg), ctype, "X-Final: yes"))
+        elif kind == "token":  # a token endpoint handing out tok-1, tok-2, ...
+            with self.arrived:
+                self.tokens += 1
+                body = orjson.dumps({"access_token": f"tok-{self.tokens}",
+                                     "token_type": "bearer", "expires_in": 300})
+            conn.sendall(answer("200 OK", body, "Content-Type: application/json"))
+        elif kind == "wants":  # 200 only with the token named in the path, else 401
+            if seen.header("Authorization") == f"Bearer {arg}":
+                conn.sendall(answer("200 OK", patient(arg), ctype))
+            else:
+                conn.sendall(answer("401 Unauthorized", b"", 'WWW-Authenticate: Bearer'))
         elif kind == "echo":
             conn.sendall(answer("201 Created", seen.body,
                                 f"Content-Type: {seen.header('Content-Type') or 'x/none'}"))
@@ -410,6 +422,31 @@ def test_a_closed_transport_refuses_requests(server):
     tr.close()
     with pytest.raises(RuntimeError):
         tr.handle_request(httpx.Request("GET", f"{server.base}/ok/2"))
+
+
+def test_backend_services_renews_its_token_once_on_a_401_over_curl(server):
+    """The httpx.Auth flow driven by UpstreamClient itself: a 401 gets one retry with a new
+    token (the token endpoint is reached over the same kind of wire)."""
+    pem = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    client = UpstreamClient(RestSettings(
+        base_url=server.base, retries=0, auth="backend-services", client_id="gw",
+        private_key_pem=pem, token_url=f"{server.base}/token/x"))
+    assert type(client._token_http._transport) is CurlTransport
+    try:
+        first = server.tokens
+        wanted = f"tok-{first + 2}"
+        resp = client.send("GET", f"wants/{wanted}")
+        assert resp.status == 200 and resp.body["id"] == wanted
+        gets = [s for s in server.seen if s.target == f"/wants/{wanted}"]
+        assert [g.header("Authorization") for g in gets] == [
+            f"Bearer tok-{first + 1}", f"Bearer {wanted}"]
+        posts = [s for s in server.seen if s.target == "/token/x"][-2:]
+        assert all(p.method == "POST" and b"client_assertion=" in p.body for p in posts)
+        assert server.tokens == first + 2
+    finally:
+        client.close()
 
 
 # -- TLS ----------------------------------------------------------------------------------------
