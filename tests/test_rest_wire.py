@@ -317,6 +317,18 @@ def test_a_body_and_headers_arrive_intact(server, transport, method):
     assert seen.header("Expect") is None
     assert seen.header("Accept-Encoding") is None  # curl asks for no encoding of its own
     assert [k.lower() for k, _ in seen.headers].count("content-length") == 1
+    assert seen.header("User-Agent") is None  # none was given: not pycurl's either
+
+
+@pytest.mark.parametrize("headers", [{"If-Match": 'W/"1"\r\nX-Injected: yes'},
+                                     {"If-Match": 'W/"1"\nX-Injected: yes'},
+                                     {"X-Injected: yes\r\nX-Name": "v"}])
+def test_a_header_with_a_line_break_is_refused_not_sent(server, transport, headers):
+    target = f"/ok/inject-{len(server.seen)}"
+    with pytest.raises(httpx.LocalProtocolError):
+        get(transport, f"{server.base}{target}", headers=headers)
+    assert not any(s.target == target or s.header("X-Injected") for s in server.seen)
+    assert get(transport, f"{server.base}/ok/after-refusal").status_code == 200
 
 
 def test_delete_and_head_without_a_body(server, transport):

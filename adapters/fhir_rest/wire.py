@@ -16,6 +16,7 @@ host: they are for logs, never for apps.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 
@@ -28,6 +29,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=5.0)
 # Headers curl writes itself from the body it is given (a streamed request is read whole).
 _CURL_OWNS = frozenset((b"content-length", b"transfer-encoding"))
 _NOT_IDEMPOTENT = frozenset(("POST", "PATCH"))
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # a header name (RFC 9110 token)
 
 _CONNECT_ERRORS = frozenset((
     5,   # COULDNT_RESOLVE_PROXY
@@ -178,9 +180,16 @@ class CurlTransport(httpx.BaseTransport):
         for key, value in request.headers.raw:
             if key.lower() in _CURL_OWNS:
                 continue
+            if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.match(key):
+                # curl would send it as it is: a header injected into the EHR's request. h11
+                # (httpx's own wire) refuses it the same way.
+                raise httpx.LocalProtocolError("a request header is not valid HTTP",
+                                               request=request)
             # "Name;" is curl's way to send a header with an empty value ("Name:" drops one).
             lines.append(key + b": " + value if value else key + b";")
         lines.append(b"Expect:")  # no 100-continue round trip before a body
+        if "user-agent" not in request.headers:
+            lines.append(b"User-Agent:")  # not pycurl's own, which names every library version
         c.setopt(pycurl.HTTPHEADER, lines)
 
         chunks: list[bytes] = []
