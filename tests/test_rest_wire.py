@@ -134,6 +134,9 @@ class RawServer:
             body = b"" if seen.method == "HEAD" else patient(arg)
             head = answer("200 OK", patient(arg), ctype)
             conn.sendall(head[:len(head) - len(patient(arg))] + body)
+        elif kind == "ok-then-close":  # as a server whose keep-alive timeout ran out
+            conn.sendall(answer("200 OK", patient(arg), ctype))
+            return False
         elif kind == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
@@ -236,6 +239,20 @@ def test_a_broken_answer_is_an_httpx_error_and_the_next_request_works(server, tr
     for i in range(3):
         resp = get(transport, f"{server.base}/ok/after{i}")
         assert resp.status_code == 200 and orjson.loads(resp.content)["id"] == f"after{i}"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
+def test_a_connection_the_server_closed_while_idle_is_not_reused(server, method):
+    tr = CurlTransport(max_connections=1, timeout=FAST)
+    try:
+        assert get(tr, f"{server.base}/ok-then-close/idle").status_code == 200
+        server.wait_for("/ok-then-close/idle")
+        target = f"/echo/after-idle-{method.lower()}-{len(server.seen)}"
+        resp = get(tr, f"{server.base}{target}", method, content=b'{"a": 1}')
+        assert resp.status_code == 201 and resp.content == b'{"a": 1}'
+        assert sum(1 for s in server.seen if s.target == target) == 1
+    finally:
+        tr.close()
 
 
 def test_a_reset_on_a_fresh_connection_too(server):
