@@ -445,6 +445,13 @@ def test_eight_threads_share_the_transport_and_each_gets_its_own_answer(server):
         tr.close()
 
 
+@pytest.mark.parametrize("url", ["file:///etc/hostname", "ftp://127.0.0.1/x",
+                                 "gopher://127.0.0.1/x"])
+def test_only_http_and_https_are_spoken(transport, url):
+    with pytest.raises(httpx.UnsupportedProtocol):
+        transport.handle_request(httpx.Request("GET", url))
+
+
 def test_a_closed_transport_refuses_requests(server):
     tr = CurlTransport(timeout=FAST)
     assert get(tr, f"{server.base}/ok/1").status_code == 200

@@ -29,6 +29,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=5.0)
 # Headers curl writes itself from the body it is given (a streamed request is read whole).
 _CURL_OWNS = frozenset((b"content-length", b"transfer-encoding"))
 _NOT_IDEMPOTENT = frozenset(("POST", "PATCH"))
+_HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # a header name (RFC 9110 token)
 
 _CONNECT_ERRORS = frozenset((
@@ -142,6 +143,7 @@ class CurlTransport(httpx.BaseTransport):
     def _setup(self, c: pycurl.Curl, request: httpx.Request, timeout: dict) -> tuple[list, list]:
         c.reset()  # options only: curl keeps the live connection, DNS and TLS session caches
         c.setopt(pycurl.URL, str(request.url))
+        c.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)  # never file://, ftp:// ... (libcurl has them)
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         c.setopt(pycurl.HTTP_CONTENT_DECODING, 0)  # httpx decodes Content-Encoding
@@ -199,6 +201,9 @@ class CurlTransport(httpx.BaseTransport):
         return chunks, head
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"{request.url.scheme!r} is not HTTP",
+                                            request=request)
         timeout = request.extensions.get("timeout") or self._timeout
         handle = self._acquire(timeout.get("pool"), request)
         try:
