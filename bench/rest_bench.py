@@ -356,13 +356,27 @@ def load(server: Server, path: str, headers: dict[str, str], concurrency: int, c
 
 def client_cost(port: int, path: str, count: int) -> dict[str, float]:
     """CPU µs per GET of the outbound client alone, in this process (one thread, keep-alive):
-    httpx as the REST adapter uses it, and http.client, the standard library's floor."""
+    the REST adapter's `UpstreamClient.send` over its default curl wire and over httpx's
+    transport (both parse the JSON), `httpx.Client`, and http.client, the standard library's
+    floor."""
     import httpx
 
+    from adapters.fhir_rest.client import UpstreamClient
+    from adapters.fhir_rest.settings import RestSettings
+
     out = {}
+    upstream = {kind: UpstreamClient(RestSettings(base_url=f"http://127.0.0.1:{port}/fhir",
+                                                  retries=0, transport=kind))
+                for kind in ("curl", "httpx")}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir/",
                       headers={"Accept": FHIR_JSON}) as client:
         rel = path.removeprefix("/fhir/")
+
+        def with_curl() -> None:
+            upstream["curl"].send("GET", rel)
+
+        def with_upstream_httpx() -> None:
+            upstream["httpx"].send("GET", rel)
 
         def with_httpx() -> None:
             client.get(rel).read()
@@ -373,7 +387,9 @@ def client_cost(port: int, path: str, count: int) -> dict[str, float]:
             conn.request("GET", path, headers={"Accept": FHIR_JSON})
             conn.getresponse().read()
 
-        for name, call in (("httpx", with_httpx), ("http.client", with_http_client)):
+        for name, call in (("UpstreamClient.send (curl)", with_curl),
+                           ("UpstreamClient.send (httpx transport)", with_upstream_httpx),
+                           ("httpx.Client", with_httpx), ("http.client", with_http_client)):
             for _ in range(20):
                 call()
             started = time.process_time()
@@ -381,6 +397,8 @@ def client_cost(port: int, path: str, count: int) -> dict[str, float]:
                 call()
             out[name] = (time.process_time() - started) / count * 1e6
         conn.close()
+    for one in upstream.values():
+        one.close()
     return out
 
 

@@ -62,6 +62,7 @@ class FhirRestConfig:
     deny: str = ""
     connect_timeout: float = 3.0
     read_timeout: float = 20.0
+    transport: str = "curl"  # the outbound wire: curl (libcurl via pycurl) or httpx
     retries: int = 2
     backoff: float = 0.2
     max_wait: float = 10.0
@@ -310,7 +311,7 @@ def check(cfg: Config) -> list[str]:
     if cfg.adapter.kind == "fhir_rest":
         if not rest.base_url.startswith(("http://", "https://")):
             out.append("fhir_rest.base_url must be the EHR's FHIR base (http:// or https://).")
-        from adapters.fhir_rest.settings import AUTH_KINDS
+        from adapters.fhir_rest.settings import AUTH_KINDS, TRANSPORTS
         from adapters.fhir_rest.vendors import PROFILES
 
         if rest.vendor not in PROFILES:
@@ -318,6 +319,9 @@ def check(cfg: Config) -> list[str]:
                        f"{', '.join(sorted(PROFILES))}.")
         if rest.auth not in AUTH_KINDS:
             out.append(f"fhir_rest.auth must be one of {', '.join(AUTH_KINDS)}.")
+        if rest.transport not in TRANSPORTS:
+            out.append(f"fhir_rest.transport {rest.transport!r} is unknown; choose one of "
+                       f"{', '.join(TRANSPORTS)}.")
         if rest.auth == "bearer" and not (rest.bearer_token or rest.bearer_token_file):
             out.append("fhir_rest.auth = bearer needs FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN or "
                        "fhir_rest.bearer_token_file.")

@@ -89,6 +89,8 @@ REST = {"FHIR_GATEWAY_ADAPTER": "fhir_rest",
     ({**REST, "FHIR_GATEWAY_FHIR_REST_DENY": "Task.fly"}, "fhir_rest.deny: 'Task.fly'"),
     ({**REST, "FHIR_GATEWAY_FHIR_REST_ALLOW": "Taks.update"}, "not an R4 resource type"),
     ({**REST, "FHIR_GATEWAY_FHIR_REST_CACHE_TTL": "Patient=soon"}, "must look like Patient=300"),
+    ({**REST, "FHIR_GATEWAY_FHIR_REST_TRANSPORT": "urllib"},
+     "fhir_rest.transport 'urllib' is unknown; choose one of curl, httpx"),
 ])
 def test_rest_adapter_settings_are_checked(env, words):
     with pytest.raises(ConfigError) as info:
@@ -102,6 +104,24 @@ def test_rest_adapter_settings_load_from_the_environment():
                            "FHIR_GATEWAY_OUTBOX_INTERVAL": "0.5"})
     assert (cfg.fhir_rest.vendor, cfg.fhir_rest.max_wait, cfg.outbox.interval) == \
         ("epic", 2.5, 0.5)
+
+
+@pytest.mark.parametrize(("env", "kind"), [({}, "CurlTransport"),
+                                           ({"FHIR_GATEWAY_FHIR_REST_TRANSPORT": "curl"},
+                                            "CurlTransport"),
+                                           ({"FHIR_GATEWAY_FHIR_REST_TRANSPORT": "httpx"},
+                                            "HTTPTransport")])
+def test_rest_adapter_transport_comes_from_the_config(tmp_path, env, kind):
+    from fhir_gateway.ehr import build_adapter
+
+    cfg = load_config(env={**REST, "FHIR_GATEWAY_DATA": str(tmp_path), **env})
+    assert cfg.fhir_rest.transport == env.get("FHIR_GATEWAY_FHIR_REST_TRANSPORT", "curl")
+    adapter = build_adapter(cfg)
+    try:
+        assert type(adapter.client.transport).__name__ == kind
+        assert type(adapter.client._token_http._transport).__name__ == kind
+    finally:
+        adapter.close()
 
 
 def test_tenant_names_are_checked(tmp_path):

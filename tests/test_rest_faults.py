@@ -96,8 +96,10 @@ def no_host(exc: FhirError) -> None:
 
 def make(**kw) -> tuple[FhirRestAdapter, Sleeps]:
     sleeps = Sleeps()
+    # respx patches httpcore: these faults reach the code above the wire over httpx's transport
+    # (the curl transport has its own tests against real sockets in test_rest_wire.py).
     settings = RestSettings(**{"base_url": BASE, "vendor": "hapi", "retries": 2,
-                               "backoff": 0.0, **kw})
+                               "backoff": 0.0, "transport": "httpx", **kw})
     return FhirRestAdapter(settings, sleep=sleeps), sleeps
 
 
@@ -907,6 +909,7 @@ def front(tmp_path):
         router.get("/metadata").respond(404, json=outcome("no metadata", "not-found"))
         live, stop = start_rest_gateway(tmp_path, BASE, {
             "FHIR_GATEWAY_OUTBOX_WORKER": "false",  # the Task stays as queued, no race
+            "FHIR_GATEWAY_FHIR_REST_TRANSPORT": "httpx",  # respx patches httpcore
             "FHIR_GATEWAY_FHIR_REST_BREAKER_FAILURES": "100"}, vendor="hapi")
         try:
             yield live, router

@@ -236,7 +236,9 @@ def ehr():
 
 
 def _adapter(**kw) -> FhirRestAdapter:
+    # respx patches httpcore: the adapter uses httpx's transport here.
     return FhirRestAdapter(RestSettings(base_url=BASE, vendor=kw.pop("vendor", "hapi"),
+                                        transport="httpx",
                                         retries=0, backoff=0.0, **kw), sleep=lambda s: None)
 
 

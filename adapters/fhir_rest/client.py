@@ -36,11 +36,13 @@ from adapters.fhir_rest.resilience import (
     CircuitOpen,
     retry_after_seconds,
 )
-from adapters.fhir_rest.settings import RestSettings
+from adapters.fhir_rest.settings import TRANSPORTS, RestSettings
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 MAX_DIAGNOSTICS = 300
+ACCEPT_ENCODING = "gzip, deflate"  # decoded by httpx.Response, whatever the wire
+USER_AGENT = f"python-httpx/{httpx.__version__}"  # what the EHR saw from httpx.Client
 
 
 @dataclass
@@ -52,27 +54,107 @@ class UpstreamResponse:
     url: str  # the EHR's address of the request (never shown to apps)
 
 
+def make_transport(settings: RestSettings) -> httpx.BaseTransport:
+    """The outbound wire `settings.transport` names: libcurl (default) or httpx's httpcore."""
+    if settings.transport == "curl":
+        from adapters.fhir_rest.wire import CurlTransport
+
+        return CurlTransport(max_connections=settings.max_connections,
+                             timeout=_timeout(settings))
+    if settings.transport == "httpx":
+        return httpx.HTTPTransport(limits=httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections), retries=0)
+    raise ValueError(f"unknown fhir_rest transport {settings.transport!r}; choose one of "
+                     f"{', '.join(TRANSPORTS)}")
+
+
+def _timeout(settings: RestSettings) -> httpx.Timeout:
+    return httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
+                         write=settings.write_timeout, pool=settings.pool_timeout)
+
+
 class UpstreamClient:
+    """Requests go straight to an `httpx.BaseTransport` (no `httpx.Client` on the request path:
+    it cost more CPU than the wire). There is no cookie jar on purpose: the gateway never
+    carries an EHR's cookies from one patient's request to another's."""
+
     def __init__(self, settings: RestSettings, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep) -> None:
         self.settings = settings
         self.base = settings.base_url.rstrip("/") + "/"
-        timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
-                                write=settings.write_timeout, pool=settings.pool_timeout)
+        self._base_url = httpx.URL(self.base)
+        timeout = _timeout(settings)
+        self._timeout = timeout.as_dict()  # the extension httpx.Client would set
+        self._owns_transport = transport is None
+        self.transport = transport or make_transport(settings)
         limits = httpx.Limits(max_connections=settings.max_connections,
                               max_keepalive_connections=settings.max_connections)
-        common = {"timeout": timeout, "limits": limits, "follow_redirects": False,
-                  "transport": transport}
-        self._token_http = httpx.Client(**common)
-        self.http = httpx.Client(base_url=self.base, auth=make_auth(settings, self._token_http),
-                                 headers={"Accept": FHIR_JSON}, **common)
+        # Token requests are rare: an httpx.Client (form bodies, .json()) over its own wire of
+        # the same kind, or over the explicit transport a test gave.
+        self._token_http = httpx.Client(
+            timeout=timeout, limits=limits, follow_redirects=False,
+            transport=transport or make_transport(settings))
+        self.auth = make_auth(settings, self._token_http)
+        self._headers = httpx.Headers({"Accept": FHIR_JSON, "Accept-Encoding": ACCEPT_ENCODING,
+                                       "User-Agent": USER_AGENT})
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset)
         self.backoff = Backoff(settings.backoff)
         self._sleep = sleep
 
     def close(self) -> None:
-        self.http.close()
+        if self._owns_transport:
+            self.transport.close()
         self._token_http.close()
+
+    def _request(self, method: str, path: str, params: list[tuple[str, str]] | None,
+                 content: bytes | None, headers: dict[str, str]) -> httpx.Request:
+        """The request httpx.Client(base_url=...) would build: `path` against the EHR's base,
+        the default headers under `headers`, the timeouts. A relative path without a query (the
+        common case) becomes one string, parsed once."""
+        merged = self._headers.copy()
+        if headers:
+            merged.update(headers)
+        ext = {"timeout": self._timeout}
+        if "://" not in path and not path.startswith("//") and "?" not in path:
+            target = self.base + path.lstrip("/")
+            if params:
+                target = f"{target}?{httpx.QueryParams(params)}"
+            return httpx.Request(method, target, content=content, headers=merged,
+                                 extensions=ext)
+        url = httpx.URL(path)
+        if url.is_relative_url:
+            url = self._base_url.copy_with(
+                raw_path=self._base_url.raw_path + url.raw_path.lstrip(b"/"))
+        return httpx.Request(method, url, params=params or None, content=content,
+                             headers=merged, extensions=ext)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        response = self.transport.handle_request(request)
+        response.request = request  # as httpx.Client does (HTTPTransport leaves it unset)
+        return response
+
+    def _exchange(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` through the auth flow (which may answer a 401 with a renewed token
+        and one more try); return the last response, not yet read."""
+        if self.auth is None:
+            return self._handle(request)
+        flow = self.auth.sync_auth_flow(request)
+        try:
+            request = next(flow)
+            while True:
+                response = self._handle(request)
+                try:
+                    request = flow.send(response)
+                except StopIteration:
+                    return response
+                except BaseException:
+                    response.close()
+                    raise
+                response.read()
+                response.close()
+        finally:
+            flow.close()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -98,9 +180,11 @@ class UpstreamClient:
                     f"The EHR ({name}) is not answering; the gateway will try it again in "
                     f"{exc.retry_in:.0f} s", retry_after=exc.retry_in) from None
             try:
-                resp = self.http.request(method, path, params=params, content=content,
-                                         headers=hdrs)
-                raw = resp.read()
+                resp = self._exchange(self._request(method, path, params, content, hdrs))
+                try:
+                    raw = resp.read()
+                finally:
+                    resp.close()
             except httpx.DecodingError:
                 self.breaker.success()  # it answered, in an encoding that does not decode
                 raise UpstreamError(f"The answer of the EHR ({name}) could not be decoded (its "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 AUTH_KINDS = ("none", "bearer", "backend-services")
+TRANSPORTS = ("curl", "httpx")  # the outbound wire: libcurl (pycurl), or httpx's httpcore
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RestSettings:
     write_timeout: float = 20.0
     pool_timeout: float = 5.0
     max_connections: int = 32
+    transport: str = "curl"  # one of TRANSPORTS (see adapters.fhir_rest.wire)
     retries: int = 2  # extra attempts for idempotent requests
     backoff: float = 0.2  # first backoff in seconds; doubles, with full jitter
     max_wait: float = 10.0  # longest Retry-After slept in a request; longer is reported
