@@ -49,9 +49,9 @@ def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 # A `reference` member in compact JSON (orjson's output, or json.dumps with these separators):
-# a key's opening quote follows `{` or `,`; inside a string every `"` is escaped, so this can
-# only match a real key. The value is the raw JSON string body (escapes kept).
-_REFERENCE_MEMBER = re.compile(rb'[{,]"reference":"((?:[^"\\]|\\.)*)"')
+# a key's opening quote follows `{` or `,`, and inside a string every `"` is escaped, so this
+# preceded by one of those can only be a real key.
+_REFERENCE_KEY = b'"reference":"'
 
 
 def _compact_json(node: object) -> bytes:
@@ -70,15 +70,40 @@ def patient_targets(node: object) -> frozenset[str]:
     parses only values that can name a Patient. A `reference` that is not a string is looked
     into too (its nested members match): stricter than skipping it, it can only add patients.
     """
+    return patient_targets_in_json(_compact_json(node))
+
+
+def patient_targets_in_json(data: bytes) -> frozenset[str]:
+    """`patient_targets` of a value given as its compact JSON (see `_compact_json`)."""
     found: set[str] = set()
-    for raw in _REFERENCE_MEMBER.findall(_compact_json(node)):
-        if b"Patient/" not in raw:
-            continue  # JSON escapes only quotes, backslashes and control characters
-        value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8")
-        target = reference_target(value)
-        if target is not None and target[0] == "Patient":
-            found.add(target[1])
+    find, key, size = data.find, _REFERENCE_KEY, len(_REFERENCE_KEY)
+    at = find(key)
+    while at != -1:
+        start = at + size
+        end = find(b'"', start)
+        while end != -1 and _escaped(data, end):
+            end = find(b'"', end + 1)
+        if end == -1:
+            break  # not JSON: nothing more to read
+        if at == 0 or data[at - 1] not in b"{,":
+            at = find(key, at + 1)  # inside a key's text: look again just after it
+            continue
+        raw = data[start:end]
+        if b"Patient/" in raw:  # JSON escapes only quotes, backslashes and control chars
+            value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            target = reference_target(value)
+            if target is not None and target[0] == "Patient":
+                found.add(target[1])
+        at = find(key, end + 1)
     return frozenset(found)
+
+
+def _escaped(data: bytes, quote: int) -> bool:
+    """Is the `"` at `quote` escaped (an odd run of backslashes before it)?"""
+    run = 0
+    while data[quote - 1 - run] == 0x5C:  # backslash
+        run += 1
+    return run % 2 == 1
 
 
 def rewrite_references(node: object, change: Callable[[str], str | None]) -> object:

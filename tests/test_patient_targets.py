@@ -37,7 +37,8 @@ REFERENCES = st.one_of(
     st.text(max_size=12),
 )
 KEYS = st.sampled_from(["reference", "subject", "patient", "entry", "resource", "text",
-                        "Reference", 'reference"', "ref\\erence", "display"])
+                        "Reference", 'reference"', '"reference', 'x\\"reference',
+                        "ref\\erence", "display"])
 LEAVES = st.one_of(REFERENCES, st.integers(-2**70, 2**70), st.booleans(), st.none(),
                    st.floats(allow_nan=False))
 TREES = st.recursive(LEAVES, lambda kids: st.one_of(

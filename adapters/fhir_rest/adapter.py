@@ -48,7 +48,12 @@ from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
 from adapters.search import SearchQuery, valid_id
 from mappings.r4 import RESOURCE_TYPES
-from mappings.references import patient_targets, reference_target, rewrite_references
+from mappings.references import (
+    patient_targets,
+    patient_targets_in_json,
+    reference_target,
+    rewrite_references,
+)
 
 log = logging.getLogger("adapters.fhir_rest")
 RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
@@ -59,7 +64,9 @@ PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the ga
 def _pack_page(page: SearchPage) -> bytes:
     """A checked, localised page for the cache, with the Patients each resource names (so a
     hit skips that walk too)."""
-    patients = [sorted(patient_targets(r)) for r in (*page.resources, *page.included)]
+    known = page.patients if page.patients is not None else \
+        [patient_targets(r) for r in (*page.resources, *page.included)]
+    patients = [sorted(p) for p in known]
     return orjson.dumps({"m": page.resources, "i": page.included, "t": page.total,
                          "n": page.next_cursor, "w": page.warnings, "p": patients})
 
@@ -174,6 +181,12 @@ class FhirRestAdapter(Adapter):
     def _resource(self, body: dict | None, raw: bytes | None = None,
                   rtype: str | None = None) -> dict:
         """Check that the EHR sent an R4 resource (of the expected type) and localise it."""
+        return self._checked(body, raw, rtype)[0]
+
+    def _checked(self, body: dict | None, raw: bytes | None,
+                 rtype: str | None) -> tuple[dict, bytes | None]:
+        """`_resource`, and the resource's compact JSON as the EHR sent it when that had to be
+        written to look for the EHR's base (it names the same patients)."""
         if not isinstance(body, dict):
             raise UpstreamError(f"The EHR ({self.s.name}) sent no resource")
         kind = body.get("resourceType")
@@ -188,10 +201,12 @@ class FhirRestAdapter(Adapter):
             raise UpstreamError(f"The EHR ({self.s.name}) sent a {kind} without a valid id")
         # `raw` (what the EHR sent) may be a whole Bundle, whose fullUrls all hold the EHR's
         # base, or spell slashes as `\/`: then this resource's own JSON decides.
-        if (raw is None or self._base_bytes in raw or b"\\/" in raw) \
-                and self._base_bytes in orjson.dumps(body):
-            body = rewrite_references(body, self._local)
-        return body
+        blob = None
+        if raw is None or self._base_bytes in raw or b"\\/" in raw:
+            blob = orjson.dumps(body)
+            if self._base_bytes in blob:
+                body = rewrite_references(body, self._local)
+        return body, blob
 
     def _cached_read(self, key: str, raw: bytes, rtype: str) -> dict:
         return self._resource(orjson.loads(raw), raw, rtype)
@@ -318,19 +333,26 @@ class FhirRestAdapter(Adapter):
         return page
 
     def _page(self, bundle: dict, raw: bytes, rtype: str) -> SearchPage:
+        """The checked, localised page, with the Patients each resource names (read from the
+        JSON the base check wrote, so the access checks need not look again)."""
         page = SearchPage(resources=[], total=bundle.get("total"))
+        matched: list[frozenset[str]] = []
+        included: list[frozenset[str]] = []
         for item in self._items(bundle, "entry"):
             mode = (item.get("search") or {}).get("mode", "match")
             resource = item.get("resource")
             if mode == "outcome":
                 continue
-            resource = self._resource(resource, raw)
-            if mode == "include":
-                page.included.append(resource)
-            elif resource["resourceType"] == rtype:
+            resource, blob = self._checked(resource, raw, None)
+            patients = patient_targets(resource) if blob is None else \
+                patient_targets_in_json(blob)
+            if mode != "include" and resource["resourceType"] == rtype:
                 page.resources.append(resource)
+                matched.append(patients)
             else:
                 page.included.append(resource)
+                included.append(patients)
+        page.patients = matched + included
         if not isinstance(page.total, int):
             page.total = None
         page.next_cursor, page.warnings = self._next(bundle)
