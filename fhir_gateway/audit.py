@@ -86,6 +86,17 @@ _LIMITS = {"action": 64, "outcome": 32, "user": 255, "client_id": 255, "patient"
 _REFERENCE = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
 
 
+def fit(name: str, value: str | None) -> str | None:
+    """`value` as field `name` can hold it: NULs replaced, cut to the field's limit (ending in
+    an ellipsis). For what a caller wrote in a URL (a type, an id, an operation name), so that
+    an overlong or odd one is still recorded rather than refused."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\ufffd")
+    limit = _LIMITS[name]
+    return value if len(value) <= limit else value[:limit - 1] + "\u2026"
+
+
 @dataclass(frozen=True)
 class AuditRecord:
     """One event to record. References and codes only: no query values, tokens or PHI."""

@@ -87,6 +87,8 @@ READS = [
     "/fhir/Patient?family=a",
     "/fhir/Encounter?_include=Encounter:subject",
     "/fhir/NoSuchType",
+    "/fhir/Patient/" + "a" * 64,  # the longest valid id
+    "/fhir/Patient/" + "a" * 300,  # too long to be an id (and to be remembered by path)
 ]
 
 
@@ -180,3 +182,19 @@ def test_fast_reads_can_be_turned_off(tmp_path):
     app = create_app(cfg)
     assert not isinstance(app.wsgi_app, FastReads)
     app.extensions["fhir_gateway"].adapter.close()
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient/" + "a" * 300, "/fhir/" + "X" * 100,
+                                  "/fhir/Patient/a%00b"])
+def test_odd_types_and_ids_are_still_recorded(stacks, path):
+    """The access log records a request whatever type or id its URL names: cut to the log's
+    limits (ending in an ellipsis) and without NULs, never left out."""
+    app, fast, tokens = stacks
+    headers = {"Accept": FJ, "Authorization": f"Bearer {tokens['ann']}", "X-Request-Id": "odd"}
+    status, _, _ = exchange(fast, path, headers)
+    entry = last_audit(app)
+    assert entry[8] == "odd" and entry[7] == status and status in (400, 403, 404)
+    assert len(entry[5]) <= 64 and (entry[6] is None or len(entry[6]) <= 64)
+    assert "\x00" not in (entry[6] or "")
+    if len(path) > 100:
+        assert (entry[6] or entry[5]).endswith("\u2026")

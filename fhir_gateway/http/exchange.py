@@ -21,6 +21,7 @@ from adapters.base import Notice, collect_notices
 from adapters.errors import FhirError
 from fhir_gateway.access import Principal
 from fhir_gateway.access.policy import patient_refs, remember_patient_refs
+from fhir_gateway.audit import fit
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.http.shaping import shape
@@ -171,12 +172,13 @@ def end(ex: Exchange, resp: Response, rule: str) -> Response:
     if ex.access is not None and gateway.audit is not None:
         who = ex.principal
         interaction, rtype, rid = ex.access
-        gateway.record(
-            interaction, "allowed" if status < 400 else "denied",
+        gateway.record(  # the type, id and operation are the caller's words: fitted
+            fit("action", interaction), "allowed" if status < 400 else "denied",
             user=(who.fhir_user or who.subject) if who else None,
             client_id=who.client_id if who else None,
             patient=ex.patient or (who.patient if who else None),
-            resource_type=rtype, resource_id=rid, status=status, request_id=ex.request_id)
+            resource_type=fit("resource_type", rtype), resource_id=fit("resource_id", rid),
+            status=status, request_id=ex.request_id)
     resp.headers["X-Request-Id"] = ex.request_id
     elapsed = (time.perf_counter() - ex.started) * 1000
     log.info("%s %s %s %.1fms id=%s", ex.request.method, rule, status, elapsed, ex.request_id)

@@ -35,6 +35,7 @@ from fhir_gateway.http.negotiation import response_mimetype
 ENDPOINTS = {"fhir.instance": "read", "fhir.type_level": "search-type"}
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+MAX_REMEMBERED_PATH = 200  # characters
 
 
 class FastReads:
@@ -47,13 +48,15 @@ class FastReads:
         self.gateway = app.extensions["fhir_gateway"]
         self.urls = app.url_map.bind("localhost")  # no host matching: the path decides
         # path -> route or None; lru_cache is thread-safe (gthread workers share this object)
-        self._route = functools.lru_cache(maxsize=4096)(self._match)
+        self._route = functools.lru_cache(maxsize=2048)(self._match)
         self.served = 0
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "GET" or "HTTP_ORIGIN" in environ:
             return self.next(environ, start_response)
-        route = self._route(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        # Remembered per path, except long ones (a flood of those would only fill memory).
+        route = self._route(path) if len(path) <= MAX_REMEMBERED_PATH else self._match(path)
         if route is None:
             return self.next(environ, start_response)
         rule, interaction, args = route
