@@ -17,7 +17,7 @@ from fhir_gateway.config import Config
 from fhir_gateway.ehr import build_adapter
 from fhir_gateway.errors import issue, operation_outcome
 from fhir_gateway.http.cors import install_cors
-from fhir_gateway.http.exchange import begin, end, error_response
+from fhir_gateway.http.exchange import begin, end, error_response, internal_error
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.paging import CursorSigner, load_or_create_key
 from fhir_gateway.service import FhirService
@@ -173,11 +173,7 @@ def _register_errors(app: Flask, config: Config) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         ex = g.get("exchange")
-        request_id = ex.request_id if ex is not None else None
-        log.exception("unhandled error request_id=%s", request_id)
-        outcome = operation_outcome([issue("fatal", "exception",
-                                           f"Internal error (request id {request_id})")])
-        return render(outcome, 500, FHIR_JSON, False)
+        return internal_error(ex.request_id if ex is not None else None)
 
 
 def _register_logging(app: Flask) -> None:

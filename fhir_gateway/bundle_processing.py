@@ -8,6 +8,7 @@ error with the entry it came from. A batch runs each entry on its own through
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 from adapters.base import BundleEntryRequest, SearchPage, WriteResult
@@ -40,6 +41,9 @@ def _split_url(url: str, where: str) -> tuple[str, list[str], list[tuple[str, st
     return segments[0], segments[1:], params
 
 
+_VERSION = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # FHIR id syntax, as a version id has
+
+
 def _entries(bundle: dict, limit: int) -> list[dict]:
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
@@ -62,8 +66,16 @@ def to_request(entry: dict, where: str) -> FhirRequest:
     if not isinstance(req.get("url"), str):
         raise Invalid(f"{where}.request.url is missing", expression=f"{where}.request.url")
     rtype, rest, params = _split_url(req["url"], where)
+    for name in ("ifMatch", "ifNoneExist"):
+        if req.get(name) is not None and not isinstance(req[name], str):
+            raise Invalid(f"{where}.request.{name} must be a string",
+                          expression=f"{where}.request.{name}")
+    if_match = parse_etag(req.get("ifMatch"))
+    if if_match is not None and not _VERSION.match(if_match):
+        raise Invalid(f"{where}.request.ifMatch must be an ETag such as W/\"3\"",
+                      expression=f"{where}.request.ifMatch")
     fr = FhirRequest(interaction="", resource_type=rtype, params=params,
-                     body=entry.get("resource"), if_match=parse_etag(req.get("ifMatch")),
+                     body=entry.get("resource"), if_match=if_match,
                      if_none_exist=req.get("ifNoneExist"))
     if method == "GET":
         if not rest:

@@ -41,6 +41,7 @@ class BatchedStreamHandler(logging.Handler):
         lines it inherited unwritten: its parent writes those)."""
         self._pid = os.getpid()
         self._lines = []
+        self._wake = threading.Event()  # not one a parent's thread may have held at the fork
         threading.Thread(target=self._run, name="log-writer", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -89,6 +89,8 @@ READS = [
     "/fhir/NoSuchType",
     "/fhir/Patient/" + "a" * 64,  # the longest valid id
     "/fhir/Patient/" + "a" * 300,  # too long to be an id (and to be remembered by path)
+    "/fhir/Patient/%C3%A9",  # not ASCII: decoded as UTF-8, as Flask does
+    "/fhir/Observation%C3%A9?patient=pat-0001",
 ]
 
 
@@ -155,25 +157,51 @@ def test_other_requests_are_left_to_flask(stacks, path, method, extra):
     assert answer == exchange(fast.next, path, headers, method)
 
 
-def test_an_unexpected_error_is_answered_by_flask(stacks, monkeypatch, caplog):
-    """Anything but a FHIR error leaves the request to Flask, which answers it from the start
-    (its 500 handler, with the request id), and nothing is logged twice."""
+def test_an_unexpected_error_in_the_service_is_the_500_flask_gives(stacks, monkeypatch,
+                                                                   caplog):
+    """A bug behind the service is answered as Flask's handler answers it (500, the request
+    id, the traceback logged), once: the EHR is not asked again through Flask."""
     app, fast, tokens = stacks
     service = app.extensions["fhir_gateway"].service
+    calls = []
 
     def broken(freq, base):
+        calls.append(freq.interaction)
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(service, "handle", broken)
     headers = {"Accept": FJ, "Authorization": f"Bearer {tokens['ann']}", "X-Request-Id": "r-500"}
+    answers = []
+    for stack in (fast, fast.next):
+        calls.clear()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fhir_gateway.request"):
+            answers.append(exchange(stack, "/fhir/Patient/pat-0001", headers))
+        assert calls == ["read"]
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == \
+            ["unhandled error request_id=r-500"]
+        assert len([r for r in caplog.records if r.getMessage().startswith("GET ")]) == 1
+        assert last_audit(app)[:2] == ("read", "denied") and last_audit(app)[7] == 500
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 500 and b"Internal error (request id r-500)" in answers[0][2]
+
+
+def test_an_unexpected_error_before_the_service_is_left_to_flask(stacks, monkeypatch):
+    """Before the service is asked nothing has happened: Flask serves the request from the
+    start (here its own negotiation works, so the read succeeds)."""
+    app, fast, tokens = stacks
+    import fhir_gateway.http.fastpath as fastpath
+
+    def broken(req):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fastpath, "response_mimetype", broken)
+    headers = {"Accept": FJ, "Authorization": f"Bearer {tokens['ann']}", "X-Request-Id": "r-f"}
     served = fast.served
-    with caplog.at_level(logging.INFO, logger="fhir_gateway.request"):
-        status, _, body = exchange(fast, "/fhir/Patient/pat-0001", headers)
-    assert status == 500 and b"Internal error (request id r-500)" in body
+    status, _, body = exchange(fast, "/fhir/Patient/pat-0001", headers)
+    assert status == 200 and b'"id":"pat-0001"' in body
     assert fast.served == served
-    lines = [r.getMessage() for r in caplog.records if r.name == "fhir_gateway.request"]
-    assert len([line for line in lines if line.startswith("GET ")]) == 1
-    assert last_audit(app)[:2] == ("read", "denied") and last_audit(app)[7] == 500
+    assert last_audit(app)[:2] == ("read", "allowed") and last_audit(app)[8] == "r-f"
 
 
 def test_fast_reads_can_be_turned_off(tmp_path):

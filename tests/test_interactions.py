@@ -331,7 +331,13 @@ def test_transaction_rewrites_urn_uuid_references(gateway):
       "request": {"method": "POST", "url": "Patient"}}, 400),
     ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
       "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 'W/"9"'}}, 412),
-], ids=["invalid-resource", "stale-if-match"])
+    ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
+      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 'W/"1"\r\nX-Evil: 1'}},
+     400),
+    ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
+      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 1}}, 400),
+], ids=["invalid-resource", "stale-if-match", "if-match-with-a-line-break",
+        "if-match-not-a-string"])
 def test_transaction_with_one_failing_entry_stores_nothing(gateway, bad_entry, status):
     """Checked up front (invalid resource) or failing in the store (If-Match): all or nothing."""
     gateway.put("Patient/held", {"resourceType": "Patient", "id": "held"})

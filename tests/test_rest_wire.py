@@ -588,3 +588,43 @@ def test_upstream_client_over_curl_follows_a_next_link(upstream):
         assert ids.isdisjoint(e["resource"]["id"] for e in second.body["entry"])
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("kind", ["curl", "httpx"])
+def test_a_request_that_cannot_be_sent_is_the_callers_mistake_not_the_ehrs(server, kind):
+    """A header value with a line break (a Bundle's `ifMatch` can carry one) is refused as
+    invalid, at once: no retry, and the circuit breaker does not count it as the EHR failing
+    (two such requests would otherwise have opened it for everyone)."""
+    from adapters.errors import Invalid
+    from adapters.fhir_rest.client import UpstreamClient
+    from adapters.fhir_rest.settings import RestSettings
+
+    client = UpstreamClient(RestSettings(base_url=f"{server.base}/ok", transport=kind,
+                                         retries=2, backoff=0.0, breaker_failures=2))
+    try:
+        seen = len(server.seen)
+        for _ in range(3):
+            with pytest.raises(Invalid):
+                client.send("PUT", "Patient/1", body={"resourceType": "Patient", "id": "1"},
+                            headers={"If-Match": 'W/"1"\r\nX-Evil: 1'})
+        assert len(server.seen) == seen  # nothing reached the server
+        assert client.breaker.state == "closed"
+        assert client.send("GET", "Patient/1").status == 200
+    finally:
+        client.close()
+
+
+def test_an_idle_handle_keeps_no_answer_or_credentials(server, transport):
+    """Back in the pool, a handle holds its connection only: not the last body (PHI) or the
+    request's Authorization header (its callbacks and options are reset)."""
+    import gc
+
+    marker = b"idle-7f3a9c"
+    resp = get(transport, f"{server.base}/ok/{marker.decode()}",
+               headers={"Authorization": "Bearer s3cr3t"})
+    assert resp.status_code == 200 and marker in resp.read()
+    del resp
+    gc.collect()
+    kept = [o for o in gc.get_objects() if isinstance(o, list) and any(
+        isinstance(x, bytes) and marker in x for x in o)]
+    assert kept == []

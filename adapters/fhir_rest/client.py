@@ -189,6 +189,12 @@ class UpstreamClient:
                 self.breaker.success()  # it answered, in an encoding that does not decode
                 raise UpstreamError(f"The answer of the EHR ({name}) could not be decoded (its "
                                     "Content-Encoding does not match its body)") from None
+            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol):
+                # The request itself cannot be sent (a header value with a line break, a URL
+                # that is not http): the caller's mistake, not the EHR's; never retried, and
+                # the circuit breaker does not count it.
+                raise Invalid("The request to the EHR could not be sent: a header or the "
+                              "address holds characters HTTP does not allow") from None
             except httpx.TransportError as exc:
                 self.breaker.failure()
                 kind = "timed out" if isinstance(exc, httpx.TimeoutException) else \

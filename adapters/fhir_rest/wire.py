@@ -123,6 +123,9 @@ class CurlTransport(httpx.BaseTransport):
                 self._made -= 1
                 handle.close()
             else:
+                # Options and callbacks only (the connection stays): an idle handle must not
+                # keep the last answer's body or the request's Authorization header alive.
+                handle.reset()
                 self._free.append(handle)
             self._lock.notify()
 

@@ -164,6 +164,15 @@ def error_response(exc: FhirError) -> Response:
     return resp
 
 
+def internal_error(request_id: str | None) -> Response:
+    """A 500 for an error nobody expected (logged here with its traceback): an OperationOutcome
+    naming only the request id, which finds the traceback in the log."""
+    log.exception("unhandled error request_id=%s", request_id)
+    outcome = operation_outcome([issue("fatal", "exception",
+                                       f"Internal error (request id {request_id})")])
+    return render(outcome, 500, FHIR_JSON, False)
+
+
 def end(ex: Exchange, resp: Response, rule: str) -> Response:
     """Close the exchange: the access log entry (FHIR requests, when SMART is on), the
     `X-Request-Id` header, and one log line: method, route, status, time, request id. Never

@@ -6,9 +6,10 @@ views and hooks (`fhir_gateway.http.exchange`): the same token check, access dec
 call, shaping, rendering, access-log entry and log line. Routing is Flask's own URL map, asked
 once per path: only paths that Flask would send to the `read` and `search-type` views are
 taken, so every other route (AuditEvent, operations, history, OperationDefinition, ...) keeps
-its view. Requests with an `Origin` (CORS), other methods, and any request whose handling
-raises something other than a FHIR error go to Flask, which serves them from the start with
-its error handlers (nothing was written for them yet: the access log is written last).
+its view. Requests with an `Origin` (CORS) and other methods go to Flask; so does a request
+whose handling raises something other than a FHIR error before the service is asked (nothing
+happened for it yet: Flask serves it from the start, with its handlers). An unexpected error
+after that is a 500 here, the answer Flask's handler gives, so the EHR is never asked twice.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ from fhir_gateway.http.exchange import (
     end,
     error_response,
     fhir_request,
+    internal_error,
     present,
 )
 from fhir_gateway.http.negotiation import response_mimetype
+
+
+class _BeforeService(Exception):
+    """An unexpected error before the service was asked: Flask serves the request instead."""
+
 
 # Flask endpoint -> the FHIR interaction its GET serves
 ENDPOINTS = {"fhir.instance": "read", "fhir.type_level": "search-type"}
@@ -54,7 +61,8 @@ class FastReads:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "GET" or "HTTP_ORIGIN" in environ:
             return self.next(environ, start_response)
-        path = environ.get("PATH_INFO", "")
+        # PATH_INFO is the path's bytes as latin-1 (WSGI); decoded as UTF-8, as Flask does.
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
         # Remembered per path, except long ones (a flood of those would only fill memory).
         route = self._route(path) if len(path) <= MAX_REMEMBERED_PATH else self._match(path)
         if route is None:
@@ -63,15 +71,29 @@ class FastReads:
         req = self.app.request_class(environ)
         ex = begin(self.gateway, req)
         try:
-            freq = fhir_request(ex, interaction, args.get("rtype"), args.get("id"))
-            mimetype = response_mimetype(req)
-            resp = present(ex, self.gateway.service.handle(freq, base_url(ex)), freq, mimetype)
-        except FhirError as exc:
-            resp = error_response(exc)
-        except Exception:  # noqa: BLE001 - Flask answers it, with its handlers
-            return self.next(environ, start_response)
+            resp = self._answer(ex, req, interaction, args)
+        except _BeforeService:
+            return self.next(environ, start_response)  # Flask answers it, with its handlers
         self.served += 1
         return end(ex, resp, rule)(environ, start_response)
+
+    def _answer(self, ex, req, interaction: str, args: dict):
+        """The response; FHIR errors as their OperationOutcome. An unexpected error before
+        the service was asked leaves the request to Flask (nothing happened yet); one after it
+        is a 500 here, as Flask's handler would answer (the EHR is not asked twice)."""
+        try:
+            freq = fhir_request(ex, interaction, args.get("rtype"), args.get("id"))
+            mimetype = response_mimetype(req)
+        except FhirError as exc:
+            return error_response(exc)
+        except Exception as exc:  # noqa: BLE001
+            raise _BeforeService from exc
+        try:
+            return present(ex, self.gateway.service.handle(freq, base_url(ex)), freq, mimetype)
+        except FhirError as exc:
+            return error_response(exc)
+        except Exception:  # noqa: BLE001 - logged with its traceback
+            return internal_error(ex.request_id)
 
     def _match(self, path: str) -> tuple[str, str, dict] | None:
         """(rule, interaction, view args) when Flask's map sends a GET of `path` to a view
