@@ -63,6 +63,7 @@ class FhirRestConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 20.0
     transport: str = "curl"  # the outbound wire: curl (libcurl via pycurl) or httpx
+    ca_file: str = ""  # PEM bundle of the CAs trusted for the EHR's TLS; default certifi's
     retries: int = 2
     backoff: float = 0.2
     max_wait: float = 10.0
@@ -322,6 +323,8 @@ def check(cfg: Config) -> list[str]:
         if rest.transport not in TRANSPORTS:
             out.append(f"fhir_rest.transport {rest.transport!r} is unknown; choose one of "
                        f"{', '.join(TRANSPORTS)}.")
+        if rest.ca_file and not Path(rest.ca_file).is_file():
+            out.append(f"fhir_rest.ca_file {rest.ca_file} is not a readable file.")
         if rest.auth == "bearer" and not (rest.bearer_token or rest.bearer_token_file):
             out.append("fhir_rest.auth = bearer needs FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN or "
                        "fhir_rest.bearer_token_file.")

@@ -129,3 +129,15 @@ def test_tenant_names_are_checked(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "main.toml", env={})
     assert any("tenants.Bad Name" in p for p in info.value.problems)
+
+
+def test_a_ca_file_that_is_not_there_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**REST, "FHIR_GATEWAY_DATA": str(tmp_path),
+                         "FHIR_GATEWAY_FHIR_REST_CA_FILE": str(tmp_path / "missing.pem")})
+    assert "fhir_rest.ca_file" in str(info.value) and "missing.pem" in str(info.value)
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(env={**REST, "FHIR_GATEWAY_DATA": str(tmp_path),
+                           "FHIR_GATEWAY_FHIR_REST_CA_FILE": str(pem)})
+    assert cfg.fhir_rest.ca_file == str(pem)

@@ -628,3 +628,25 @@ def test_an_idle_handle_keeps_no_answer_or_credentials(server, transport):
     kept = [o for o in gc.get_objects() if isinstance(o, list) and any(
         isinstance(x, bytes) and marker in x for x in o)]
     assert kept == []
+
+
+@pytest.mark.parametrize("kind", ["curl", "httpx"])
+def test_a_configured_ca_file_is_what_both_wires_trust(tls_server, tmp_path, kind):
+    """`fhir_rest.ca_file`: an EHR whose certificate a clinic's own CA signed is reached over
+    either wire; without the setting the same EHR is refused (certifi's CAs do not know it)."""
+    from adapters.fhir_rest.client import UpstreamClient, make_transport
+    from adapters.fhir_rest.settings import RestSettings
+
+    srv, ca = tls_server
+    trusting = UpstreamClient(RestSettings(base_url=f"{srv.base}/ok", transport=kind,
+                                           ca_file=str(ca), retries=0))
+    try:
+        assert trusting.send("GET", "ca1").body["id"] == "ca1"
+    finally:
+        trusting.close()
+    default = make_transport(RestSettings(base_url=srv.base, transport=kind))
+    try:
+        with pytest.raises(httpx.ConnectError):
+            default.handle_request(httpx.Request("GET", f"{srv.base}/ok/ca2"))
+    finally:
+        default.close()

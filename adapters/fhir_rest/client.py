@@ -9,6 +9,7 @@ EHR cannot take the request now: a write may be queued); a body that is not FHIR
 from __future__ import annotations
 
 import re
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -60,11 +61,13 @@ def make_transport(settings: RestSettings) -> httpx.BaseTransport:
         from adapters.fhir_rest.wire import CurlTransport
 
         return CurlTransport(max_connections=settings.max_connections,
-                             timeout=_timeout(settings))
+                             timeout=_timeout(settings), cainfo=settings.ca_file or None)
     if settings.transport == "httpx":
+        verify = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file \
+            else True
         return httpx.HTTPTransport(limits=httpx.Limits(
             max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections), retries=0)
+            max_keepalive_connections=settings.max_connections), retries=0, verify=verify)
     raise ValueError(f"unknown fhir_rest transport {settings.transport!r}; choose one of "
                      f"{', '.join(TRANSPORTS)}")
 

@@ -32,6 +32,7 @@ class RestSettings:
     write_timeout: float = 20.0
     pool_timeout: float = 5.0
     max_connections: int = 32
+    ca_file: str = ""  # PEM bundle of the CAs trusted for TLS to the EHR; "" = certifi's
     transport: str = "curl"  # one of TRANSPORTS (see adapters.fhir_rest.wire)
     retries: int = 2  # extra attempts for idempotent requests
     backoff: float = 0.2  # first backoff in seconds; doubles, with full jitter
