@@ -159,6 +159,12 @@ class Adapter(ABC):
     @abstractmethod
     def search(self, resource_type: str, query: SearchQuery) -> SearchPage: ...
 
+    def search_to_show(self, resource_type: str, query: SearchQuery) -> SearchPage:
+        """`search`, for a caller that only reads the resources it gets (to check and show
+        them): an adapter may hand out shared, read-only ones (`mappings.frozen`), as the REST
+        adapter does from its cache. The page itself is always the caller's own."""
+        return self.search(resource_type, query)
+
     @abstractmethod
     def create(
         self, resource: dict, if_none_exist: SearchQuery | None = None

@@ -208,7 +208,7 @@ class FhirService:
         token = req.param("_cursor")
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)
-        page = self.adapter.search(rtype, parsed.query)
+        page = self.adapter.search_to_show(rtype, parsed.query)  # only checked and shown
         if page.patients is not None:
             know_patient_refs([*page.resources, *page.included], page.patients)
         if decision is not None:  # the narrowing should have done it; check every resource

@@ -1052,3 +1052,38 @@ def test_open_breaker_serves_the_stale_copy_without_calling(ehr, adapter, clock)
     assert adapter.read("Patient", "1")["id"] == "1"  # the trial revalidates and closes
     assert route.call_count == 2
     assert adapter.client.breaker.state == "closed"
+
+
+def test_pages_to_show_share_their_cached_resources_read_only(ehr, adapter):
+    """`search_to_show` parses a cached page once and hands every caller the same frozen
+    resources in lists of its own; `search` (for callers that may change what they get) still
+    gets private, changeable copies; a page stored again is parsed again."""
+    from mappings.frozen import FrozenDict
+
+    route = ehr.get("/Observation").respond(
+        200, content=orjson.dumps(bundle({**OBSERVATION, "id": "o1"})),
+        headers={"Content-Type": FJ})
+    fetched = adapter.search_to_show("Observation", query(patient="1"))  # from the EHR
+    assert type(fetched.resources[0]) is dict  # just parsed: the caller's own
+    first = adapter.search_to_show("Observation", query(patient="1"))
+    second = adapter.search_to_show("Observation", query(patient="1"))
+    assert route.call_count == 1
+    assert first.resources[0] is second.resources[0]
+    assert isinstance(first.resources[0], FrozenDict)
+    assert first.resources is not second.resources and first.patients == [frozenset({"1"})]
+    with pytest.raises(TypeError):
+        first.resources[0]["status"] = "cancelled"
+    with pytest.raises(TypeError):
+        first.resources[0]["code"]["text"] = "changed"
+    first.resources.clear()  # the list is the caller's own
+    assert adapter.search_to_show("Observation", query(patient="1")).resources == \
+        [second.resources[0]]
+    private = adapter.search("Observation", query(patient="1"))
+    assert type(private.resources[0]) is dict and private.resources[0] == second.resources[0]
+    private.resources[0]["status"] = "cancelled"  # changes nothing anyone else sees
+    assert second.resources[0]["status"] == "final"
+    adapter._invalidate("Observation", None)  # a write through the gateway: stored anew
+    adapter.search_to_show("Observation", query(patient="1"))
+    third = adapter.search_to_show("Observation", query(patient="1"))
+    assert route.call_count == 2 and third.resources[0] is not second.resources[0]
+    assert isinstance(third.resources[0], FrozenDict)

@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
+from cachetools import LRUCache
 
 from adapters.base import (
     Adapter,
@@ -39,7 +40,7 @@ from adapters.errors import (
     UpstreamUnavailable,
     WrongFhirVersion,
 )
-from adapters.fhir_rest.cache import ResponseCache, make_cache
+from adapters.fhir_rest.cache import Entry, ResponseCache, make_cache
 from adapters.fhir_rest.client import UpstreamClient, UpstreamResponse, raise_for_status
 from adapters.fhir_rest.matrix import Matrix, build_matrix
 from adapters.fhir_rest.paging import LinkSealer
@@ -47,6 +48,7 @@ from adapters.fhir_rest.query import query_params, query_string
 from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
 from adapters.search import SearchQuery, valid_id
+from mappings.frozen import freeze
 from mappings.r4 import RESOURCE_TYPES
 from mappings.references import (
     patient_targets,
@@ -56,6 +58,7 @@ from mappings.references import (
 )
 
 log = logging.getLogger("adapters.fhir_rest")
+SHARED_PAGES = 64  # parsed cached search pages kept per EHR (a 24 KB page is about 200 KB)
 RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
@@ -105,6 +108,9 @@ class FhirRestAdapter(Adapter):
         self._matrix_at = 0.0
         self._matrix_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
+        # cached pages parsed once, frozen, shared by searches that only show them
+        self._shared: LRUCache = LRUCache(maxsize=SHARED_PAGES)
+        self._shared_lock = threading.Lock()
 
     # -- capabilities --------------------------------------------------------------------
 
@@ -302,6 +308,14 @@ class FhirRestAdapter(Adapter):
         return None, []
 
     def search(self, resource_type: str, query: SearchQuery) -> SearchPage:
+        return self._search(resource_type, query, shown=False)
+
+    def search_to_show(self, resource_type: str, query: SearchQuery) -> SearchPage:
+        """A cached page's resources parsed once and shared, read-only, by every request that
+        only shows them (see `Adapter.search_to_show`); the page itself is the caller's."""
+        return self._search(resource_type, query, shown=True)
+
+    def _search(self, resource_type: str, query: SearchQuery, shown: bool) -> SearchPage:
         tc = self.capabilities().for_type(resource_type)
         type_params = tc.search_params if tc else {}
         if query.cursor:
@@ -316,21 +330,43 @@ class FhirRestAdapter(Adapter):
         gens = ",".join(f"{t}{self.cache.generation(t)}" for t in sorted(types))
         key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
         entry = self.cache.get(key) if ttl > 0 else None
+        unpack = (lambda e: self._shared_page(key, e)) if shown else \
+            (lambda e: _unpack_page(e.raw))
         if entry is not None and entry.age() < ttl:
-            return _unpack_page(entry.raw)
+            return unpack(entry)
         try:
             resp = self.client.send("GET", path, params=params)
         except UpstreamUnavailable as exc:
             if entry is not None and entry.age() < self.s.stale_for:
                 add_notice("stale", f"The EHR is unavailable ({exc.diagnostics}); these results "
                            "are a copy kept by the gateway and may be out of date", entry.age())
-                return _unpack_page(entry.raw)
+                return unpack(entry)
             raise
         raise_for_status(resp, f"the search of {resource_type}")
         page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
         if ttl > 0:  # kept checked and localised, so a hit costs one JSON parse
             self.cache.put(key, _pack_page(page), None)
         return page
+
+    def _shared_page(self, key: str, entry: Entry) -> SearchPage:
+        """The cached page `entry` with its resources parsed once per stored entry (an entry
+        stored again is another one) and frozen; the lists holding them are new each time."""
+        stamp = (key, entry.stored_at, len(entry.raw))
+        with self._shared_lock:
+            template = self._shared.get(stamp)
+        if template is None:
+            page = _unpack_page(entry.raw)
+            template = SearchPage(
+                resources=freeze(page.resources), included=freeze(page.included),
+                total=page.total, next_cursor=page.next_cursor, prev_cursor=page.prev_cursor,
+                warnings=page.warnings, patients=page.patients)
+            with self._shared_lock:
+                self._shared[stamp] = template
+        return SearchPage(resources=list(template.resources),
+                          included=list(template.included), total=template.total,
+                          next_cursor=template.next_cursor, prev_cursor=template.prev_cursor,
+                          warnings=list(template.warnings),
+                          patients=None if template.patients is None else list(template.patients))
 
     def _page(self, bundle: dict, raw: bytes, rtype: str) -> SearchPage:
         """The checked, localised page, with the Patients each resource names (read from the
