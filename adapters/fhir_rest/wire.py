@@ -144,7 +144,8 @@ class CurlTransport(httpx.BaseTransport):
     # -- one request ------------------------------------------------------------------------
 
     def _setup(self, c: pycurl.Curl, request: httpx.Request, timeout: dict) -> tuple[list, list]:
-        c.reset()  # options only: curl keeps the live connection, DNS and TLS session caches
+        # A handle is new, or was reset when it came back to the pool (`_release`): options
+        # only, curl keeps the live connection, DNS and TLS session caches.
         c.setopt(pycurl.URL, str(request.url))
         c.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)  # never file://, ftp:// ... (libcurl has them)
         c.setopt(pycurl.NOSIGNAL, 1)
