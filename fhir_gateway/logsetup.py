@@ -82,9 +82,8 @@ class BatchedStreamHandler(logging.Handler):
 
 
 def configure_logging(stream: TextIO | None = None) -> logging.Handler:
-    """INFO to `stream` (stderr) through one batched handler on the root logger; also sets the
-    logging HOWTO's optimisation knobs (no caller frame, thread or process lookups per record:
-    the format prints none of them)."""
+    """INFO to `stream` (stderr) through one batched handler on the root logger, without the
+    per-record lookups no format here prints."""
     handler = BatchedStreamHandler(stream)
     handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()
@@ -92,6 +91,8 @@ def configure_logging(stream: TextIO | None = None) -> logging.Handler:
     root.setLevel(logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging._srcfile = None  # noqa: SLF001 - documented in the logging HOWTO ("Optimization")
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # No caller-frame lookup per record (the logging HOWTO's "Optimization"): no format here
+    # prints a function or line. Process and thread ids stay: gunicorn's formats print them.
+    logging._srcfile = None  # noqa: SLF001
+    logging.logMultiprocessing = False
     return handler

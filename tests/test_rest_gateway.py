@@ -422,3 +422,4 @@ def test_served_front_logs_no_upstream_urls_or_search_values(tmp_path, upstream)
     assert log.count(" fhir_gateway.request GET /fhir/") >= 2, log[-2000:]
     assert marker not in log
     assert f"127.0.0.1:{upstream.port}" not in log
+    assert "--- Logging error ---" not in log

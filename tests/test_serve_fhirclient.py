@@ -120,5 +120,7 @@ def test_server_logs_carry_no_search_values(served):
     proc.terminate()
     _, err = proc.communicate(timeout=15)
     assert "GET /fhir/<rtype>" in err
+    assert "Booting worker with pid" in err  # gunicorn's own lines format too
+    assert "--- Logging error ---" not in err
     assert marker not in err
     assert Path(base).name == "fhir"
