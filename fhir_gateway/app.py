@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from adapters.base import Adapter
 from adapters.errors import FhirError
-from fhir_gateway.audit import AuditLog, AuditRecord
+from fhir_gateway.audit import AuditLog, AuditRecord, fit
 from fhir_gateway.config import Config
 from fhir_gateway.ehr import build_adapter
 from fhir_gateway.errors import issue, operation_outcome
@@ -46,9 +46,13 @@ class Gateway:
         request_id = fields.pop("request_id", None)
         if request_id is None and has_app_context() and g.get("exchange") is not None:
             request_id = g.exchange.request_id
+        # Values can be a caller's words (a type or id from a URL): fitted to the log's limits
+        # rather than refused, so the entry is never left out.
+        fitted = {name: fit(name, value) if isinstance(value, str) else value
+                  for name, value in fields.items()}
         try:
-            self.audit.append(AuditRecord(action=action, outcome=outcome,
-                                          request_id=request_id, **fields))
+            self.audit.append(AuditRecord(action=fit("action", action), outcome=outcome,
+                                          request_id=fit("request_id", request_id), **fitted))
         except Exception:  # noqa: BLE001
             log.exception("audit append failed request_id=%s", request_id)
 

@@ -88,10 +88,10 @@ _REFERENCE = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
 
 def fit(name: str, value: str | None) -> str | None:
     """`value` as field `name` can hold it: NULs replaced, cut to the field's limit (ending in
-    an ellipsis). For what a caller wrote in a URL (a type, an id, an operation name), so that
-    an overlong or odd one is still recorded rather than refused."""
-    if value is None:
-        return None
+    an ellipsis), an empty text as None. For values that can be a caller's words (a type, id
+    or operation name from a URL), so an overlong or odd one is recorded rather than refused."""
+    if not value:
+        return None  # an empty text is no value
     value = value.replace("\x00", "\ufffd")
     limit = _LIMITS[name]
     return value if len(value) <= limit else value[:limit - 1] + "\u2026"

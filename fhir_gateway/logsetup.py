@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from typing import TextIO
 
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3")
@@ -32,16 +33,21 @@ class BatchedStreamHandler(logging.Handler):
         self._lines: list[str] = []
         self._wake = threading.Event()
         self._closed = False
-        self._pid: int | None = None  # the process whose writer thread runs
+        self._running = False  # this process's writer thread was started
         atexit.register(self.flush)
+        # gunicorn forks its workers after the handler is made, and a fork keeps no threads:
+        # the child starts its own writer at its first record, and drops the lines it
+        # inherited unwritten (its parent writes those). Told once, at the fork.
+        forked = weakref.WeakMethod(self._forked)  # the hook must not keep the handler alive
+        os.register_at_fork(after_in_child=lambda: (hook := forked()) and hook())
 
-    def _start_writer(self) -> None:
-        """One writer thread per process, started at its first record: gunicorn forks its
-        workers after the handler is made, and a fork keeps no threads (a child also drops
-        lines it inherited unwritten: its parent writes those)."""
-        self._pid = os.getpid()
+    def _forked(self) -> None:
+        self._running = False
         self._lines = []
         self._wake = threading.Event()  # not one a parent's thread may have held at the fork
+
+    def _start_writer(self) -> None:
+        self._running = True
         threading.Thread(target=self._run, name="log-writer", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -51,7 +57,7 @@ class BatchedStreamHandler(logging.Handler):
             self.handleError(record)
             return
         with self.lock:
-            if self._pid != os.getpid():
+            if not self._running:
                 self._start_writer()
             self._lines.append(line)
             full = len(self._lines) >= self.max_lines

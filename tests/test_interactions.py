@@ -326,19 +326,20 @@ def test_transaction_rewrites_urn_uuid_references(gateway):
     assert [r["id"] for r in matches(found)] == [obs_id]
 
 
-@pytest.mark.parametrize("bad_entry, status", [
+@pytest.mark.parametrize("bad_entry, status, where", [
     ({"resource": {"resourceType": "Patient", "gender": "xyz"},
-      "request": {"method": "POST", "url": "Patient"}}, 400),
+      "request": {"method": "POST", "url": "Patient"}}, 400, None),
     ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
-      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 'W/"9"'}}, 412),
+      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 'W/"9"'}}, 412, None),
     ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
       "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 'W/"1"\r\nX-Evil: 1'}},
-     400),
+     400, "Bundle.entry[2].request.ifMatch"),
     ({"resource": {"resourceType": "Patient", "id": "held", "gender": "male"},
-      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 1}}, 400),
+      "request": {"method": "PUT", "url": "Patient/held", "ifMatch": 1}}, 400,
+     "Bundle.entry[2].request.ifMatch"),
 ], ids=["invalid-resource", "stale-if-match", "if-match-with-a-line-break",
         "if-match-not-a-string"])
-def test_transaction_with_one_failing_entry_stores_nothing(gateway, bad_entry, status):
+def test_transaction_with_one_failing_entry_stores_nothing(gateway, bad_entry, status, where):
     """Checked up front (invalid resource) or failing in the store (If-Match): all or nothing."""
     gateway.put("Patient/held", {"resourceType": "Patient", "id": "held"})
     before = gateway.fingerprint()
@@ -350,7 +351,9 @@ def test_transaction_with_one_failing_entry_stores_nothing(gateway, bad_entry, s
          "request": {"method": "POST", "url": "Observation"}},
         bad_entry,
     ]}
-    is_outcome(gateway.post("", bundle), status)
+    outcome = is_outcome(gateway.post("", bundle), status)
+    if where:  # refused up front, naming the element
+        assert outcome["issue"][0]["expression"] == [where], outcome
     assert gateway.fingerprint() == before
     assert gateway.get("Patient", params={"family": "Atomic"}).json()["total"] == 0
     assert gateway.get("Observation").json()["total"] == 0

@@ -330,17 +330,15 @@ class FhirRestAdapter(Adapter):
         gens = ",".join(f"{t}{self.cache.generation(t)}" for t in sorted(types))
         key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
         entry = self.cache.get(key) if ttl > 0 else None
-        unpack = (lambda e: self._shared_page(key, e)) if shown else \
-            (lambda e: _unpack_page(e.raw))
         if entry is not None and entry.age() < ttl:
-            return unpack(entry)
+            return self._cached_page(key, entry, shown)
         try:
             resp = self.client.send("GET", path, params=params)
         except UpstreamUnavailable as exc:
             if entry is not None and entry.age() < self.s.stale_for:
                 add_notice("stale", f"The EHR is unavailable ({exc.diagnostics}); these results "
                            "are a copy kept by the gateway and may be out of date", entry.age())
-                return unpack(entry)
+                return self._cached_page(key, entry, shown)
             raise
         raise_for_status(resp, f"the search of {resource_type}")
         page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
@@ -348,9 +346,11 @@ class FhirRestAdapter(Adapter):
             self.cache.put(key, _pack_page(page), None)
         return page
 
-    def _shared_page(self, key: str, entry: Entry) -> SearchPage:
-        """The cached page `entry` with its resources parsed once per stored entry (an entry
-        stored again is another one) and frozen; the lists holding them are new each time."""
+    def _cached_page(self, key: str, entry: Entry, shown: bool) -> SearchPage:
+        """The cached page `entry`: private copies, or (`shown`) resources parsed once per
+        stored entry (an entry stored again is another one) and frozen, in new lists."""
+        if not shown:
+            return _unpack_page(entry.raw)
         stamp = (key, entry.stored_at, len(entry.raw))
         with self._shared_lock:
             template = self._shared.get(stamp)

@@ -21,7 +21,6 @@ from adapters.base import Notice, collect_notices
 from adapters.errors import FhirError
 from fhir_gateway.access import Principal
 from fhir_gateway.access.policy import patient_refs, remember_patient_refs
-from fhir_gateway.audit import fit
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.http.shaping import shape
@@ -55,7 +54,6 @@ class Exchange:
     started: float
     notices: list[Notice] = field(default_factory=list)
     principal: Principal | None = None
-    authenticated: bool = False
     access: tuple[str, str | None, str | None] | None = None  # (interaction, type, id)
     patient: str | None = None
     base: str | None = None
@@ -75,7 +73,7 @@ def authenticate(ex: Exchange) -> Principal | None:
     """The caller behind the bearer token; 401 when SMART is on and there is none that works.
     None when SMART is off (local experiments only)."""
     gateway = ex.gateway
-    if gateway.smart is None or ex.authenticated:
+    if gateway.smart is None or ex.principal is not None:
         return ex.principal
     header = ex.request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -92,7 +90,6 @@ def authenticate(ex: Exchange) -> Principal | None:
         raise Unauthorized(str(exc)) from None
     claims = verified.claims
     ex.principal = Principal.from_claims(claims, parse_scopes(claims.get("scope", "")))
-    ex.authenticated = True
     return ex.principal
 
 
@@ -181,13 +178,12 @@ def end(ex: Exchange, resp: Response, rule: str) -> Response:
     if ex.access is not None and gateway.audit is not None:
         who = ex.principal
         interaction, rtype, rid = ex.access
-        gateway.record(  # the type, id and operation are the caller's words: fitted
-            fit("action", interaction), "allowed" if status < 400 else "denied",
+        gateway.record(
+            interaction, "allowed" if status < 400 else "denied",
             user=(who.fhir_user or who.subject) if who else None,
             client_id=who.client_id if who else None,
             patient=ex.patient or (who.patient if who else None),
-            resource_type=fit("resource_type", rtype), resource_id=fit("resource_id", rid),
-            status=status, request_id=ex.request_id)
+            resource_type=rtype, resource_id=rid, status=status, request_id=ex.request_id)
     resp.headers["X-Request-Id"] = ex.request_id
     elapsed = (time.perf_counter() - ex.started) * 1000
     log.info("%s %s %s %.1fms id=%s", ex.request.method, rule, status, elapsed, ex.request_id)

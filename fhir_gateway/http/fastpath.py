@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 
-from flask import Flask
+from flask import Flask, Request, Response
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from adapters.errors import FhirError
 from fhir_gateway.http.exchange import (
+    Exchange,
     base_url,
     begin,
     end,
@@ -32,11 +33,6 @@ from fhir_gateway.http.exchange import (
     present,
 )
 from fhir_gateway.http.negotiation import response_mimetype
-
-
-class _BeforeService(Exception):
-    """An unexpected error before the service was asked: Flask serves the request instead."""
-
 
 # Flask endpoint -> the FHIR interaction its GET serves
 ENDPOINTS = {"fhir.instance": "read", "fhir.type_level": "search-type"}
@@ -70,24 +66,24 @@ class FastReads:
         rule, interaction, args = route
         req = self.app.request_class(environ)
         ex = begin(self.gateway, req)
-        try:
-            resp = self._answer(ex, req, interaction, args)
-        except _BeforeService:
+        resp = self._answer(ex, req, interaction, args)
+        if resp is None:
             return self.next(environ, start_response)  # Flask answers it, with its handlers
         self.served += 1
         return end(ex, resp, rule)(environ, start_response)
 
-    def _answer(self, ex, req, interaction: str, args: dict):
-        """The response; FHIR errors as their OperationOutcome. An unexpected error before
-        the service was asked leaves the request to Flask (nothing happened yet); one after it
-        is a 500 here, as Flask's handler would answer (the EHR is not asked twice)."""
+    def _answer(self, ex: Exchange, req: Request, interaction: str,
+                args: dict) -> Response | None:
+        """The response; FHIR errors as their OperationOutcome. None for an unexpected error
+        before the service was asked: Flask serves the request (nothing happened yet). One
+        after it is a 500 here, as Flask's handler would answer (the EHR is not asked twice)."""
         try:
             freq = fhir_request(ex, interaction, args.get("rtype"), args.get("id"))
             mimetype = response_mimetype(req)
         except FhirError as exc:
             return error_response(exc)
-        except Exception as exc:  # noqa: BLE001
-            raise _BeforeService from exc
+        except Exception:  # noqa: BLE001
+            return None
         try:
             return present(ex, self.gateway.service.handle(freq, base_url(ex)), freq, mimetype)
         except FhirError as exc:
