@@ -591,6 +591,49 @@ def test_upstream_client_over_curl_follows_a_next_link(upstream):
 
 
 @pytest.mark.parametrize("kind", ["curl", "httpx"])
+def test_upstream_client_decodes_gzip_and_refuses_a_corrupt_one_over_both_wires(server, kind):
+    """The client asks for gzip and reads the decoded body (curl decodes it, httpx.Response
+    does for the httpx wire); a body that does not decode is the EHR's error, not an outage:
+    no retry, and the circuit breaker does not count it."""
+    from adapters.errors import UpstreamError
+
+    client = UpstreamClient(RestSettings(base_url=server.base, transport=kind, retries=2,
+                                         backoff=0.0, breaker_failures=1))
+    try:
+        resp = client.send("GET", "gzip/g2")
+        assert resp.body == {"resourceType": "Patient", "id": "g2"}
+        assert resp.raw == patient("g2")
+        assert resp.headers["content-encoding"] == "gzip"  # any case
+        asked = server.seen[-1].header("Accept-Encoding") or ""
+        assert "gzip" in asked and asked.count("gzip") == 1, asked
+        seen = len(server.seen)
+        with pytest.raises(UpstreamError, match="could not be decoded"):
+            client.send("GET", "badgzip/2")
+        assert len(server.seen) == seen + 1  # asked once
+        assert client.breaker.state == "closed"
+        assert client.send("GET", "ok/after-bad-gzip").status == 200
+    finally:
+        client.close()
+
+
+def test_upstream_client_joins_paths_and_queries_as_httpx_did(server):
+    client = UpstreamClient(RestSettings(base_url=f"{server.base}/fhir/", retries=0))
+    try:
+        assert client.url("Patient/1") == f"{server.base}/fhir/Patient/1"
+        assert client.url("/Observation", [("code", "http://loinc.org|1234-5"), ("a", "b c")]) \
+            == f"{server.base}/fhir/Observation?code=http%3A%2F%2Floinc.org%7C1234-5&a=b+c"
+        assert client.url("Observation?page=2&x=1", [("x", "2")]) == \
+            f"{server.base}/fhir/Observation?page=2&x=2"
+        # a raw space or non-ASCII character (an EHR's link) is percent-encoded
+        assert client.url("Patient/a b") == f"{server.base}/fhir/Patient/a%20b"
+        assert client.url("Patient?name=Zoë") == f"{server.base}/fhir/Patient?name=Zo%C3%AB"
+        client.send("GET", "ok/Patient?name=Zoë")
+        assert server.seen[-1].target == "/fhir/ok/Patient?name=Zo%C3%AB"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", ["curl", "httpx"])
 def test_a_request_that_cannot_be_sent_is_the_callers_mistake_not_the_ehrs(server, kind):
     """A header value with a line break (a Bundle's `ifMatch` can carry one) is refused as
     invalid, at once: no retry, and the circuit breaker does not count it as the EHR failing

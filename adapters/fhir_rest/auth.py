@@ -1,8 +1,9 @@
 """How the gateway authenticates to the EHR: nothing, a static bearer token, or SMART Backend
 Services (client_credentials with a signed JWT assertion, RFC 7523 / SMART 2.2 section 7).
 
-These are `httpx.Auth` flows on the outbound client. The app's own SMART token never leaves the
-gateway: the EHR sees only the gateway's credentials.
+Each gives the outbound client the `Authorization` value to send (`authorization()`); one that
+`renews` is asked once more, for a renewed token, when the EHR answers 401. The app's own SMART
+token never leaves the gateway: the EHR sees only the gateway's credentials.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Generator
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -27,16 +27,19 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EARLY = 60  # renew a token this many seconds before it expires
 
 
-class BearerAuth(httpx.Auth):
+class BearerAuth:
+    """A static token the clinic configured: nothing to renew."""
+
+    renews = False
+
     def __init__(self, token: str) -> None:
         self._header = f"Bearer {token}"
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = self._header
-        yield request
+    def authorization(self, renew: bool = False) -> str:
+        return self._header
 
 
-class BackendServicesAuth(httpx.Auth):
+class BackendServicesAuth:
     """Fetch and cache an access token with a signed client assertion; renew it shortly before
     it expires, and once more if the EHR answers 401 (it may have revoked it)."""
 
@@ -95,15 +98,14 @@ class BackendServicesAuth(httpx.Auth):
             self._expires = time.time() + float(body.get("expires_in") or 300)
             return token
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token()}"
-        response = yield request
-        if response.status_code == 401:
-            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
-            yield request
+    renews = True
+
+    def authorization(self, renew: bool = False) -> str:
+        return f"Bearer {self.token(force=renew)}"
 
 
-def make_auth(settings: RestSettings, token_client: httpx.Client) -> httpx.Auth | None:
+def make_auth(settings: RestSettings,
+              token_client: httpx.Client) -> BearerAuth | BackendServicesAuth | None:
     if settings.auth == "none":
         return None
     if settings.auth == "bearer":

@@ -12,6 +12,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -30,6 +31,7 @@ from adapters.errors import (
     WrongFhirVersion,
 )
 from adapters.fhir_rest.auth import make_auth
+from adapters.fhir_rest.outbound import Answer, Headers, HttpxWire, Wire
 from adapters.fhir_rest.resilience import (
     RETRY_STATUSES,
     Backoff,
@@ -42,14 +44,14 @@ from adapters.fhir_rest.settings import TRANSPORTS, RestSettings
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 MAX_DIAGNOSTICS = 300
-ACCEPT_ENCODING = "gzip, deflate"  # decoded by httpx.Response, whatever the wire
+ACCEPT_ENCODING = "gzip, deflate"  # decoded by the wire (curl, or httpx.Response)
 USER_AGENT = f"python-httpx/{httpx.__version__}"  # what the EHR saw from httpx.Client
 
 
 @dataclass
 class UpstreamResponse:
     status: int
-    headers: httpx.Headers
+    headers: Headers
     body: dict | None  # the FHIR JSON, None for an empty body
     raw: bytes
     url: str  # the EHR's address of the request (never shown to apps)
@@ -78,9 +80,10 @@ def _timeout(settings: RestSettings) -> httpx.Timeout:
 
 
 class UpstreamClient:
-    """Requests go straight to an `httpx.BaseTransport` (no `httpx.Client` on the request path:
-    it cost more CPU than the wire). There is no cookie jar on purpose: the gateway never
-    carries an EHR's cookies from one patient's request to another's."""
+    """Requests go straight to a wire (no `httpx.Client` on the request path, nor its request
+    and response objects: they cost more CPU than the wire). There is no cookie jar on
+    purpose: the gateway never carries an EHR's cookies from one patient's request to
+    another's."""
 
     def __init__(self, settings: RestSettings, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep) -> None:
@@ -91,6 +94,10 @@ class UpstreamClient:
         self._timeout = timeout.as_dict()  # the extension httpx.Client would set
         self._owns_transport = transport is None
         self.transport = transport or make_transport(settings)
+        from adapters.fhir_rest.wire import CurlTransport
+
+        self.wire: Wire = self.transport if isinstance(self.transport, CurlTransport) \
+            else HttpxWire(self.transport)
         limits = httpx.Limits(max_connections=settings.max_connections,
                               max_keepalive_connections=settings.max_connections)
         # Token requests are rare: an httpx.Client (form bodies, .json()) over its own wire of
@@ -99,8 +106,8 @@ class UpstreamClient:
             timeout=timeout, limits=limits, follow_redirects=False,
             transport=transport or make_transport(settings))
         self.auth = make_auth(settings, self._token_http)
-        self._headers = httpx.Headers({"Accept": FHIR_JSON, "Accept-Encoding": ACCEPT_ENCODING,
-                                       "User-Agent": USER_AGENT})
+        self._headers = [("Accept", FHIR_JSON), ("Accept-Encoding", ACCEPT_ENCODING),
+                         ("User-Agent", USER_AGENT)]
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset)
         self.backoff = Backoff(settings.backoff)
         self._sleep = sleep
@@ -110,54 +117,39 @@ class UpstreamClient:
             self.transport.close()
         self._token_http.close()
 
-    def _request(self, method: str, path: str, params: list[tuple[str, str]] | None,
-                 content: bytes | None, headers: dict[str, str]) -> httpx.Request:
-        """The request httpx.Client(base_url=...) would build: `path` against the EHR's base,
-        the default headers under `headers`, the timeouts. A relative path without a query (the
-        common case) becomes one string, parsed once."""
-        merged = self._headers.copy()
-        if headers:
-            merged.update(headers)
-        ext = {"timeout": self._timeout}
+    def url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
+        """`path` against the EHR's base with `params` in its query, as httpx.Client(base_url=
+        ...) would join them. A relative path without a query (the common case) is joined as
+        strings; the target is percent-encoded as httpx would when it is not printable ASCII
+        (a space, or a raw non-ASCII character in an EHR's link)."""
         if "://" not in path and not path.startswith("//") and "?" not in path:
-            target = self.base + path.lstrip("/")
+            url = self.base + path.lstrip("/")
             if params:
-                target = f"{target}?{httpx.QueryParams(params)}"
-            return httpx.Request(method, target, content=content, headers=merged,
-                                 extensions=ext)
-        url = httpx.URL(path)
-        if url.is_relative_url:
-            url = self._base_url.copy_with(
-                raw_path=self._base_url.raw_path + url.raw_path.lstrip(b"/"))
-        return httpx.Request(method, url, params=params or None, content=content,
-                             headers=merged, extensions=ext)
+                url = f"{url}?{urlencode(params)}"
+        else:
+            joined = httpx.URL(path)
+            if joined.is_relative_url:
+                joined = self._base_url.copy_with(
+                    raw_path=self._base_url.raw_path + joined.raw_path.lstrip(b"/"))
+            if params:
+                joined = joined.copy_merge_params(params)
+            url = str(joined)
+        return url if url.isascii() and url.isprintable() and " " not in url \
+            else str(httpx.URL(url))
 
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        response = self.transport.handle_request(request)
-        response.request = request  # as httpx.Client does (HTTPTransport leaves it unset)
-        return response
-
-    def _exchange(self, request: httpx.Request) -> httpx.Response:
-        """Send `request` through the auth flow (which may answer a 401 with a renewed token
-        and one more try); return the last response, not yet read."""
+    def _exchange(self, method: str, url: str, headers: list[tuple[str, str]],
+                  content: bytes | None) -> Answer:
+        """Send through the auth (which may answer a 401 with a renewed token and one more
+        try); return the last answer."""
         if self.auth is None:
-            return self._handle(request)
-        flow = self.auth.sync_auth_flow(request)
-        try:
-            request = next(flow)
-            while True:
-                response = self._handle(request)
-                try:
-                    request = flow.send(response)
-                except StopIteration:
-                    return response
-                except BaseException:
-                    response.close()
-                    raise
-                response.read()
-                response.close()
-        finally:
-            flow.close()
+            return self.wire.exchange(method, url, headers, content, self._timeout)
+        answer = self.wire.exchange(method, url, [*headers, ("Authorization",
+                                                            self.auth.authorization())],
+                                    content, self._timeout)
+        if answer.status == 401 and self.auth.renews:
+            answer = self.wire.exchange(method, url, [*headers, (
+                "Authorization", self.auth.authorization(renew=True))], content, self._timeout)
+        return answer
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -170,9 +162,12 @@ class UpstreamClient:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         attempts = 1 + (self.settings.retries if idempotent else 0)
         content = orjson.dumps(body) if body is not None else None
-        hdrs = dict(headers or {})
+        given = {k.lower() for k in headers or ()}
+        hdrs = [h for h in self._headers if h[0].lower() not in given]
+        hdrs += (headers or {}).items()
         if content is not None:
-            hdrs["Content-Type"] = FHIR_JSON
+            hdrs.append(("Content-Type", FHIR_JSON))
+        url = self.url(path, params)
         name = self.settings.name
         for attempt in range(attempts):
             last = attempt + 1 == attempts
@@ -183,11 +178,7 @@ class UpstreamClient:
                     f"The EHR ({name}) is not answering; the gateway will try it again in "
                     f"{exc.retry_in:.0f} s", retry_after=exc.retry_in) from None
             try:
-                resp = self._exchange(self._request(method, path, params, content, hdrs))
-                try:
-                    raw = resp.read()
-                finally:
-                    resp.close()
+                resp = self._exchange(method, url, hdrs, content)
             except httpx.DecodingError:
                 self.breaker.success()  # it answered, in an encoding that does not decode
                 raise UpstreamError(f"The answer of the EHR ({name}) could not be decoded (its "
@@ -206,37 +197,38 @@ class UpstreamClient:
                     self._sleep(self.backoff.delay(attempt))
                     continue
                 raise UpstreamUnavailable(f"The EHR ({name}) {kind}") from None
-            if resp.status_code >= 500 or resp.status_code == 429:
+            status = resp.status
+            if status >= 500 or status == 429:
                 wait = retry_after_seconds(resp.headers.get("Retry-After"))
-                if resp.status_code == 429:
+                if status == 429:
                     self.breaker.success()  # rate limiting, but answering: not a failure
                 else:
                     self.breaker.failure()
-                if resp.status_code in RETRY_STATUSES and not last and (
+                if status in RETRY_STATUSES and not last and (
                         wait is None or wait <= self.settings.max_wait):
                     self._sleep(wait if wait is not None else self.backoff.delay(attempt))
                     continue
-                what = "is rate limiting the gateway" if resp.status_code == 429 else \
-                    f"failed ({resp.status_code})"
+                what = "is rate limiting the gateway" if status == 429 else \
+                    f"failed ({status})"
                 raise UpstreamUnavailable(f"The EHR ({name}) {what}", retry_after=wait)
             self.breaker.success()
             expected = resp.headers.get("Content-Length", "")
-            if (expected.isdigit() and resp.num_bytes_downloaded < int(expected)
-                    and method != "HEAD" and resp.status_code not in (204, 304)):
+            if (expected.isdigit() and resp.received < int(expected)
+                    and method != "HEAD" and status not in (204, 304)):
                 raise UpstreamError(f"The answer of the EHR ({name}) was cut off: "
-                                    f"{resp.num_bytes_downloaded} of {expected} bytes arrived")
-            return UpstreamResponse(resp.status_code, resp.headers, self._parse(resp, raw), raw,
-                                    str(resp.url))
+                                    f"{resp.received} of {expected} bytes arrived")
+            return UpstreamResponse(status, resp.headers, self._parse(resp, resp.body),
+                                    resp.body, url)
         raise AssertionError("unreachable")
 
-    def _parse(self, resp: httpx.Response, raw: bytes) -> dict | None:
+    def _parse(self, resp: Answer, raw: bytes) -> dict | None:
         if not raw.strip():
             return None
         ctype = resp.headers.get("Content-Type", "")
         mime, _, rest = ctype.partition(";")
         mime = mime.strip().lower()
         if mime not in JSON_TYPES:
-            if resp.status_code >= 400:
+            if resp.status >= 400:
                 return None  # an HTML error page: the status alone speaks
             raise UpstreamError(f"The EHR answered {mime or 'without a content type'} "
                                 "instead of FHIR JSON")

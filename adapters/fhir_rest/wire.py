@@ -1,16 +1,18 @@
-"""The outbound wire: an `httpx.BaseTransport` over libcurl (pycurl).
+"""The outbound wire over libcurl (pycurl): `CurlTransport`.
 
-The gateway keeps httpx's types (`httpx.Request`, `httpx.Response`, its exceptions) and its
-transport interface, but the bytes go through libcurl: one outbound GET costs about a quarter of
-the CPU of `httpx.Client.get` (measured: 80 us against 517 us per call on the development
-machine), and a pass-through's CPU is mostly that call.
+The bytes go through libcurl. The client speaks to it with `exchange` (plain strings and bytes,
+see `adapters.fhir_rest.outbound`); it is also an `httpx.BaseTransport` (`handle_request`), for
+httpx clients such as the token requests of backend-services auth. One outbound GET costs about
+a quarter of the CPU of `httpx.Client.get` (measured: 80 us against 517 us per call on the
+development machine), and a pass-through's CPU is mostly that call.
 
 Each pooled `pycurl.Curl` handle keeps its own keep-alive connection between requests. Curl
-follows no redirects here and decodes no `Content-Encoding`: the body is handed to
-`httpx.Response` as it arrived, so httpx decodes it (and raises `httpx.DecodingError` on a body
-that does not match its encoding). Curl's errors become the httpx exceptions the retry and
-circuit-breaker code above already knows. Their messages are curl's words and may name the
-host: they are for logs, never for apps.
+follows no redirects. Through `exchange` curl asks for and decodes the Content-Encoding;
+through `handle_request` it decodes none and hands the body to `httpx.Response` as it arrived,
+so httpx decodes it. Either way a body that does not match its encoding is an
+`httpx.DecodingError`. Curl's errors become the httpx exceptions the retry and circuit-breaker
+code above already knows. Their messages are curl's words and may name the host: they are for
+logs, never for apps.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 import certifi
 import httpx
 import pycurl
+
+from adapters.fhir_rest.outbound import Answer, Headers
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=5.0)
 
@@ -57,6 +61,7 @@ _PROTOCOL_ERRORS = frozenset((
 ))
 _BAD_URL = frozenset((1, 3))  # UNSUPPORTED_PROTOCOL, URL_MALFORMAT
 _TIMEOUT = 28  # OPERATION_TIMEDOUT
+_BAD_ENCODING = 61  # BAD_CONTENT_ENCODING (a body that does not decode)
 _SEND_ERROR = 55
 _RECV_ERROR = 56
 
@@ -90,7 +95,7 @@ class CurlTransport(httpx.BaseTransport):
 
     # -- the pool ---------------------------------------------------------------------------
 
-    def _acquire(self, wait: float | None, request: httpx.Request) -> pycurl.Curl:
+    def _acquire(self, wait: float | None, request: httpx.Request | None) -> pycurl.Curl:
         deadline = None if wait is None else time.monotonic() + wait
         with self._lock:
             while True:
@@ -143,15 +148,19 @@ class CurlTransport(httpx.BaseTransport):
 
     # -- one request ------------------------------------------------------------------------
 
-    def _setup(self, c: pycurl.Curl, request: httpx.Request, timeout: dict) -> tuple[list, list]:
+    def _setup(self, c: pycurl.Curl, method: str, url: str, lines: list[bytes],
+               body: bytes | None, timeout: dict, encoding: str | None) -> tuple[list, list]:
         # A handle is new, or was reset when it came back to the pool (`_release`): options
         # only, curl keeps the live connection, DNS and TLS session caches.
-        c.setopt(pycurl.URL, str(request.url))
+        c.setopt(pycurl.URL, url)
         c.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)  # never file://, ftp:// ... (libcurl has them)
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        c.setopt(pycurl.HTTP_CONTENT_DECODING, 0)  # httpx decodes Content-Encoding
-        if request.url.scheme == "https":
+        if encoding is None:
+            c.setopt(pycurl.HTTP_CONTENT_DECODING, 0)  # httpx decodes Content-Encoding
+        else:  # curl asks for these encodings and decodes the answer
+            c.setopt(pycurl.ACCEPT_ENCODING, encoding)
+        if url.startswith("https:"):
             c.setopt(pycurl.CAINFO, self._cainfo)
             if not self._verify:
                 c.setopt(pycurl.SSL_VERIFYPEER, 0)
@@ -165,11 +174,10 @@ class CurlTransport(httpx.BaseTransport):
             c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
             c.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read)))
 
-        method = request.method
-        body = request.read()
         if method == "HEAD":
             c.setopt(pycurl.NOBODY, 1)
         elif body or method in ("POST", "PUT", "PATCH"):
+            body = body or b""
             c.setopt(pycurl.POSTFIELDSIZE, len(body))
             c.setopt(pycurl.POSTFIELDS, body)
             if method != "POST":
@@ -181,21 +189,6 @@ class CurlTransport(httpx.BaseTransport):
             # before the first byte of the answer; the EHR may have acted on the first. A new
             # connection for writes that must not happen twice.
             c.setopt(pycurl.FRESH_CONNECT, 1)
-
-        lines = []
-        for key, value in request.headers.raw:
-            if key.lower() in _CURL_OWNS:
-                continue
-            if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.match(key):
-                # curl would send it as it is: a header injected into the EHR's request. h11
-                # (httpx's own wire) refuses it the same way.
-                raise httpx.LocalProtocolError("a request header is not valid HTTP",
-                                               request=request)
-            # "Name;" is curl's way to send a header with an empty value ("Name:" drops one).
-            lines.append(key + b": " + value if value else key + b";")
-        lines.append(b"Expect:")  # no 100-continue round trip before a body
-        if "user-agent" not in request.headers:
-            lines.append(b"User-Agent:")  # not pycurl's own, which names every library version
         c.setopt(pycurl.HTTPHEADER, lines)
 
         chunks: list[bytes] = []
@@ -204,25 +197,77 @@ class CurlTransport(httpx.BaseTransport):
         c.setopt(pycurl.HEADERFUNCTION, head.append)
         return chunks, head
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"{request.url.scheme!r} is not HTTP",
-                                            request=request)
-        timeout = request.extensions.get("timeout") or self._timeout
+    def _transfer(self, method: str, url: str, lines: list[bytes], body: bytes | None,
+                  timeout: dict, encoding: str | None, request: httpx.Request | None
+                  ) -> tuple[int, list[bytes], list[bytes], int]:
+        """Status, header lines, body chunks and body bytes received, of one request."""
+        scheme = url.partition(":")[0].lower()
+        if scheme not in ("http", "https") or "://" not in url:
+            raise httpx.UnsupportedProtocol(f"{scheme!r} is not HTTP", request=request)
         handle = self._acquire(timeout.get("pool"), request)
         try:
-            chunks, head = self._setup(handle, request, timeout)
+            chunks, head = self._setup(handle, method, url, lines, body, timeout, encoding)
             try:
                 handle.perform()
             except pycurl.error as exc:
-                raise _as_httpx(handle, exc, request) from None
+                raise _as_httpx(handle, exc, scheme, request) from None
             status = handle.getinfo(pycurl.RESPONSE_CODE)
+            received = handle.getinfo(pycurl.SIZE_DOWNLOAD_T)
         finally:
             self._release(handle)
+        return status, head, chunks, received
+
+    def exchange(self, method: str, url: str, headers: list[tuple[str, str]],
+                 body: bytes | None, timeout: dict | None = None) -> Answer:
+        """One request without httpx's objects (see `adapters.fhir_rest.outbound`). An
+        `Accept-Encoding` header is curl's to send: curl decodes what it asked for (a body
+        that does not decode is an `httpx.DecodingError`)."""
+        encoding = None
+        pairs = []
+        for name, value in headers:
+            if name.lower() == "accept-encoding":
+                encoding = value
+                continue
+            try:
+                pairs.append((name.encode("ascii"), value.encode("utf-8")))
+            except UnicodeEncodeError:
+                raise httpx.LocalProtocolError("a request header name is not ASCII") from None
+        status, head, chunks, received = self._transfer(
+            method, url, _header_lines(pairs, None, "user-agent" not in
+                                       {n.lower() for n, _ in headers}),
+            body, timeout or self._timeout, encoding, None)
+        return Answer(status, Headers.of((k.decode("latin-1"), v.decode("latin-1"))
+                                         for k, v in _last_head(head)[2]),
+                      b"".join(chunks), received)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        lines = _header_lines(request.headers.raw, request, "user-agent" not in request.headers)
+        status, head, chunks, _ = self._transfer(
+            request.method, str(request.url), lines, request.read(),
+            request.extensions.get("timeout") or self._timeout, None, request)
         version, reason, headers = _last_head(head)
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)),
                               request=request,
                               extensions={"http_version": version, "reason_phrase": reason})
+
+
+def _header_lines(pairs, request: httpx.Request | None, no_agent: bool) -> list[bytes]:
+    """Curl's header lines for (name, value) byte pairs; a header curl writes itself is left
+    out, and one that is not valid HTTP refused (curl would send it as it is: a header
+    injected into the EHR's request; h11, httpx's own wire, refuses it the same way)."""
+    lines = []
+    for key, value in pairs:
+        if key.lower() in _CURL_OWNS:
+            continue
+        if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.match(key):
+            raise httpx.LocalProtocolError("a request header is not valid HTTP",
+                                           request=request)
+        # "Name;" is curl's way to send a header with an empty value ("Name:" drops one).
+        lines.append(key + b": " + value if value else key + b";")
+    lines.append(b"Expect:")  # no 100-continue round trip before a body
+    if no_agent:
+        lines.append(b"User-Agent:")  # not pycurl's own, which names every library version
+    return lines
 
 
 def _last_head(lines: list[bytes]) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -252,14 +297,15 @@ def _last_head(lines: list[bytes]) -> tuple[bytes, bytes, list[tuple[bytes, byte
     return version, reason, headers
 
 
-def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, request: httpx.Request) -> httpx.HTTPError:
+def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, scheme: str,
+              request: httpx.Request | None) -> httpx.HTTPError:
     code = exc.args[0] if exc.args else 0
     text = f"curl error {code}: {exc.args[1] if len(exc.args) > 1 else ''}"
     try:
         # Connected: over a reused connection (no new one made), or the TCP connect (and the
         # TLS handshake for https) finished. PRETRANSFER_TIME is no sign: curl stamps it on
         # failures too.
-        handshake = pycurl.APPCONNECT_TIME if request.url.scheme == "https" else \
+        handshake = pycurl.APPCONNECT_TIME if scheme == "https" else \
             pycurl.CONNECT_TIME
         connected = handle.getinfo(pycurl.NUM_CONNECTS) == 0 or handle.getinfo(handshake) > 0
     except pycurl.error:
@@ -274,6 +320,8 @@ def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, request: httpx.Request) ->
         cls = httpx.WriteError
     elif code == _RECV_ERROR:
         cls = httpx.ReadError
+    elif code == _BAD_ENCODING:
+        cls = httpx.DecodingError
     elif code in _BAD_URL:
         cls = httpx.UnsupportedProtocol
     else:
