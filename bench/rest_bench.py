@@ -4,7 +4,10 @@ Four servers on loopback, each `gunicorn` gthread with the same workers and thre
   (a) the upstream: `fhir-gateway serve` with its embedded store (synthetic patients), SMART off;
   (b) a gateway with `adapter.kind = fhir_rest` in front of it, cache off (TTL 0), SMART on;
   (c) the same with the read-through cache on, SMART on;
-  (d) a bare Flask app returning the upstream's very bytes: the framework's floor.
+  (d) a bare Flask app returning the upstream's very bytes: the framework's floor;
+  (e) a bare Flask proxy: each request forwarded to (a) over a kept-alive libcurl handle and
+      its bytes returned as they came, what any pass-through pays here before doing anything
+      (it waits for the upstream on the same cores, and its caches are cold after the wait).
 For Patient reads and `Observation?patient=<id>&_count=20` searches it measures throughput at
 concurrency 4, p50/p99 latency at concurrency 1 and 4, and the CPU seconds per request of the
 server's own processes (gunicorn master and workers, utime + stime from /proc/<pid>/stat). Each
@@ -47,9 +50,9 @@ SEED_TODAY = dt.date(2026, 6, 15)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKERS, THREADS = 1, 4
 TARGETS = {"a": "upstream direct", "b": "gateway uncached", "c": "gateway cached",
-           "d": "bare Flask floor"}
+           "d": "bare Flask floor", "e": "bare Flask proxy"}
 # Requests per phase are fixed; faster servers get more so their CPU time spans enough clock ticks.
-SCALE = {"a": 2, "b": 1, "c": 1, "d": 8}
+SCALE = {"a": 2, "b": 1, "c": 1, "d": 8, "e": 1}
 
 FLOOR_APP = '''\
 """The framework's floor: Flask under gunicorn returning fixed bytes (written by rest_bench)."""
@@ -71,6 +74,36 @@ def read(id):
 @app.get("/fhir/Observation")
 def search():
     return Response(SEARCH, content_type="application/fhir+json")
+'''
+
+
+PROXY_APP = '''\
+"""A bare Flask proxy: the request forwarded to the upstream over a kept-alive libcurl handle
+(one per thread), its bytes returned as they came (written by rest_bench)."""
+import os
+import threading
+
+import pycurl
+from flask import Flask, Response, request
+
+UPSTREAM = os.environ["BENCH_UPSTREAM"]
+app = Flask(__name__)
+handles = threading.local()
+
+
+@app.get("/fhir/<path:rest>")
+def forward(rest):
+    curl = getattr(handles, "curl", None)
+    if curl is None:
+        curl = handles.curl = pycurl.Curl()
+    chunks = []
+    query = request.query_string.decode()
+    curl.setopt(pycurl.URL, f"{UPSTREAM}/{rest}" + (f"?{query}" if query else ""))
+    curl.setopt(pycurl.HTTPHEADER, ["Accept: application/fhir+json"])
+    curl.setopt(pycurl.WRITEFUNCTION, chunks.append)
+    curl.perform()
+    return Response(b"".join(chunks), status=curl.getinfo(pycurl.RESPONSE_CODE),
+                    content_type="application/fhir+json")
 '''
 
 
@@ -427,8 +460,12 @@ def report(workload: str, c1: dict[str, Run], c4: dict[str, Run], runs: int,
               f"{many.size:>8,}")
     a = c1["a"].p50_ms
     print(f"added p50 at concurrency 1: (b)-(a) {c1['b'].p50_ms - a:+.2f} ms, "
-          f"(c)-(a) {c1['c'].p50_ms - a:+.2f} ms   "
+          f"(c)-(a) {c1['c'].p50_ms - a:+.2f} ms, (e)-(a) {c1['e'].p50_ms - a:+.2f} ms   "
           f"[targets: CPU (b) <= 2.0x (d), (c) <= 1.5x (d); added p50 < 2 ms]")
+    print(f"the uncached gateway against the bare proxy: CPU (b)/(e) "
+          f"{c1['b'].cpu_us / c1['e'].cpu_us:.2f} at concurrency 1, "
+          f"{c4['b'].cpu_us / c4['e'].cpu_us:.2f} at {concurrency}; the proxy's own "
+          f"(e)/(d) {c1['e'].cpu_us / floor1:.2f}")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -509,8 +546,16 @@ def main() -> None:
             str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
             f"127.0.0.1:{port}", "--chdir", str(floor), "floor_app:app"],
             dict(os.environ), port, floor / "server.log")
-        for key in "bcd":
-            servers[key].start("/fhir/metadata" if key != "d" else paths["read"])
+        # (e): the bare Flask proxy in front of (a)
+        (floor / "proxy_app.py").write_text(PROXY_APP)
+        port = free_port()
+        servers["e"] = Server("e", [
+            sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
+            str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
+            f"127.0.0.1:{port}", "--chdir", str(floor), "proxy_app:app"],
+            dict(os.environ, BENCH_UPSTREAM=upstream), port, floor / "proxy.log")
+        for key in "bcde":
+            servers[key].start("/fhir/metadata" if key in "bc" else paths["read"])
 
         headers = {key: dict(accept) for key in TARGETS}
         for key in "bc":
@@ -560,7 +605,8 @@ def main() -> None:
             "(a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in "
             "front of it with SMART on (a patient token checked on every request: RS256, jti "
             "lookup, access decision, audit append), cache TTL 0 and 300 s; (d) bare Flask "
-            "returning (a)'s bytes. CPU of (b)/(c) excludes the upstream's. Per run and server, "
+            "returning (a)'s bytes; (e) bare Flask forwarding each request to (a) over libcurl. "
+            "CPU of (b)/(c)/(e) excludes the upstream's. Per run and server, "
             f"{n1} requests at concurrency 1 and {n4} at {args.concurrency} (times {SCALE['a']} "
             f"for (a), {SCALE['d']} for (d)), after {warm} per connection to warm up; CPU clock "
             f"tick {1e6 / CLK_TCK:,.0f} µs. SQLite state databases on {filesystem(tmp)}.",
