@@ -1,15 +1,19 @@
 """Sealed paging links: the EHR's `next` link becomes an encrypted cursor.
 
 Apps never see upstream addresses, hosts or tokens a server may put in its links. A link that
-leaves the EHR's own base (another host, another path) is refused, never followed.
+leaves the EHR's own base (another host, another path) is refused, never followed. The same link
+is sealed into the same cursor while it is remembered (Fernet's random IV would make a new one
+each time, and the gateway's own cursor signature over it would be computed anew too).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from urllib.parse import unquote, urlsplit
 
+from cachetools import LRUCache
 from cryptography.fernet import Fernet, InvalidToken
 
 from adapters.errors import Invalid
@@ -20,6 +24,8 @@ class LinkSealer:
         digest = hashlib.sha256(b"fhir-rest paging\0" + key).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
         self.base = base.rstrip("/") + "/"
+        self._sealed: LRUCache = LRUCache(maxsize=4096)
+        self._lock = threading.Lock()
 
     def relative(self, link: str) -> str | None:
         """The link relative to the EHR's base, or None when it points anywhere else: another
@@ -50,7 +56,13 @@ class LinkSealer:
         return rest + (f"?{parts.query}" if parts.query else "")
 
     def seal(self, relative: str) -> str:
-        return self._fernet.encrypt(relative.encode()).decode()
+        with self._lock:
+            token = self._sealed.get(relative)
+        if token is None:
+            token = self._fernet.encrypt(relative.encode()).decode()
+            with self._lock:
+                self._sealed[relative] = token
+        return token
 
     def open(self, token: str) -> str:
         try:
