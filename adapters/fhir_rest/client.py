@@ -162,11 +162,12 @@ class UpstreamClient:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         attempts = 1 + (self.settings.retries if idempotent else 0)
         content = orjson.dumps(body) if body is not None else None
-        given = {k.lower() for k in headers or ()}
-        hdrs = [h for h in self._headers if h[0].lower() not in given]
-        hdrs += (headers or {}).items()
+        extra = dict(headers or {})
         if content is not None:
-            hdrs.append(("Content-Type", FHIR_JSON))
+            extra["Content-Type"] = FHIR_JSON
+        given = {k.lower() for k in extra}
+        hdrs = [h for h in self._headers if h[0].lower() not in given]
+        hdrs += extra.items()
         url = self.url(path, params)
         name = self.settings.name
         for attempt in range(attempts):
