@@ -2,10 +2,14 @@
 
 They are `dict` and `list` subclasses, so everything that reads JSON (orjson included) reads
 them as it reads the plain ones; any attempt to change one raises TypeError instead of changing
-what other requests see.
+what other requests see. A shared dict is also written as JSON only once: `dumps` puts the
+compact JSON it keeps into a Bundle's entries as it is (`orjson.Fragment`), so serving a cached
+page copies 20 buffers instead of walking thousands of objects again.
 """
 
 from __future__ import annotations
+
+import orjson
 
 
 def _refuse(self, *args, **kwargs):
@@ -13,9 +17,17 @@ def _refuse(self, *args, **kwargs):
 
 
 class FrozenDict(dict):
-    __slots__ = ()
+    __slots__ = ("_compact",)
     __setitem__ = __delitem__ = __ior__ = _refuse
     clear = pop = popitem = setdefault = update = _refuse
+
+    def compact(self) -> bytes:
+        """Its compact JSON, written on first use and kept (it cannot change)."""
+        try:
+            return self._compact
+        except AttributeError:
+            self._compact = orjson.dumps(self)
+            return self._compact
 
 
 class FrozenList(list):
@@ -32,3 +44,20 @@ def freeze(value: object) -> object:
     if isinstance(value, list):
         return FrozenList([freeze(item) for item in value])
     return value
+
+
+def _shared(entry: object) -> bool:
+    return type(entry) is dict and type(entry.get("resource")) is FrozenDict
+
+
+def dumps(value: object, pretty: bool = False) -> bytes:
+    """`orjson.dumps`, with the shared (frozen) resources of a Bundle's entries written from
+    the JSON they keep instead of again. Indented output writes everything."""
+    if pretty:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    entries = value.get("entry") if type(value) is dict else None
+    if type(entries) is list and any(_shared(e) for e in entries):
+        value = dict(value, entry=[
+            dict(e, resource=orjson.Fragment(e["resource"].compact())) if _shared(e) else e
+            for e in entries])
+    return orjson.dumps(value)

@@ -39,3 +39,25 @@ def test_every_change_is_refused(change):
         change(frozen)
     assert frozen == VALUE
     assert isinstance(frozen["component"], FrozenList) and isinstance(frozen, FrozenDict)
+
+
+def test_a_bundle_of_shared_resources_is_written_as_orjson_writes_it():
+    """`dumps` puts each shared resource's kept JSON into the entries: the very bytes of
+    `orjson.dumps`, compact or indented, with plain entries and non-entry members as they are."""
+    from mappings.frozen import dumps
+
+    other = {"resourceType": "Patient", "id": "p1", "name": [{"text": "Zoë \"Q\" \\ ü"}]}
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": 3,
+              "link": [{"relation": "self", "url": "http://x/fhir/Observation?a=b"}],
+              "entry": [{"fullUrl": "http://x/fhir/Observation/1", "resource": freeze(VALUE),
+                         "search": {"mode": "match"}},
+                        {"fullUrl": "http://x/fhir/Patient/p1", "resource": other,
+                         "search": {"mode": "include"}},
+                        {"fullUrl": "http://x/fhir/Patient/p1", "resource": freeze(other)}]}
+    plain = orjson.loads(orjson.dumps(bundle))
+    assert dumps(bundle) == orjson.dumps(plain)
+    assert dumps(bundle, pretty=True) == orjson.dumps(plain, option=orjson.OPT_INDENT_2)
+    assert dumps(bundle) == dumps(bundle)  # the kept JSON, again
+    assert bundle["entry"][0]["resource"].compact() == orjson.dumps(VALUE)
+    for value in (VALUE, freeze(VALUE), {"entry": "not a list"}, {"entry": [1, None]}, [1]):
+        assert dumps(value) == orjson.dumps(value)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from flask import Request, Response
 
 from fhir_gateway.errors import NotAcceptable, UnsupportedMediaType
+from mappings import frozen
 
 FHIR_JSON = "application/fhir+json"
 JSON = "application/json"
@@ -66,7 +66,7 @@ def render(resource: dict | None, status: int, mimetype: str, pretty: bool,
     if resource is None:
         resp = Response(b"", status=status, mimetype=mimetype)
     else:
-        resp = Response(orjson.dumps(resource, option=orjson.OPT_INDENT_2 if pretty else 0),
+        resp = Response(frozen.dumps(resource, pretty),
                         status=status, content_type=f"{mimetype}; charset=utf-8")
     if headers:
         resp.headers.update(headers)  # each replaces any header of its name
