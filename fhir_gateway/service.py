@@ -160,8 +160,11 @@ class FhirService:
         self.type_capability(req.resource_type, "vread")
         decision = self.decide(req)
         rid = self.check_id(req.id)
+        version = req.version_id or ""
+        if not valid_id(version):  # a version id has the syntax of an id (FHIR `id` type)
+            raise Invalid(f"{version!r} is not a valid version id", expression="vid")
         try:
-            resource = self.adapter.vread(req.resource_type, rid, req.version_id or "")
+            resource = self.adapter.vread(req.resource_type, rid, version)
         except (NotFound, Gone):
             if decision is not None:
                 self._visible(decision, req.resource_type, rid)

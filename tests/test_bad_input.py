@@ -462,6 +462,16 @@ def test_bad_id_in_the_url_is_400(gateway, known, method, path):
     assert_intact(gateway, known, before)
 
 
+@pytest.mark.parametrize("version", ["a%3Fb=1", "1%20", "a" * 65, "1;x"])
+def test_bad_version_id_in_the_url_is_400(gateway, known, version):
+    """A version id has an id's syntax: anything else (a `?` that would reach an EHR's query)
+    is refused before any adapter is asked."""
+    before = gateway.fingerprint()
+    resp = gateway.get(f"Patient/{known.pid}/_history/{version}")
+    assert_outcome(resp, 400, ("not a valid version id",), "vid")
+    assert_intact(gateway, known, before)
+
+
 @pytest.mark.parametrize("path", ["Foo", "Foo/1", "Foo/1/_history", "patient"])
 def test_unknown_resource_type_in_the_url_is_404(gateway, known, path):
     before = gateway.fingerprint()

@@ -607,16 +607,20 @@ def test_hapi_style_next_link_on_the_base_itself_is_followed(ehr, adapter):
     assert [r["id"] for r in page2.resources] == ["2"]
 
 
-def test_the_same_next_link_is_sealed_into_the_same_cursor(ehr, adapter):
-    """An uncached search served twice gives the same cursor (kept, not encrypted anew);
-    another link another one; each opens to its own link."""
-    for page_no in ("2", "3"):
-        ehr.get("/Patient", params={"name": f"n{page_no}"}).respond(
-            200, content=orjson.dumps(bundle(PATIENT, next_url=f"{BASE}/Patient?page={page_no}")),
-            headers={"Content-Type": FJ})
-    one = adapter.search("Patient", query(name="n2")).next_cursor
-    again = adapter.search("Patient", query(name="n2")).next_cursor
-    other = adapter.search("Patient", query(name="n3")).next_cursor
+def test_the_same_next_link_is_sealed_into_the_same_cursor(ehr):
+    """A search asked of the EHR twice (no cache) gives the same cursor (kept, not encrypted
+    anew); another link another one; each opens to its own link."""
+    adapter, _ = make(default_cache_ttl=0)
+    routes = {page_no: ehr.get("/Patient", params={"name": f"n{page_no}"}).respond(
+        200, content=orjson.dumps(bundle(PATIENT, next_url=f"{BASE}/Patient?page={page_no}")),
+        headers={"Content-Type": FJ}) for page_no in ("2", "3")}
+    try:
+        one = adapter.search("Patient", query(name="n2")).next_cursor
+        again = adapter.search("Patient", query(name="n2")).next_cursor
+        other = adapter.search("Patient", query(name="n3")).next_cursor
+    finally:
+        adapter.close()
+    assert routes["2"].call_count == 2 and routes["3"].call_count == 1
     assert one == again and one != other
     assert adapter.sealer.open(one) == "Patient?page=2"
     assert adapter.sealer.open(other) == "Patient?page=3"

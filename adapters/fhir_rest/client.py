@@ -44,7 +44,10 @@ from adapters.fhir_rest.settings import TRANSPORTS, RestSettings
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 MAX_DIAGNOSTICS = 300
-ACCEPT_ENCODING = "gzip, deflate"  # decoded by the wire (curl, or httpx.Response)
+# The characters a request target may hold as it is (RFC 3986: unreserved, sub-delims, `:@/?`
+# and `%`); a fragment (`#`) or anything else goes through httpx.URL
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~:/?@!$&'()*+,;=%]*\Z")
+ACCEPT_ENCODING = "gzip, deflate"  # decoded by httpx's decoders, whatever the wire
 USER_AGENT = f"python-httpx/{httpx.__version__}"  # what the EHR saw from httpx.Client
 
 
@@ -120,8 +123,9 @@ class UpstreamClient:
     def url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
         """`path` against the EHR's base with `params` in its query, as httpx.Client(base_url=
         ...) would join them. A relative path without a query (the common case) is joined as
-        strings; the target is percent-encoded as httpx would when it is not printable ASCII
-        (a space, or a raw non-ASCII character in an EHR's link)."""
+        strings; a URL with anything else than RFC 3986's characters (a space, a quote, raw
+        non-ASCII in an EHR's link) or a dot segment is written by httpx, percent-encoded and
+        normalised."""
         if "://" not in path and not path.startswith("//") and "?" not in path:
             url = self.base + path.lstrip("/")
             if params:
@@ -134,8 +138,7 @@ class UpstreamClient:
             if params:
                 joined = joined.copy_merge_params(params)
             url = str(joined)
-        return url if url.isascii() and url.isprintable() and " " not in url \
-            else str(httpx.URL(url))
+        return url if _PLAIN_TARGET.match(url) and "/." not in url else str(httpx.URL(url))
 
     def _exchange(self, method: str, url: str, headers: list[tuple[str, str]],
                   content: bytes | None) -> Answer:
@@ -162,12 +165,11 @@ class UpstreamClient:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         attempts = 1 + (self.settings.retries if idempotent else 0)
         content = orjson.dumps(body) if body is not None else None
-        extra = dict(headers or {})
+        given = {k.lower(): (k, v) for k, v in (headers or {}).items()}
         if content is not None:
-            extra["Content-Type"] = FHIR_JSON
-        given = {k.lower() for k in extra}
+            given["content-type"] = ("Content-Type", FHIR_JSON)
         hdrs = [h for h in self._headers if h[0].lower() not in given]
-        hdrs += extra.items()
+        hdrs += given.values()
         url = self.url(path, params)
         name = self.settings.name
         for attempt in range(attempts):

@@ -53,6 +53,18 @@ class Answer:
     received: int
 
 
+def decoded(answer: Answer) -> Answer:
+    """The answer with its Content-Encoding undone by httpx's decoders (gzip, deflate, and
+    whatever else httpx.Response decodes; an unknown coding is left as it is, as httpx does).
+    Only an encoded answer pays for the `httpx.Response` this takes."""
+    coding = answer.headers.get("Content-Encoding")
+    if not coding or coding.strip().lower() == "identity":
+        return answer
+    body = httpx.Response(answer.status, headers=[("Content-Encoding", coding)],
+                          content=answer.body).read()
+    return Answer(answer.status, answer.headers, body, answer.received)
+
+
 class Wire(Protocol):
     def exchange(self, method: str, url: str, headers: list[tuple[str, str]],
                  body: bytes | None, timeout: dict) -> Answer: ...

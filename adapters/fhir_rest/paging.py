@@ -56,12 +56,15 @@ class LinkSealer:
         return rest + (f"?{parts.query}" if parts.query else "")
 
     def seal(self, relative: str) -> str:
+        # Remembered by the link's digest: the links themselves (queries may name a patient,
+        # or hold an EHR's session token) are kept only encrypted.
+        key = hashlib.sha256(relative.encode()).digest()
         with self._lock:
-            token = self._sealed.get(relative)
+            token = self._sealed.get(key)
         if token is None:
             token = self._fernet.encrypt(relative.encode()).decode()
             with self._lock:
-                self._sealed[relative] = token
+                self._sealed[key] = token
         return token
 
     def open(self, token: str) -> str:

@@ -7,10 +7,9 @@ a quarter of the CPU of `httpx.Client.get` (measured: 80 us against 517 us per c
 development machine), and a pass-through's CPU is mostly that call.
 
 Each pooled `pycurl.Curl` handle keeps its own keep-alive connection between requests. Curl
-follows no redirects. Through `exchange` curl asks for and decodes the Content-Encoding;
-through `handle_request` it decodes none and hands the body to `httpx.Response` as it arrived,
-so httpx decodes it. Either way a body that does not match its encoding is an
-`httpx.DecodingError`. Curl's errors become the httpx exceptions the retry and circuit-breaker
+follows no redirects and decodes no Content-Encoding: httpx's decoders do, as on httpx's own
+wire (an encoding they do not know is left as it is; a body that does not match its encoding is
+an `httpx.DecodingError`). Curl's errors become the httpx exceptions the retry and circuit-breaker
 code above already knows. Their messages are curl's words and may name the host: they are for
 logs, never for apps.
 """
@@ -26,7 +25,7 @@ import certifi
 import httpx
 import pycurl
 
-from adapters.fhir_rest.outbound import Answer, Headers
+from adapters.fhir_rest.outbound import Answer, Headers, decoded
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=20.0, write=20.0, pool=5.0)
 
@@ -61,7 +60,6 @@ _PROTOCOL_ERRORS = frozenset((
 ))
 _BAD_URL = frozenset((1, 3))  # UNSUPPORTED_PROTOCOL, URL_MALFORMAT
 _TIMEOUT = 28  # OPERATION_TIMEDOUT
-_BAD_ENCODING = 61  # BAD_CONTENT_ENCODING (a body that does not decode)
 _SEND_ERROR = 55
 _RECV_ERROR = 56
 
@@ -149,17 +147,14 @@ class CurlTransport(httpx.BaseTransport):
     # -- one request ------------------------------------------------------------------------
 
     def _setup(self, c: pycurl.Curl, method: str, url: str, lines: list[bytes],
-               body: bytes | None, timeout: dict, encoding: str | None) -> tuple[list, list]:
+               body: bytes | None, timeout: dict) -> tuple[list, list]:
         # A handle is new, or was reset when it came back to the pool (`_release`): options
         # only, curl keeps the live connection, DNS and TLS session caches.
         c.setopt(pycurl.URL, url)
         c.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)  # never file://, ftp:// ... (libcurl has them)
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        if encoding is None:
-            c.setopt(pycurl.HTTP_CONTENT_DECODING, 0)  # httpx decodes Content-Encoding
-        else:  # curl asks for these encodings and decodes the answer
-            c.setopt(pycurl.ACCEPT_ENCODING, encoding)
+        c.setopt(pycurl.HTTP_CONTENT_DECODING, 0)  # httpx's decoders undo Content-Encoding
         if url.startswith("https:"):
             c.setopt(pycurl.CAINFO, self._cainfo)
             if not self._verify:
@@ -198,7 +193,7 @@ class CurlTransport(httpx.BaseTransport):
         return chunks, head
 
     def _transfer(self, method: str, url: str, lines: list[bytes], body: bytes | None,
-                  timeout: dict, encoding: str | None, request: httpx.Request | None
+                  timeout: dict, request: httpx.Request | None
                   ) -> tuple[int, list[bytes], list[bytes], int]:
         """Status, header lines, body chunks and body bytes received, of one request."""
         scheme = url.partition(":")[0].lower()
@@ -206,7 +201,7 @@ class CurlTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"{scheme!r} is not HTTP", request=request)
         handle = self._acquire(timeout.get("pool"), request)
         try:
-            chunks, head = self._setup(handle, method, url, lines, body, timeout, encoding)
+            chunks, head = self._setup(handle, method, url, lines, body, timeout)
             try:
                 handle.perform()
             except pycurl.error as exc:
@@ -219,36 +214,38 @@ class CurlTransport(httpx.BaseTransport):
 
     def exchange(self, method: str, url: str, headers: list[tuple[str, str]],
                  body: bytes | None, timeout: dict | None = None) -> Answer:
-        """One request without httpx's objects (see `adapters.fhir_rest.outbound`). An
-        `Accept-Encoding` header is curl's to send: curl decodes what it asked for (a body
-        that does not decode is an `httpx.DecodingError`)."""
-        encoding = None
+        """One request without httpx's objects (see `adapters.fhir_rest.outbound`); a body
+        with a Content-Encoding is decoded by httpx's own decoders, as on its wire."""
         pairs = []
         for name, value in headers:
-            if name.lower() == "accept-encoding":
-                encoding = value
-                continue
             try:
                 pairs.append((name.encode("ascii"), value.encode("utf-8")))
             except UnicodeEncodeError:
                 raise httpx.LocalProtocolError("a request header name is not ASCII") from None
+        lines = _header_lines(pairs, None, "user-agent" not in {n.lower() for n, _ in headers})
         status, head, chunks, received = self._transfer(
-            method, url, _header_lines(pairs, None, "user-agent" not in
-                                       {n.lower() for n, _ in headers}),
-            body, timeout or self._timeout, encoding, None)
-        return Answer(status, Headers.of((k.decode("latin-1"), v.decode("latin-1"))
-                                         for k, v in _last_head(head)[2]),
-                      b"".join(chunks), received)
+            method, url, lines, body, timeout or self._timeout, None)
+        answer = Answer(status, Headers.of((_text(k), _text(v)) for k, v in _last_head(head)[2]),
+                        b"".join(chunks), received)
+        return decoded(answer)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         lines = _header_lines(request.headers.raw, request, "user-agent" not in request.headers)
         status, head, chunks, _ = self._transfer(
             request.method, str(request.url), lines, request.read(),
-            request.extensions.get("timeout") or self._timeout, None, request)
+            request.extensions.get("timeout") or self._timeout, request)
         version, reason, headers = _last_head(head)
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)),
                               request=request,
                               extensions={"http_version": version, "reason_phrase": reason})
+
+
+def _text(raw: bytes) -> str:
+    """A header's bytes as text: UTF-8 when they are, else Latin-1 (as httpx reads them)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _header_lines(pairs, request: httpx.Request | None, no_agent: bool) -> list[bytes]:
@@ -320,8 +317,6 @@ def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, scheme: str,
         cls = httpx.WriteError
     elif code == _RECV_ERROR:
         cls = httpx.ReadError
-    elif code == _BAD_ENCODING:
-        cls = httpx.DecodingError
     elif code in _BAD_URL:
         cls = httpx.UnsupportedProtocol
     else:
