@@ -281,6 +281,16 @@ def front_gateway(key: str, data: Path, upstream: str, ttl: int) -> tuple[Server
     return Server(key, serve_argv(), env, port, data / "server.log"), token
 
 
+def bare_flask(key: str, folder: Path, module: str, env: dict[str, str]) -> Server:
+    """`module:app` in `folder` under gunicorn, as the gateways run (not started)."""
+    port = free_port()
+    return Server(key, [
+        sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
+        str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
+        f"127.0.0.1:{port}", "--chdir", str(folder), f"{module}:app"],
+        dict(os.environ, **env), port, folder / f"{module}.log")
+
+
 # -- the load generator -------------------------------------------------------------------------
 
 
@@ -540,20 +550,10 @@ def main() -> None:
         (floor / "read.json").write_bytes(bodies["read"])
         (floor / "search.json").write_bytes(bodies["search"])
         (floor / "floor_app.py").write_text(FLOOR_APP)
-        port = free_port()
-        servers["d"] = Server("d", [
-            sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
-            str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
-            f"127.0.0.1:{port}", "--chdir", str(floor), "floor_app:app"],
-            dict(os.environ), port, floor / "server.log")
+        servers["d"] = bare_flask("d", floor, "floor_app", {})
         # (e): the bare Flask proxy in front of (a)
         (floor / "proxy_app.py").write_text(PROXY_APP)
-        port = free_port()
-        servers["e"] = Server("e", [
-            sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
-            str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
-            f"127.0.0.1:{port}", "--chdir", str(floor), "proxy_app:app"],
-            dict(os.environ, BENCH_UPSTREAM=upstream), port, floor / "proxy.log")
+        servers["e"] = bare_flask("e", floor, "proxy_app", {"BENCH_UPSTREAM": upstream})
         for key in "bcde":
             servers[key].start("/fhir/metadata" if key in "bc" else paths["read"])
 

@@ -144,15 +144,14 @@ class UpstreamClient:
                   content: bytes | None) -> Answer:
         """Send through the auth (which may answer a 401 with a renewed token and one more
         try); return the last answer."""
-        if self.auth is None:
-            return self.wire.exchange(method, url, headers, content, self._timeout)
-        answer = self.wire.exchange(method, url, [*headers, ("Authorization",
-                                                            self.auth.authorization())],
-                                    content, self._timeout)
-        if answer.status == 401 and self.auth.renews:
-            answer = self.wire.exchange(method, url, [*headers, (
-                "Authorization", self.auth.authorization(renew=True))], content, self._timeout)
-        return answer
+        renew = False
+        while True:
+            sent = headers if self.auth is None else \
+                [*headers, ("Authorization", self.auth.authorization(renew=renew))]
+            answer = self.wire.exchange(method, url, sent, content, self._timeout)
+            if renew or answer.status != 401 or self.auth is None or not self.auth.renews:
+                return answer
+            renew = True
 
     # -- sending ---------------------------------------------------------------------------
 
