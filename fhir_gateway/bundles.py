@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlencode
 
 from adapters.base import HistoryPage, SearchPage
@@ -10,6 +11,13 @@ from fhir_gateway.errors import issue, operation_outcome
 
 def page_url(base: str, path: str, params: list[tuple[str, str]],
              cursor: str | None = None) -> str:
+    """A search page's link: the parameters kept (`_cursor` replaced by this page's)."""
+    return _page_url(base, path, tuple(params), cursor)
+
+
+@lru_cache(maxsize=1024)  # urlencode is slow; the same pages are linked again and again
+def _page_url(base: str, path: str, params: tuple[tuple[str, str], ...],
+              cursor: str | None) -> str:
     items = [(k, v) for k, v in params if k != "_cursor"]
     if cursor:
         items.append(("_cursor", cursor))

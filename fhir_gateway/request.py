@@ -48,6 +48,10 @@ class FhirResponse:
     # A non-FHIR answer (an operation's printable page): sent as is, with its own media type.
     body: bytes | None = None
     mimetype: str | None = None
+    # Whose data this is (the access log), when the service already knows it: else the
+    # renderer looks at the resource (see `fhir_gateway.access.policy.owner`).
+    owner: str | None = None
+    owner_known: bool = False
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:

@@ -7,6 +7,7 @@ checks. Access control (SMART) will sit in front of `handle`, in one place.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
@@ -24,7 +25,13 @@ from adapters.errors import (
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
-from fhir_gateway.access.policy import PERMISSION, know_patient_refs, patient_refs
+from fhir_gateway.access.policy import (
+    PERMISSION,
+    know_patient_refs,
+    owner,
+    patient_refs,
+    sole_owner,
+)
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
@@ -55,6 +62,8 @@ class FhirService:
         self.limits = config.limits
         self.signer = signer
         self.started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # (type, narrowing) -> (capabilities, clauses): see `_narrowing`
+        self._narrowed: dict[tuple, tuple[Capabilities, tuple]] = {}
 
     @property
     def caps(self) -> Capabilities:
@@ -86,6 +95,19 @@ class FhirService:
 
     def search_query(self, rtype: str, params: list[tuple[str, str]], strict: bool):
         return parse_search(rtype, params, self.caps, self.limits, strict)
+
+    def _narrowing(self, rtype: str, narrowing: tuple[tuple[str, str], ...]) -> list:
+        """The access narrowing's search clauses (new objects each time), parsed once per
+        type and narrowing for as long as the EHR's capabilities stay the same object."""
+        caps, key = self.caps, (rtype, narrowing)
+        hit = self._narrowed.get(key)
+        if hit is None or hit[0] is not caps:
+            clauses = self.search_query(rtype, list(narrowing), strict=True).query.clauses
+            hit = (caps, tuple(clauses))
+            if len(self._narrowed) >= 4096:
+                self._narrowed.clear()  # one entry per patient and type: rarely reached
+            self._narrowed[key] = hit
+        return [replace(c, values=list(c.values)) for c in hit[1]]
 
     def _search_params(self, rtype: str) -> dict:
         tc = self.caps.for_type(rtype)
@@ -205,18 +227,24 @@ class FhirService:
         if decision is not None and decision.narrowing:
             # Added on every page, never written into links: the caller's own search stays
             # what it asked, and a cursor cannot carry someone else's narrowing.
-            extra = self.search_query(rtype, decision.narrowing, strict=True)
-            parsed.query.clauses += extra.query.clauses
+            parsed.query.clauses += self._narrowing(rtype, tuple(decision.narrowing))
         digest = search_digest(rtype, parsed.used)
         token = req.param("_cursor")
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)
         page = self.adapter.search_to_show(rtype, parsed.query)  # only checked and shown
-        if page.patients is not None:
-            know_patient_refs([*page.resources, *page.included], page.patients)
+        known = page.patients  # each resource's Patients, when the adapter read them
+        if known is not None and len(known) == len(page.resources) + len(page.included):
+            know_patient_refs([*page.resources, *page.included], known)
+        else:
+            known = None
         if decision is not None:  # the narrowing should have done it; check every resource
-            page.resources = [r for r in page.resources if decision.permits(r)]
-            page.included = [r for r in page.included if decision.permits(r)]
+            matched = len(page.resources)
+            page.resources, mine = _permitted(decision, page.resources,
+                                              known[:matched] if known else None)
+            page.included, theirs = _permitted(decision, page.included,
+                                               known[matched:] if known else None)
+            known = mine + theirs if known else None
             if not decision.exact:
                 page.total = self._visible_total(rtype, parsed.query, decision, page,
                                                  first_page=not token)
@@ -228,7 +256,11 @@ class FhirService:
             if page.prev_cursor else None
         bundle = bundles.searchset(base, page, self_url, nxt, prev,
                                    parsed.warnings + page.warnings)
-        return FhirResponse(200, bundle, shape=True)
+        if known is None:
+            return FhirResponse(200, bundle, shape=True)
+        whose = sole_owner(owner(r, refs) for r, refs in
+                           zip([*page.resources, *page.included], known, strict=True))
+        return FhirResponse(200, bundle, shape=True, owner=whose, owner_known=True)
 
     MAX_COUNTED = 20_000
 
@@ -453,3 +485,13 @@ def version_headers(resource: dict) -> dict[str, str]:
     if meta.get("lastUpdated"):
         headers["Last-Modified"] = http_date(meta["lastUpdated"])
     return headers
+
+
+def _permitted(decision: AccessDecision, resources: list[dict],
+               refs: list[frozenset[str]] | None) -> tuple[list[dict], list[frozenset[str]]]:
+    """The resources the decision lets the caller see, with their Patients when known."""
+    if refs is None:
+        return [r for r in resources if decision.permits(r)], []
+    kept = [(r, known) for r, known in zip(resources, refs, strict=True)
+            if decision.permits(r, known)]
+    return [r for r, _ in kept], [known for _, known in kept]

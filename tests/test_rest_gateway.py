@@ -241,7 +241,7 @@ def test_cached_search_pages_still_drop_what_names_another_patient(tmp_path, ups
         return store.create(body).resource["id"]
 
     try:
-        own = observation()
+        own = observation(performer=[{"reference": "Practitioner/prac-01"}])
         mixed = observation(performer=[{"reference": "Patient/pat-0002"}])
         ann = env.patient_token("app-public", "ann")["access_token"]
         params = {"patient": "pat-0001", "code": "http://loinc.org|8867-4", "_count": "50"}
@@ -255,9 +255,50 @@ def test_cached_search_pages_still_drop_what_names_another_patient(tmp_path, ups
                    if e.get("search", {}).get("mode") == "match"}
             assert own in ids  # the hit still shows it: it came from the cache
             assert mixed not in ids
+        # The access log names whose data both answers were, from the Patients the page kept
+        # (an included Practitioner names none and does not change it).
+        with env.fhir(ann) as client:
+            with_author = client.get("Observation", params={**params, "_include":
+                                                            "Observation:performer"})
+        assert with_author.status_code == 200, with_author.text
+        assert "Practitioner/prac-01" in {
+            f'{e["resource"]["resourceType"]}/{e["resource"]["id"]}'
+            for e in with_author.json()["entry"] if e["search"]["mode"] == "include"}
+        audit = live.app.extensions["fhir_gateway"].audit
+        searches = [r for r in audit.search(count=50) if r["action"] == "search-type"]
+        assert len(searches) == 3
+        assert {r["patient"] for r in searches} == {"pat-0001"}
     finally:
         store.close()
         env.browser.close()
+        stop()
+
+
+def test_access_log_names_the_patient_a_cached_page_belongs_to(tmp_path, upstream):
+    """A clinic-wide (system) token has no patient of its own: the access log's patient is
+    the one the page's resources belong to, read from the Patients the cached page keeps
+    (an included Practitioner belongs to nobody); a page of several patients names none."""
+    live, stop = front(tmp_path, upstream, auth=True, default_cache_ttl="300")
+    smart = live.app.extensions["smart"]
+    smart.clients.add("clinic-job", "public", redirect_uris=["http://127.0.0.1:9/cb"])
+    token = smart.mint(smart.clients.get("clinic-job"), "system/*.rs")
+    audit = live.app.extensions["fhir_gateway"].audit
+    try:
+        with httpx.Client(base_url=live.base + "/", timeout=30, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}) as c:
+            pages = []
+            for params in ({"patient": "pat-0002", "_include": "Encounter:participant"},
+                           {"_count": "50"}):
+                for _ in range(2):  # a miss, then a hit
+                    pages.append(c.get("Encounter", params=params))
+                    assert pages[-1].status_code == 200, pages[-1].text
+        kinds = {e["resource"]["resourceType"] for e in pages[1].json()["entry"]}
+        assert kinds == {"Encounter", "Practitioner"}
+        subjects = {e["resource"]["subject"]["reference"] for e in pages[3].json()["entry"]}
+        assert len(subjects) > 1
+        rows = [r for r in audit.search(count=50) if r["action"] == "search-type"]
+        assert [r["patient"] for r in reversed(rows)] == ["pat-0002", "pat-0002", None, None]
+    finally:
         stop()
 
 

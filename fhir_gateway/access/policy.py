@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -63,9 +64,10 @@ class AccessDecision:
     # from the EHR would reveal that hidden resources exist).
     exact: bool = True
 
-    def permits(self, resource: dict) -> bool:
-        """True when the resource may be shown to (or written by) the caller."""
-        if self.patient is not None and not in_compartment(resource, self.patient):
+    def permits(self, resource: dict, refs: frozenset[str] | None = None) -> bool:
+        """True when the resource may be shown to (or written by) the caller; `refs`, the
+        Patients it references when already known (else they are looked up)."""
+        if self.patient is not None and not in_compartment(resource, self.patient, refs):
             return False
         if self.queries and not any(matches(resource, q) for q in self.queries):
             return False
@@ -106,12 +108,30 @@ def patient_refs(resource: dict) -> frozenset[str]:
     return refs
 
 
-def in_compartment(resource: dict, patient: str) -> bool:
-    """The resource is this patient's (or belongs to no patient), and names no other patient."""
+def in_compartment(resource: dict, patient: str, refs: frozenset[str] | None = None) -> bool:
+    """The resource is this patient's (or belongs to no patient), and names no other patient;
+    `refs`, the Patients it references when already known."""
     rtype = resource.get("resourceType", "")
     if rtype == "Patient":  # the rule needs only its id: no need to walk its references
         return compartment_rule(rtype, resource.get("id"), frozenset(), patient)
-    return compartment_rule(rtype, resource.get("id"), patient_refs(resource), patient)
+    return compartment_rule(rtype, resource.get("id"),
+                            patient_refs(resource) if refs is None else refs, patient)
+
+
+def owner(resource: dict, refs: frozenset[str] | None = None) -> str | None:
+    """The one patient whose data the resource is (for the access log): a Patient's own id,
+    else the only Patient it references, else None. `refs` as for `in_compartment`."""
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    refs = patient_refs(resource) if refs is None else refs
+    return next(iter(refs)) if len(refs) == 1 else None
+
+
+def sole_owner(owners: Iterable[str | None]) -> str | None:
+    """The patient when all the resources that have an `owner` have the same one."""
+    found = set(owners)
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
 
 
 def matches(resource: dict, query: tuple[tuple[str, str], ...]) -> bool:

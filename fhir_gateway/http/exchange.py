@@ -20,7 +20,7 @@ from werkzeug import Request, Response
 from adapters.base import Notice, collect_notices
 from adapters.errors import FhirError
 from fhir_gateway.access import Principal
-from fhir_gateway.access.policy import patient_refs, remember_patient_refs
+from fhir_gateway.access.policy import owner, remember_patient_refs, sole_owner
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.http.shaping import shape
@@ -133,8 +133,8 @@ def present(ex: Exchange, resp: FhirResponse, freq: FhirRequest, mimetype: str) 
     """Render a response, shaped by the request's `_summary` / `_elements` / `_pretty`, marked
     stale when it came from the gateway's copy."""
     resource = resp.resource
-    if ex.gateway.audit is not None:
-        ex.patient = _whose(resource)  # whose data this was, for the access log
+    if ex.gateway.audit is not None:  # whose data this was, for the access log
+        ex.patient = resp.owner if resp.owner_known else _whose(resource)
     if resp.shape and resource is not None:
         summary = freq.param("_summary")
         elements = freq.param("_elements")
@@ -210,13 +210,9 @@ def _whose(resource: dict | None) -> str | None:
     if not resource:
         return None
     if resource.get("resourceType") == "Bundle":
-        found = {_whose(e["resource"]) for e in resource.get("entry", []) if "resource" in e}
-        found.discard(None)
-        return found.pop() if len(found) == 1 else None
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id")
-    refs = patient_refs(resource)
-    return next(iter(refs)) if len(refs) == 1 else None
+        return sole_owner(_whose(e["resource"]) for e in resource.get("entry", [])
+                          if "resource" in e)
+    return owner(resource)
 
 
 def _shape_all(resource: dict, summary: str | None, fields: list[str] | None) -> dict:
