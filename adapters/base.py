@@ -66,6 +66,11 @@ class SearchPage:
     # the adapter already has them (a cached page keeps them): the access checks reuse them
     # instead of walking every resource again. None: not known.
     patients: list[frozenset[str]] | None = None
+    # Set by an adapter when the same search gives this very page for as long as
+    # `Adapter.still_valid(validity)` says so (the REST adapter: while its cached copy is
+    # fresh and no write went through the gateway to a type the search covers); a caller may
+    # keep what it built from the page until then. None: never keep it.
+    validity: object | None = None
 
 
 @dataclass
@@ -164,6 +169,10 @@ class Adapter(ABC):
         them): an adapter may hand out shared, read-only ones (`mappings.frozen`), as the REST
         adapter does from its cache. The page itself is always the caller's own."""
         return self.search(resource_type, query)
+
+    def still_valid(self, validity: object) -> bool:
+        """Would the search whose page carried this `SearchPage.validity` give it again now?"""
+        return False
 
     @abstractmethod
     def create(

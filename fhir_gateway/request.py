@@ -52,6 +52,9 @@ class FhirResponse:
     # renderer looks at the resource (see `fhir_gateway.access.policy.owner`).
     owner: str | None = None
     owner_known: bool = False
+    # Bodies this very answer was written to, by (media type, pretty), shared by the requests a
+    # kept search answer serves (`fhir_gateway.search_answers`); None: written anew each time.
+    rendered: dict[tuple[str, bool], bytes] | None = None
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:

@@ -40,6 +40,7 @@ from fhir_gateway.outbox import WRITE_ID_SYSTEM, Outbox, assign_write_id
 from fhir_gateway.paging import CursorSigner, search_digest
 from fhir_gateway.payments import OfflinePaymentProvider, PaymentProvider
 from fhir_gateway.request import FhirRequest, FhirResponse
+from fhir_gateway.search_answers import SearchAnswers, answer_key
 from fhir_gateway.search_request import parse_count, parse_search
 from fhir_gateway.validation import validate_resource
 from mappings.r4 import RESOURCE_TYPES
@@ -62,6 +63,7 @@ class FhirService:
         self.limits = config.limits
         self.signer = signer
         self.started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.answers = SearchAnswers()
         # (type, narrowing) -> (capabilities, clauses): see `_narrowing`
         self._narrowed: dict[tuple, tuple[Capabilities, tuple]] = {}
 
@@ -222,7 +224,11 @@ class FhirService:
     def _search_type(self, req: FhirRequest, base: str) -> FhirResponse:
         rtype = req.resource_type
         self.type_capability(rtype, "search-type")
-        decision = self.decide(req)
+        decision = self.decide(req)  # the token's scopes, on every request
+        key, caps = answer_key(req, base, decision), self.caps
+        kept = self.answers.get(key, self.adapter, caps)
+        if kept is not None:
+            return kept
         parsed = self.search_query(rtype, req.params, req.strict)
         if decision is not None and decision.narrowing:
             # Added on every page, never written into links: the caller's own search stays
@@ -256,11 +262,14 @@ class FhirService:
             if page.prev_cursor else None
         bundle = bundles.searchset(base, page, self_url, nxt, prev,
                                    parsed.warnings + page.warnings)
-        if known is None:
-            return FhirResponse(200, bundle, shape=True)
-        whose = sole_owner(owner(r, refs) for r, refs in
-                           zip([*page.resources, *page.included], known, strict=True))
-        return FhirResponse(200, bundle, shape=True, owner=whose, owner_known=True)
+        resp = FhirResponse(200, bundle, shape=True)
+        if known is not None:
+            resp.owner_known = True
+            resp.owner = sole_owner(owner(r, refs) for r, refs in
+                                    zip([*page.resources, *page.included], known, strict=True))
+        if page.validity is not None and not parsed.query.summary_count:
+            return self.answers.keep(key, resp, page.validity, caps)  # (a count walks pages)
+        return resp
 
     MAX_COUNTED = 20_000
 

@@ -38,7 +38,10 @@ class FrozenList(list):
 
 def freeze(value: object) -> object:
     """A read-only deep copy of a JSON value (dicts and lists frozen; strings, numbers, booleans
-    and None are immutable already)."""
+    and None are immutable already). Frozen values are kept as they are: only `freeze` makes
+    them, so they are read-only all the way down."""
+    if type(value) is FrozenDict or type(value) is FrozenList:
+        return value
     if isinstance(value, dict):
         return FrozenDict({key: freeze(item) for key, item in value.items()})
     if isinstance(value, list):

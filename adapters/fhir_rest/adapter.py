@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -41,6 +42,7 @@ from adapters.errors import (
     WrongFhirVersion,
 )
 from adapters.fhir_rest.cache import Entry, ResponseCache, make_cache
+from adapters.fhir_rest.cache import now as cache_clock
 from adapters.fhir_rest.client import UpstreamClient, UpstreamResponse, raise_for_status
 from adapters.fhir_rest.matrix import Matrix, build_matrix
 from adapters.fhir_rest.paging import LinkSealer
@@ -62,6 +64,18 @@ SHARED_PAGES = 64  # parsed cached search pages kept per EHR (a 24 KB page is ab
 RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
+
+
+ANY_TYPE = "*"  # what an `_include` without a target type covers, in search cache keys
+
+
+@dataclass(frozen=True)
+class _Validity:
+    """How long a search page stays what the search gives (`SearchPage.validity`)."""
+
+    fresh_until: float  # when the cached copy's TTL ends, on the cache's clock
+    types: tuple[str, ...]  # the types the search covers (matches and includes), sorted
+    generations: str  # their write generations then, as in the cache key
 
 
 def _pack_page(page: SearchPage) -> bytes:
@@ -325,13 +339,15 @@ class FhirRestAdapter(Adapter):
             path, params = resource_type, query_params(resource_type, query, type_params)
             what = repr(params)
         ttl = self.s.ttl(resource_type)
-        types = {resource_type, *(i.target_type or "*" for i in query.include),
+        types = {resource_type, *(i.target_type or ANY_TYPE for i in query.include),
                  *(i.source_type for i in query.revinclude)}
         gens = ",".join(f"{t}{self.cache.generation(t)}" for t in sorted(types))
         key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
         entry = self.cache.get(key) if ttl > 0 else None
         if entry is not None and entry.age() < ttl:
-            return self._cached_page(key, entry, shown)
+            page = self._cached_page(key, entry, shown)
+            page.validity = _Validity(entry.stored_at + ttl, tuple(sorted(types)), gens)
+            return page
         try:
             resp = self.client.send("GET", path, params=params)
         except UpstreamUnavailable as exc:
@@ -343,8 +359,17 @@ class FhirRestAdapter(Adapter):
         raise_for_status(resp, f"the search of {resource_type}")
         page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
         if ttl > 0:  # kept checked and localised, so a hit costs one JSON parse
-            self.cache.put(key, _pack_page(page), None)
+            stored = self.cache.put(key, _pack_page(page), None)
+            page.validity = _Validity(stored.stored_at + ttl, tuple(sorted(types)), gens)
         return page
+
+    def still_valid(self, validity: object) -> bool:
+        """The page is still what the search gives: its cached copy is fresh (not past the
+        type's TTL) and no write through the gateway changed a type the search covers."""
+        if not isinstance(validity, _Validity) or cache_clock() >= validity.fresh_until:
+            return False
+        now = ",".join(f"{t}{self.cache.generation(t)}" for t in validity.types)
+        return now == validity.generations
 
     def _cached_page(self, key: str, entry: Entry, shown: bool) -> SearchPage:
         """The cached page `entry`: private copies, or (`shown`) resources parsed once per
@@ -419,9 +444,12 @@ class FhirRestAdapter(Adapter):
         return resp.body or {}
 
     def _invalidate(self, rtype: str, id: str | None) -> None:
+        """After a write: the cached read goes, and so does every search that covers the type,
+        including those that `_include` a reference of any type (`Observation:subject`)."""
         if id:
             self.cache.drop(f"r:{rtype}/{id}")
         self.cache.bump(rtype)
+        self.cache.bump(ANY_TYPE)
 
     def create(self, resource: dict, if_none_exist: SearchQuery | None = None) -> WriteResult:
         rtype = resource["resourceType"]

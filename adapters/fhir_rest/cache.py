@@ -18,6 +18,11 @@ from typing import Protocol
 from cachetools import TTLCache
 
 
+def now() -> float:
+    """The cache's clock (wall time: entries may be shared between processes)."""
+    return time.time()
+
+
 @dataclass
 class Entry:
     raw: bytes
@@ -25,7 +30,7 @@ class Entry:
     stored_at: float
 
     def age(self) -> float:
-        return max(0.0, time.time() - self.stored_at)
+        return max(0.0, now() - self.stored_at)
 
     def pack(self) -> bytes:
         return f"{self.etag or ''}\n{self.stored_at!r}\n".encode() + self.raw
@@ -121,7 +126,7 @@ class ResponseCache:
         return Entry.unpack(data) if data else None
 
     def put(self, key: str, raw: bytes, etag: str | None) -> Entry:
-        entry = Entry(raw, etag, time.time())
+        entry = Entry(raw, etag, now())
         self._safe(self.backend.set, self.ns + key, entry.pack(), self.keep_for)
         return entry
 

@@ -25,6 +25,7 @@ from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
+from mappings import frozen
 from smart_launch.access_token import TokenError
 from smart_launch.scopes import parse_scopes
 
@@ -135,18 +136,30 @@ def present(ex: Exchange, resp: FhirResponse, freq: FhirRequest, mimetype: str) 
     resource = resp.resource
     if ex.gateway.audit is not None:  # whose data this was, for the access log
         ex.patient = resp.owner if resp.owner_known else _whose(resource)
+    stale = [n for n in ex.notices if n.kind == "stale"]
+    pretty = freq.param("_pretty") == "true"
+    if resp.rendered is not None and not stale:  # a kept answer: written once per format
+        body = resp.rendered.get((mimetype, pretty))
+        if body is None:
+            body = resp.rendered[(mimetype, pretty)] = frozen.dumps(_shaped(resp, freq), pretty)
+        return render(None, resp.status, mimetype, pretty, resp.headers, body=body)
+    resource = _shaped(resp, freq)
+    headers = resp.headers
+    if stale and resp.status < 300:
+        resource, headers = _mark_stale(resource, dict(headers), stale)
+    return render(resource, resp.status, mimetype, pretty, headers)
+
+
+def _shaped(resp: FhirResponse, freq: FhirRequest) -> dict | None:
+    """The response's resource as `_summary` / `_elements` ask (when it may be shaped)."""
+    resource = resp.resource
     if resp.shape and resource is not None:
         summary = freq.param("_summary")
         elements = freq.param("_elements")
         fields = [e.strip() for e in elements.split(",") if e.strip()] if elements else None
         if summary in ("true", "text", "data") or fields:
             resource = _shape_all(resource, summary, fields)
-    pretty = freq.param("_pretty") == "true"
-    headers = resp.headers
-    stale = [n for n in ex.notices if n.kind == "stale"]
-    if stale and resp.status < 300:
-        resource, headers = _mark_stale(resource, dict(headers), stale)
-    return render(resource, resp.status, mimetype, pretty, headers)
+    return resource
 
 
 def error_response(exc: FhirError) -> Response:

@@ -62,8 +62,11 @@ def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:
 
 
 def render(resource: dict | None, status: int, mimetype: str, pretty: bool,
-           headers: dict[str, str] | None = None) -> Response:
-    if resource is None:
+           headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+    """The response for a resource (None: no body), or for its JSON `body` written before."""
+    if body is not None:
+        resp = Response(body, status=status, content_type=f"{mimetype}; charset=utf-8")
+    elif resource is None:
         resp = Response(b"", status=status, mimetype=mimetype)
     else:
         resp = Response(frozen.dumps(resource, pretty),
