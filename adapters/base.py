@@ -170,6 +170,12 @@ class Adapter(ABC):
         adapter does from its cache. The page itself is always the caller's own."""
         return self.search(resource_type, query)
 
+    def read_to_show(self, resource_type: str, id: str) -> dict:
+        """`read`, for a caller that only checks and shows the resource: an adapter may hand
+        out a shared, read-only one (`mappings.frozen`), as the REST adapter does from its
+        cache."""
+        return self.read(resource_type, id)
+
     def still_valid(self, validity: object) -> bool:
         """Would the search whose page carried this `SearchPage.validity` give it again now?"""
         return False

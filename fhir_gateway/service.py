@@ -128,11 +128,13 @@ class FhirService:
         """What a caller sees for a resource it may not see: the same as for a missing one."""
         return NotFound(f"{rtype}/{id} is not known", expression=rtype)
 
-    def _visible(self, decision: AccessDecision | None, rtype: str, id: str) -> dict | None:
+    def _visible(self, decision: AccessDecision | None, rtype: str, id: str,
+                 shown: bool = False) -> dict | None:
         """The current resource if the caller may see it; NotFound when it may not. A deleted
-        resource is Gone only for a caller who could see its last version."""
+        resource is Gone only for a caller who could see its last version. `shown`: the
+        caller only shows it (it may be a shared, read-only one)."""
         try:
-            resource = self.adapter.read(rtype, id)
+            resource = (self.adapter.read_to_show if shown else self.adapter.read)(rtype, id)
         except NotFound:
             # Some EHRs answer 404, not 410, for a deleted resource: its history tells (and
             # shows a resource created since the read as its newest version).
@@ -177,7 +179,8 @@ class FhirService:
 
     def _read(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "read")
-        resource = self._visible(self.decide(req), req.resource_type, self.check_id(req.id))
+        resource = self._visible(self.decide(req), req.resource_type, self.check_id(req.id),
+                                 shown=True)
         return FhirResponse(200, resource, version_headers(resource), shape=True)
 
     def _vread(self, req: FhirRequest, base: str) -> FhirResponse:

@@ -54,10 +54,12 @@ def _shared(entry: object) -> bool:
 
 
 def dumps(value: object, pretty: bool = False) -> bytes:
-    """`orjson.dumps`, with the shared (frozen) resources of a Bundle's entries written from
-    the JSON they keep instead of again. Indented output writes everything."""
+    """`orjson.dumps`, with a shared (frozen) resource, and those of a Bundle's entries,
+    written from the JSON they keep instead of again. Indented output writes everything."""
     if pretty:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    if type(value) is FrozenDict:  # a shared resource: its JSON as it keeps it
+        return value.compact()
     entries = value.get("entry") if type(value) is dict else None
     if type(entries) is list and any(_shared(e) for e in entries):
         value = dict(value, entry=[

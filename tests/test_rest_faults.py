@@ -1106,3 +1106,28 @@ def test_pages_to_show_share_their_cached_resources_read_only(ehr, adapter):
     third = adapter.search_to_show("Observation", query(patient="1"))
     assert route.call_count == 2 and third.resources[0] is not second.resources[0]
     assert isinstance(third.resources[0], FrozenDict)
+
+
+def test_reads_to_show_share_their_cached_resource_read_only(ehr, adapter):
+    """`read_to_show` checks and freezes a cached resource once per stored entry and writes
+    its JSON once; `read` still gives private copies; a write through the gateway stores it
+    anew (and it is parsed again)."""
+    from mappings import frozen
+    from mappings.frozen import FrozenDict
+
+    route = ehr.get("/Patient/1").respond(200, content=orjson.dumps(PATIENT),
+                                          headers={"Content-Type": FJ, "ETag": 'W/"1"'})
+    fetched = adapter.read_to_show("Patient", "1")  # from the EHR: the caller's own
+    assert type(fetched) is dict
+    first, second = adapter.read_to_show("Patient", "1"), adapter.read_to_show("Patient", "1")
+    assert route.call_count == 1 and first is second and isinstance(first, FrozenDict)
+    assert first == PATIENT and frozen.dumps(first) == orjson.dumps(PATIENT)
+    with pytest.raises(TypeError):
+        first["name"][0]["family"] = "Okafor"
+    private = adapter.read("Patient", "1")
+    assert type(private) is dict and private == first
+    private["name"][0]["family"] = "Okafor"  # changes nothing anyone else sees
+    assert adapter.read_to_show("Patient", "1")["name"][0]["family"] == "Rivera"
+    adapter._invalidate("Patient", "1")
+    adapter.read_to_show("Patient", "1")
+    assert route.call_count == 2 and adapter.read_to_show("Patient", "1") is not first

@@ -61,6 +61,7 @@ from mappings.references import (
 
 log = logging.getLogger("adapters.fhir_rest")
 SHARED_PAGES = 64  # parsed cached search pages kept per EHR (a 24 KB page is about 200 KB)
+SHARED_READS = 1024  # parsed cached resources kept per EHR (a 1 KB Patient is about 10 KB)
 RETRY_UNKNOWN = 5.0  # seconds before asking an unreachable EHR for its statement again
 PAGE_LEFT_EHR = ("The EHR's link to the next page points outside the EHR; the gateway does "
                  "not follow it, so the results stop here")
@@ -122,8 +123,10 @@ class FhirRestAdapter(Adapter):
         self._matrix_at = 0.0
         self._matrix_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
-        # cached pages parsed once, frozen, shared by searches that only show them
+        # cached pages and resources parsed once, frozen, shared by requests that only
+        # show them
         self._shared: LRUCache = LRUCache(maxsize=SHARED_PAGES)
+        self._shared_reads: LRUCache = LRUCache(maxsize=SHARED_READS)
         self._shared_lock = threading.Lock()
 
     # -- capabilities --------------------------------------------------------------------
@@ -231,13 +234,34 @@ class FhirRestAdapter(Adapter):
     def _cached_read(self, key: str, raw: bytes, rtype: str) -> dict:
         return self._resource(orjson.loads(raw), raw, rtype)
 
+    def _shared_read(self, key: str, entry: Entry, rtype: str) -> dict:
+        """The cached resource of `entry`, checked and frozen once per stored entry (an
+        entry stored again is another one); it keeps its JSON, so it is written once too."""
+        stamp = (key, entry.stored_at, len(entry.raw))
+        with self._shared_lock:
+            shared = self._shared_reads.get(stamp)
+        if shared is None:
+            shared = freeze(self._cached_read(key, entry.raw, rtype))
+            with self._shared_lock:
+                self._shared_reads[stamp] = shared
+        return shared
+
     # -- reads ---------------------------------------------------------------------------------
 
     def read(self, resource_type: str, id: str) -> dict:
+        return self._read(resource_type, id, shown=False)
+
+    def read_to_show(self, resource_type: str, id: str) -> dict:
+        """A fresh cached copy parsed once per stored entry and shared, read-only."""
+        return self._read(resource_type, id, shown=True)
+
+    def _read(self, resource_type: str, id: str, shown: bool) -> dict:
         key = f"r:{resource_type}/{id}"
         ttl = self.s.ttl(resource_type)
         entry = self.cache.get(key) if ttl > 0 else None
         if entry is not None and entry.age() < ttl:
+            if shown:
+                return self._shared_read(key, entry, resource_type)
             return self._cached_read(key, entry.raw, resource_type)
         headers = {"If-None-Match": entry.etag} if entry is not None and entry.etag else None
         try:
