@@ -29,7 +29,10 @@ from fhir_gateway.access import AccessDecision
 from fhir_gateway.request import FhirRequest, FhirResponse
 from mappings.frozen import freeze
 
-KEPT_ANSWERS = 512  # at about one page of JSON each (24 KB for 20 Observations): ~12 MB
+KEPT_BYTES = 48 * 2**20  # per process, as estimated below
+# A parsed Bundle holds about ten times its compact JSON in Python objects (tracemalloc: 123 KB
+# for a 12 KB page of 20 Observations); its bodies add about the JSON once per spelling.
+HELD_PER_JSON_BYTE = 12
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class _Kept:
     response: FhirResponse  # its Bundle frozen; `rendered` filled as it is written
     validity: object  # the page's `SearchPage.validity`
     caps: Capabilities  # the capabilities it was parsed with
+    size: int  # bytes it is estimated to hold
 
 
 def answer_key(req: FhirRequest, base: str, decision: AccessDecision | None) -> tuple:
@@ -49,9 +53,16 @@ def answer_key(req: FhirRequest, base: str, decision: AccessDecision | None) -> 
 class SearchAnswers:
     """An LRU of kept answers; thread-safe (gthread workers share the service)."""
 
-    def __init__(self, maxsize: int = KEPT_ANSWERS) -> None:
-        self._kept: LRUCache = LRUCache(maxsize=maxsize)
+    def __init__(self, budget: int = KEPT_BYTES) -> None:
+        self._kept: LRUCache = LRUCache(maxsize=budget, getsizeof=lambda kept: kept.size)
+        self._largest = budget // 32  # a larger answer (a 1,000-entry page) is not kept
         self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """Bytes the kept answers are estimated to hold (at most the budget)."""
+        with self._lock:
+            return self._kept.currsize
 
     def get(self, key: tuple, adapter: Adapter, caps: Capabilities) -> FhirResponse | None:
         """The kept answer (the caller's own copy of the response, sharing its read-only
@@ -71,7 +82,12 @@ class SearchAnswers:
              caps: Capabilities) -> FhirResponse:
         """Keep a just-built answer; returns the response to send (rendered bodies are kept
         with it). Its Bundle is frozen: any later attempt to change it fails loudly."""
-        frozen = replace(response, resource=freeze(response.resource), rendered={})
+        bundle = freeze(response.resource)
+        body = bundle.compact()  # its compact JSON, as it is sent unless asked otherwise
+        size = HELD_PER_JSON_BYTE * len(body) + sum(len(repr(part)) for part in key)
+        if size > self._largest:
+            return response
+        frozen = replace(response, resource=bundle, rendered={})
         with self._lock:
-            self._kept[key] = _Kept(frozen, validity, caps)
+            self._kept[key] = _Kept(frozen, validity, caps, size)
         return replace(frozen)

@@ -247,3 +247,55 @@ def test_a_kept_answer_never_reaches_another_patient_or_a_narrower_scope(tmp_pat
         env.browser.close()
         stop()
         upstream.stop()
+
+
+def test_answers_are_kept_within_a_byte_budget():
+    """Each answer counts about twelve times its JSON; the least recently used go first, and
+    one too large for the budget is sent but not kept."""
+    adapter, caps = _Adapter(), object()
+    answers = SearchAnswers(budget=32 * 12 * 2_000)  # keeps answers of up to ~2 KB of JSON
+
+    def answer(n: int) -> FhirResponse:
+        entries = [{"resource": {**OBSERVATION, "id": f"o{i}"}} for i in range(n)]
+        return FhirResponse(200, {"resourceType": "Bundle", "entry": entries})
+
+    def key(i: int) -> tuple:
+        req = FhirRequest(interaction="search-type", resource_type="Observation",
+                          params=[("code", str(i))])
+        return answer_key(req, "http://gw/fhir", None)
+
+    for i in range(100):  # ~1.3 KB of JSON each: about 48 fit
+        answers.keep(key(i), answer(10), "page-1", caps)
+    assert 0 < answers.held <= 32 * 12 * 2_000
+    assert answers.get(key(99), adapter, caps) is not None
+    assert answers.get(key(0), adapter, caps) is None  # the oldest went first
+    big = answer(40)  # ~5 KB of JSON: over a 32nd of the budget
+    sent = answers.keep(key(200), big, "page-1", caps)
+    assert sent is big and answers.get(key(200), adapter, caps) is None
+
+
+class _Down:
+    """A shared cache that cannot be reached: every call fails."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("redis is down")
+        return fail
+
+
+def test_nothing_is_kept_while_the_shared_cache_is_down(ehr):
+    """Without the write generations no page may say it holds: a write in another process
+    could not end it."""
+    from adapters.fhir_rest.cache import ResponseCache
+
+    adapter = FhirRestAdapter(RestSettings(base_url=BASE, vendor="hapi", transport="httpx"),
+                              cache=ResponseCache(_Down(), "test", 60))
+    try:
+        route = ehr.get("/Observation").respond(
+            200, content=_page({**OBSERVATION, "id": "o1"}), headers={"Content-Type": FJ})
+        for _ in range(2):
+            page = adapter.search_to_show("Observation", query(patient="1"))
+            assert [r["id"] for r in page.resources] == ["o1"] and page.validity is None
+        assert route.call_count == 2  # nothing cached either
+    finally:
+        adapter.close()

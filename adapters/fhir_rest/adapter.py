@@ -365,12 +365,13 @@ class FhirRestAdapter(Adapter):
         ttl = self.s.ttl(resource_type)
         types = {resource_type, *(i.target_type or ANY_TYPE for i in query.include),
                  *(i.source_type for i in query.revinclude)}
-        gens = ",".join(f"{t}{self.cache.generation(t)}" for t in sorted(types))
+        covered = tuple(sorted(types))
+        gens = self._generations(covered)
         key = "s:" + hashlib.sha256(f"{path}|{what}|{gens}".encode()).hexdigest()
-        entry = self.cache.get(key) if ttl > 0 else None
+        entry = self.cache.get(key) if ttl > 0 and gens is not None else None
         if entry is not None and entry.age() < ttl:
             page = self._cached_page(key, entry, shown)
-            page.validity = _Validity(entry.stored_at + ttl, tuple(sorted(types)), gens)
+            page.validity = _Validity(entry.stored_at + ttl, covered, gens)
             return page
         try:
             resp = self.client.send("GET", path, params=params)
@@ -382,18 +383,29 @@ class FhirRestAdapter(Adapter):
             raise
         raise_for_status(resp, f"the search of {resource_type}")
         page = self._page(self._bundle(resp, "search"), resp.raw, resource_type)
-        if ttl > 0:  # kept checked and localised, so a hit costs one JSON parse
+        if ttl > 0 and gens is not None:  # kept checked and localised: a hit is one parse
             stored = self.cache.put(key, _pack_page(page), None)
-            page.validity = _Validity(stored.stored_at + ttl, tuple(sorted(types)), gens)
+            if stored is not None:
+                page.validity = _Validity(stored.stored_at + ttl, covered, gens)
         return page
+
+    def _generations(self, types: tuple[str, ...]) -> str | None:
+        """The types' write generations as search keys carry them; None when the cache
+        cannot tell (a shared cache that is down): then no search is cached or kept."""
+        gens = []
+        for rtype in types:
+            generation = self.cache.generation(rtype)
+            if generation is None:
+                return None
+            gens.append(f"{rtype}{generation}")
+        return ",".join(gens)
 
     def still_valid(self, validity: object) -> bool:
         """The page is still what the search gives: its cached copy is fresh (not past the
         type's TTL) and no write through the gateway changed a type the search covers."""
         if not isinstance(validity, _Validity) or cache_clock() >= validity.fresh_until:
             return False
-        now = ",".join(f"{t}{self.cache.generation(t)}" for t in validity.types)
-        return now == validity.generations
+        return self._generations(validity.types) == validity.generations
 
     def _cached_page(self, key: str, entry: Entry, shown: bool) -> SearchPage:
         """The cached page `entry`: private copies, or (`shown`) resources parsed once per

@@ -125,16 +125,23 @@ class ResponseCache:
         data = self._safe(self.backend.get, self.ns + key)
         return Entry.unpack(data) if data else None
 
-    def put(self, key: str, raw: bytes, etag: str | None) -> Entry:
+    def put(self, key: str, raw: bytes, etag: str | None) -> Entry | None:
+        """Store an answer; the entry, or None when the shared cache could not take it."""
         entry = Entry(raw, etag, now())
-        self._safe(self.backend.set, self.ns + key, entry.pack(), self.keep_for)
-        return entry
+        stored = self._safe(self._set, self.ns + key, entry.pack(), default=False)
+        return entry if stored else None
+
+    def _set(self, key: str, value: bytes) -> bool:
+        self.backend.set(key, value, self.keep_for)
+        return True
 
     def drop(self, key: str) -> None:
         self._safe(self.backend.delete, self.ns + key)
 
-    def generation(self, rtype: str) -> int:
-        return self._safe(self.backend.counter, f"{self.ns}gen:{rtype}", default=0)
+    def generation(self, rtype: str) -> int | None:
+        """How many writes through the gateway changed this type; None when the shared cache
+        cannot say (then nothing may be kept on the strength of it)."""
+        return self._safe(self.backend.counter, f"{self.ns}gen:{rtype}", default=None)
 
     def bump(self, rtype: str) -> None:
         self._safe(self.backend.incr, f"{self.ns}gen:{rtype}")
