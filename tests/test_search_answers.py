@@ -69,6 +69,21 @@ def test_a_write_through_the_gateway_ends_the_answers_of_its_type(front):
     assert route.call_count == 2
 
 
+
+def test_a_create_that_got_no_answer_still_ends_the_answers_of_its_type(front):
+    """The EHR may have stored it: the next search asks the EHR again."""
+    import httpx
+
+    live, ehr = front
+    route = ehr.get("/Observation").respond(
+        200, content=_page({**OBSERVATION, "id": "o1"}), headers={"Content-Type": FJ})
+    for _ in range(2):
+        assert _matches(live.get("Observation", params={"patient": "1"})) == ["o1"]
+    ehr.post("/Observation").mock(side_effect=httpx.ReadTimeout("no answer"))
+    assert live.post("Observation", OBSERVATION).status_code == 202  # queued
+    live.get("Observation", params={"patient": "1"})
+    assert route.call_count == 2
+
 def test_a_write_to_an_included_type_ends_the_answers_that_include_it(front):
     live, ehr = front
     page = bundle({**OBSERVATION, "id": "o1"})

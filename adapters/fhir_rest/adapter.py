@@ -494,8 +494,11 @@ class FhirRestAdapter(Adapter):
             tc = self.capabilities().for_type(rtype)
             headers["If-None-Exist"] = query_string(rtype, if_none_exist,
                                                     tc.search_params if tc else {})
-        resp = self.client.send("POST", rtype, body=resource, headers=headers,
-                                idempotent=if_none_exist is not None)
+        try:
+            resp = self.client.send("POST", rtype, body=resource, headers=headers,
+                                    idempotent=if_none_exist is not None)
+        finally:  # the EHR may have stored it even when no answer came back
+            self._invalidate(rtype, None)
         return self._written(resp, rtype, f"the create of a {rtype}")
 
     def update(self, resource: dict, if_match: str | None = None) -> WriteResult:
