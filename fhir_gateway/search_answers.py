@@ -33,6 +33,7 @@ KEPT_BYTES = 48 * 2**20  # per process, as estimated below
 # A parsed Bundle holds about ten times its compact JSON in Python objects (tracemalloc: 123 KB
 # for a 12 KB page of 20 Observations); its bodies add about the JSON once per spelling.
 HELD_PER_JSON_BYTE = 12
+MOST_ENTRIES = 100  # a page with more is over the size kept at any budget worth having
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class SearchAnswers:
              caps: Capabilities) -> FhirResponse:
         """Keep a just-built answer; returns the response to send (rendered bodies are kept
         with it). Its Bundle is frozen: any later attempt to change it fails loudly."""
+        if len(response.resource.get("entry") or ()) > MOST_ENTRIES:
+            return response  # too large to keep anyway: not frozen and written for nothing
         bundle = freeze(response.resource)
         body = bundle.compact()  # its compact JSON, as it is sent unless asked otherwise
         size = HELD_PER_JSON_BYTE * len(body) + sum(len(repr(part)) for part in key)

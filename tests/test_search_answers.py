@@ -287,6 +287,10 @@ def test_answers_are_kept_within_a_byte_budget():
     big = answer(40)  # ~5 KB of JSON: over a 32nd of the budget
     sent = answers.keep(key(200), big, "page-1", caps)
     assert sent is big and answers.get(key(200), adapter, caps) is None
+    many = answer(101)  # more entries than any kept answer holds: not even frozen
+    roomy = SearchAnswers()
+    assert roomy.keep(key(201), many, "page-1", caps) is many and roomy.held == 0
+    assert type(many.resource) is dict
 
 
 class _Down:
