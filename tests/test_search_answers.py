@@ -318,3 +318,52 @@ def test_nothing_is_kept_while_the_shared_cache_is_down(ehr):
         assert route.call_count == 2  # nothing cached either
     finally:
         adapter.close()
+
+
+class _Flaky:
+    """An in-process cache backend that can be switched off, as Redis going away."""
+
+    def __init__(self) -> None:
+        from adapters.fhir_rest.cache import MemoryBackend
+
+        self.inner, self.down = MemoryBackend(100, 3600), False
+
+    def __getattr__(self, name):
+        call = getattr(self.inner, name)
+
+        def maybe(*args, **kwargs):
+            if self.down:
+                raise ConnectionError("redis is down")
+            return call(*args, **kwargs)
+        return maybe
+
+
+def test_a_write_the_shared_cache_missed_is_recorded_before_it_is_used_again(ehr):
+    """Drops and bumps that failed while the shared cache was away are done as soon as it is
+    back, before any answer is taken from it: a write is never lost to the outage."""
+    from adapters.fhir_rest.cache import ResponseCache
+
+    backend = _Flaky()
+    adapter = FhirRestAdapter(RestSettings(base_url=BASE, vendor="hapi", transport="httpx"),
+                              cache=ResponseCache(backend, "test", 3600))
+    try:
+        search = ehr.get("/Observation").respond(
+            200, content=_page({**OBSERVATION, "id": "o1"}), headers={"Content-Type": FJ})
+        read = ehr.get("/Patient/1").respond(200, content=orjson.dumps(PATIENT),
+                                             headers={"Content-Type": FJ})
+        kept = adapter.search_to_show("Observation", query(patient="1")).validity
+        adapter.read("Patient", "1")
+        assert adapter.still_valid(kept) and adapter.read("Patient", "1") == PATIENT
+        assert (search.call_count, read.call_count) == (1, 1)
+        backend.down = True
+        adapter._invalidate("Observation", None)  # writes while the cache is away
+        adapter._invalidate("Patient", "1")
+        assert not adapter.still_valid(kept)
+        backend.down = False
+        assert not adapter.still_valid(kept)  # the missed bump was done first
+        adapter.search_to_show("Observation", query(patient="1"))
+        adapter.read("Patient", "1")
+        assert (search.call_count, read.call_count) == (2, 2)  # the missed drop too
+        assert adapter.cache.settled()
+    finally:
+        adapter.close()

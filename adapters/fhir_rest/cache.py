@@ -106,13 +106,40 @@ class RedisBackend:
 
 class ResponseCache:
     """Keys are namespaced per EHR; a failing shared cache degrades to no cache, never to an
-    error (the EHR is the source of truth)."""
+    error (the EHR is the source of truth). What a write must change in the cache (drop its
+    read, bump its type's generation) is never lost to an outage: it is kept and done before the
+    cache is used again, and until then the cache answers nothing."""
 
     def __init__(self, backend: Backend, namespace: str, keep_for: int) -> None:
         self.backend = backend
         self.ns = "fhirgw:" + hashlib.sha256(namespace.encode()).hexdigest()[:12] + ":"
         self.keep_for = keep_for
         self.errors = 0
+        # ("drop" | "bump", key) that the shared cache could not take yet
+        self._unrecorded: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def _done(self, kind: str, key: str) -> bool:
+        call = self.backend.delete if kind == "drop" else self.backend.incr
+        if self._safe(call, key, default=False) is False:
+            with self._lock:
+                self._unrecorded.add((kind, key))
+            return False
+        return True
+
+    def settled(self) -> bool:
+        """Every earlier write's drop and bump reached the cache (those missed are done now);
+        False while one still cannot be."""
+        if not self._unrecorded:
+            return True
+        with self._lock:
+            missed = list(self._unrecorded)
+        for kind, key in missed:
+            with self._lock:
+                self._unrecorded.discard((kind, key))
+            if not self._done(kind, key):
+                return False
+        return True
 
     def _safe(self, fn, *args, default=None):
         try:
@@ -122,6 +149,8 @@ class ResponseCache:
             return default
 
     def get(self, key: str) -> Entry | None:
+        if not self.settled():
+            return None
         data = self._safe(self.backend.get, self.ns + key)
         return Entry.unpack(data) if data else None
 
@@ -136,15 +165,17 @@ class ResponseCache:
         return True
 
     def drop(self, key: str) -> None:
-        self._safe(self.backend.delete, self.ns + key)
+        self._done("drop", self.ns + key)
 
     def generation(self, rtype: str) -> int | None:
         """How many writes through the gateway changed this type; None when the shared cache
         cannot say (then nothing may be kept on the strength of it)."""
+        if not self.settled():
+            return None
         return self._safe(self.backend.counter, f"{self.ns}gen:{rtype}", default=None)
 
     def bump(self, rtype: str) -> None:
-        self._safe(self.backend.incr, f"{self.ns}gen:{rtype}")
+        self._done("bump", f"{self.ns}gen:{rtype}")
 
 
 def make_cache(redis_url: str, namespace: str, keep_for: int,
