@@ -134,11 +134,11 @@ class ResponseCache:
             return True
         with self._lock:
             missed = list(self._unrecorded)
-        for kind, key in missed:
-            with self._lock:
-                self._unrecorded.discard((kind, key))
-            if not self._done(kind, key):
+        for item in missed:  # taken off only once done: other threads wait for it too
+            if not self._done(*item):
                 return False
+            with self._lock:
+                self._unrecorded.discard(item)
         return True
 
     def _safe(self, fn, *args, default=None):
