@@ -25,13 +25,7 @@ from adapters.errors import (
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
-from fhir_gateway.access.policy import (
-    PERMISSION,
-    know_patient_refs,
-    owner,
-    patient_refs,
-    sole_owner,
-)
+from fhir_gateway.access.policy import PERMISSION, owner, patient_refs, sole_owner
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
@@ -242,18 +236,17 @@ class FhirService:
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)
         page = self.adapter.search_to_show(rtype, parsed.query)  # only checked and shown
-        known = page.patients  # each resource's Patients, when the adapter read them
-        if known is not None and len(known) == len(page.resources) + len(page.included):
-            know_patient_refs([*page.resources, *page.included], known)
-        else:
+        # each resource's Patients, when the adapter read them: checks and the log reuse them
+        known = page.patients
+        if known is not None and len(known) != len(page.resources) + len(page.included):
             known = None
         if decision is not None:  # the narrowing should have done it; check every resource
             matched = len(page.resources)
             page.resources, mine = _permitted(decision, page.resources,
-                                              known[:matched] if known else None)
+                                              None if known is None else known[:matched])
             page.included, theirs = _permitted(decision, page.included,
-                                               known[matched:] if known else None)
-            known = mine + theirs if known else None
+                                               None if known is None else known[matched:])
+            known = None if known is None else mine + theirs
             if not decision.exact:
                 page.total = self._visible_total(rtype, parsed.query, decision, page,
                                                  first_page=not token)

@@ -234,17 +234,23 @@ class FhirRestAdapter(Adapter):
     def _cached_read(self, key: str, raw: bytes, rtype: str) -> dict:
         return self._resource(orjson.loads(raw), raw, rtype)
 
-    def _shared_read(self, key: str, entry: Entry, rtype: str) -> dict:
-        """The cached resource of `entry`, checked and frozen once per stored entry (an
-        entry stored again is another one); it keeps its JSON, so it is written once too."""
+    def _once(self, shared: LRUCache, key: str, entry: Entry, build):
+        """`build()` made once per stored entry of `key` (an entry stored again is another
+        one) and shared, from `shared`, by every request that only shows it."""
         stamp = (key, entry.stored_at, len(entry.raw))
         with self._shared_lock:
-            shared = self._shared_reads.get(stamp)
-        if shared is None:
-            shared = freeze(self._cached_read(key, entry.raw, rtype))
+            made = shared.get(stamp)
+        if made is None:
+            made = build()
             with self._shared_lock:
-                self._shared_reads[stamp] = shared
-        return shared
+                shared[stamp] = made
+        return made
+
+    def _shared_read(self, key: str, entry: Entry, rtype: str) -> dict:
+        """The cached resource of `entry`, checked and frozen once; it keeps its JSON, so it
+        is written once too."""
+        return self._once(self._shared_reads, key, entry,
+                          lambda: freeze(self._cached_read(key, entry.raw, rtype)))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -412,17 +418,15 @@ class FhirRestAdapter(Adapter):
         stored entry (an entry stored again is another one) and frozen, in new lists."""
         if not shown:
             return _unpack_page(entry.raw)
-        stamp = (key, entry.stored_at, len(entry.raw))
-        with self._shared_lock:
-            template = self._shared.get(stamp)
-        if template is None:
+
+        def frozen_page() -> SearchPage:
             page = _unpack_page(entry.raw)
-            template = SearchPage(
+            return SearchPage(
                 resources=freeze(page.resources), included=freeze(page.included),
                 total=page.total, next_cursor=page.next_cursor, prev_cursor=page.prev_cursor,
                 warnings=page.warnings, patients=page.patients)
-            with self._shared_lock:
-                self._shared[stamp] = template
+
+        template = self._once(self._shared, key, entry, frozen_page)
         return SearchPage(resources=list(template.resources),
                           included=list(template.included), total=template.total,
                           next_cursor=template.next_cursor, prev_cursor=template.prev_cursor,

@@ -86,15 +86,6 @@ def remember_patient_refs(on: bool) -> None:
     _REFS_MEMO.set({} if on else None)
 
 
-def know_patient_refs(resources: list[dict], refs: list[frozenset[str]]) -> None:
-    """Patient ids already known for these resources (an adapter's cached page keeps them),
-    used by `patient_refs` for the rest of this read-only request."""
-    memo = _REFS_MEMO.get()
-    if memo is not None and len(resources) == len(refs):
-        for resource, known in zip(resources, refs, strict=True):
-            memo[id(resource)] = (resource, known)
-
-
 def patient_refs(resource: dict) -> frozenset[str]:
     """Ids of every Patient the resource references, in any spelling of the reference."""
     memo = _REFS_MEMO.get()
