@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 
 import orjson
 
@@ -48,10 +49,11 @@ def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_references(item, f"{path}[{i}]")
 
 
-# A `reference` member in compact JSON (orjson's output, or json.dumps with these separators):
-# a key's opening quote follows `{` or `,`, and inside a string every `"` is escaped, so this
-# preceded by one of those can only be a real key.
-_REFERENCE_KEY = b'"reference":"'
+# A `reference` member in compact JSON (orjson's output, or json.dumps with these separators),
+# with its string value (escapes included). Inside a string every `"` is escaped, so a match
+# right after `{` or `,` is a real key; others are text inside some other key or value. (The
+# pattern starts with a literal, which `re` looks for as fast as `bytes.find`.)
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def _compact_json(node: object) -> bytes:
@@ -75,35 +77,30 @@ def patient_targets(node: object) -> frozenset[str]:
 
 def patient_targets_in_json(data: bytes) -> frozenset[str]:
     """`patient_targets` of a value given as its compact JSON (see `_compact_json`)."""
-    found: set[str] = set()
-    find, key, size = data.find, _REFERENCE_KEY, len(_REFERENCE_KEY)
-    at = find(key)
-    while at != -1:
-        start = at + size
-        end = find(b'"', start)
-        while end != -1 and _escaped(data, end):
-            end = find(b'"', end + 1)
-        if end == -1:
-            break  # not JSON: nothing more to read
-        if at == 0 or data[at - 1] not in b"{,":
-            at = find(key, at + 1)  # inside a key's text: look again just after it
-            continue
-        raw = data[start:end]
-        if b"Patient/" in raw:  # JSON escapes only quotes, backslashes and control chars
-            value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-            target = reference_target(value)
-            if target is not None and target[0] == "Patient":
-                found.add(target[1])
-        at = find(key, end + 1)
+    found = set()
+    for match in _REFERENCE.finditer(data):
+        at = match.start()
+        raw = match.group(1)
+        if at and data[at - 1] in b"{," and b"Patient/" in raw:
+            found.add((_known_patient_in if len(raw) <= _REMEMBERED else _patient_in)(raw))
+    found.discard(None)
     return frozenset(found)
 
 
-def _escaped(data: bytes, quote: int) -> bool:
-    """Is the `"` at `quote` escaped (an odd run of backslashes before it)?"""
-    run = 0
-    while data[quote - 1 - run] == 0x5C:  # backslash
-        run += 1
-    return run % 2 == 1
+_REMEMBERED = 200  # bytes: longer reference values are parsed each time, never kept
+
+
+def _patient_in(raw: bytes) -> str | None:
+    """The Patient id a reference's JSON string body names, or None."""
+    # JSON (as written by orjson or json.dumps here) escapes only quotes, backslashes and
+    # control characters, so `Patient/` in a value is never spelled another way.
+    value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+    target = reference_target(value)
+    return target[1] if target is not None and target[0] == "Patient" else None
+
+
+# The same few values (a patient's own reference) come back on every resource: remembered.
+_known_patient_in = lru_cache(maxsize=4096)(_patient_in)
 
 
 def rewrite_references(node: object, change: Callable[[str], str | None]) -> object:

@@ -225,8 +225,7 @@ class CurlTransport(httpx.BaseTransport):
         lines = _header_lines(pairs, None, "user-agent" not in {n.lower() for n, _ in headers})
         status, head, chunks, received = self._transfer(
             method, url, lines, body, timeout or self._timeout, None)
-        answer = Answer(status, Headers.of((_text(k), _text(v)) for k, v in _last_head(head)[2]),
-                        b"".join(chunks), received)
+        answer = Answer(status, Headers.of(_last_head(head)[2]), b"".join(chunks), received)
         return decoded(answer)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -236,16 +235,8 @@ class CurlTransport(httpx.BaseTransport):
             request.extensions.get("timeout") or self._timeout, request)
         version, reason, headers = _last_head(head)
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)),
-                              request=request,
-                              extensions={"http_version": version, "reason_phrase": reason})
-
-
-def _text(raw: bytes) -> str:
-    """A header's bytes as text: UTF-8 when they are, else Latin-1 (as httpx reads them)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+                              request=request, extensions={"http_version": version.encode(),
+                                                           "reason_phrase": reason.encode()})
 
 
 def _header_lines(pairs, request: httpx.Request | None, no_agent: bool) -> list[bytes]:
@@ -267,31 +258,37 @@ def _header_lines(pairs, request: httpx.Request | None, no_agent: bool) -> list[
     return lines
 
 
-def _last_head(lines: list[bytes]) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
-    """Status line parts and headers of the last response block curl reported (an interim
-    `100 Continue` block comes before the real one)."""
-    start = 0
+def _last_head(lines: list[bytes]) -> tuple[str, str, list[tuple[str, str]]]:
+    """Status line parts and headers, as text, of the last response block curl reported (an
+    interim `100 Continue` block comes before the real one). The block is decoded once: as
+    UTF-8 when it is, else as Latin-1 (as httpx reads header bytes)."""
+    start = -1
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith(b"HTTP/"):
             start = i
             break
-    else:
-        return b"HTTP/1.1", b"", []
-    version, _, rest = lines[start].rstrip(b"\r\n").partition(b" ")
-    reason = rest.partition(b" ")[2]
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[start + 1:]:
-        line = line.rstrip(b"\r\n")
+    if start < 0:
+        return "HTTP/1.1", "", []
+    block = b"".join(lines[start:])
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = block.decode("latin-1")
+    status, *rest = text.split("\n")  # not splitlines(): a value may hold other separators
+    version, _, tail = status.rstrip("\r\n").partition(" ")
+    headers: list[tuple[str, str]] = []
+    for line in rest:
+        line = line.rstrip("\r\n")
         if not line:
             continue
-        if line[:1] in (b" ", b"\t") and headers:  # an obsolete folded continuation
+        if line[0] in " \t" and headers:  # an obsolete folded continuation
             name, value = headers[-1]
-            headers[-1] = (name, value + b" " + line.strip())
+            headers[-1] = (name, value + " " + line.strip())
             continue
-        name, sep, value = line.partition(b":")
+        name, sep, value = line.partition(":")
         if sep:
             headers.append((name.strip(), value.strip()))
-    return version, reason, headers
+    return version, tail.partition(" ")[2], headers
 
 
 def _as_httpx(handle: pycurl.Curl, exc: pycurl.error, scheme: str,
