@@ -1,7 +1,10 @@
 """Signed paging cursors: an adapter's cursor wrapped so a client can neither forge nor move it.
 
-The signature covers the adapter cursor and a digest of the search it belongs to (type and every
-parameter but `_cursor`), so a cursor pasted onto another search, or edited, is a 400.
+The signature covers the adapter cursor and a digest of the search it belongs to (type, every
+parameter but `_cursor`, and the caller's access decision), so a cursor pasted onto another
+search, edited, or used by a caller confined differently (another patient) is a 400. (An EHR's
+cursor may carry the narrowing of the search that made it: the REST adapter's is the EHR's own
+next link.)
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
-def search_digest(resource_type: str, params: list[tuple[str, str]]) -> str:
+def search_digest(resource_type: str, params: list[tuple[str, str]],
+                  access: tuple | None = None) -> str:
+    """The search a cursor belongs to: type, parameters, and the caller's `access` (an
+    `AccessDecision.identity()`, None for a caller the gateway does not confine)."""
     canon = "&".join(f"{k}={v}" for k, v in sorted(params) if k != "_cursor")
-    return hashlib.sha256(f"{resource_type}?{canon}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{resource_type}?{canon}#{access!r}".encode()).hexdigest()[:16]
 
 
 class CursorSigner:

@@ -46,8 +46,7 @@ class _Kept:
 
 def answer_key(req: FhirRequest, base: str, decision: AccessDecision | None) -> tuple:
     """What a search-type answer depends on besides the EHR's data (see the module)."""
-    access = None if decision is None else (
-        decision.patient, tuple(decision.queries), tuple(decision.narrowing), decision.exact)
+    access = None if decision is None else decision.identity()
     return (req.resource_type, tuple(req.params), req.strict, base, access)
 
 

@@ -229,9 +229,10 @@ class FhirService:
         parsed = self.search_query(rtype, req.params, req.strict)
         if decision is not None and decision.narrowing:
             # Added on every page, never written into links: the caller's own search stays
-            # what it asked, and a cursor cannot carry someone else's narrowing.
+            # what it asked. (A cursor is bound to the decision: see `search_digest`.)
             parsed.query.clauses += self._narrowing(rtype, tuple(decision.narrowing))
-        digest = search_digest(rtype, parsed.used)
+        digest = search_digest(rtype, parsed.used, None if decision is None else
+                               decision.identity())
         token = req.param("_cursor")
         if token:
             parsed.query.cursor = self.signer.verify(token, digest)

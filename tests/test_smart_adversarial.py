@@ -877,6 +877,28 @@ def test_include_and_revinclude_never_bring_other_patients_data(env, ann_token, 
     assert [r["id"] for r in rows if mentions_other(r)] == []
 
 
+
+def test_another_patients_paging_cursor_is_refused(env, ann_token):
+    """A next link is bound to the patient it was made for: over REST it is the EHR's own
+    link, which carries ann's narrowing; bob replaying it is a 400 naming the cursor."""
+    first = api(env, ann_token, "GET", "Observation",
+                params={"_count": "1", "_include": "Observation:performer"})
+    assert first.status_code == 200, first.text
+    nxt = [link["url"] for link in first.json()["link"] if link["relation"] == "next"]
+    assert nxt, "ann has more than one Observation: a next link is expected"
+    bob = fresh_token(env, username="bob")["access_token"]
+    replayed = api(env, bob, "GET", nxt[0])
+    assert replayed.status_code == 400, replayed.text
+    outcome = replayed.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["_cursor"]
+    again = api(env, ann_token, "GET", nxt[0])  # still ann's, and it still works for her
+    assert again.status_code == 200, again.text
+    assert all(r["subject"]["reference"].endswith(ME) for r in
+               (e["resource"] for e in again.json().get("entry", []))
+               if r["resourceType"] == "Observation")
+
+
 # -- writes ------------------------------------------------------------------------------------
 
 def _other_observation(other_data) -> dict:

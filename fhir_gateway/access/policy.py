@@ -64,6 +64,11 @@ class AccessDecision:
     # from the EHR would reveal that hidden resources exist).
     exact: bool = True
 
+    def identity(self) -> tuple:
+        """What the decision confines and adds: callers with equal identities see the same
+        answers (kept answers and paging cursors are bound to it)."""
+        return (self.patient, tuple(self.queries), tuple(self.narrowing), self.exact)
+
     def permits(self, resource: dict, refs: frozenset[str] | None = None) -> bool:
         """True when the resource may be shown to (or written by) the caller; `refs`, the
         Patients it references when already known (else they are looked up)."""
