@@ -393,6 +393,42 @@ def test_two_gateways_share_the_redis_cache(tmp_path):
         up.stop()
 
 
+
+def test_clinics_with_their_own_credentials_never_share_redis_entries():
+    """Two clinics at one EHR base (two Medplum projects) may be shown different data: with
+    their own credentials their cache entries are apart; a second gateway of the same clinic
+    shares them. The secrets never appear in the keys."""
+    import uuid
+
+    import redis
+
+    from adapters.fhir_rest import FhirRestAdapter, RestSettings
+    from tests.conftest import skip_or_fail
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        skip_or_fail("GATEWAY_REQUIRE_REDIS", "Redis is not running on 127.0.0.1:6379")
+    base = f"http://ehr-{uuid.uuid4().hex[:8]}.test/fhir"
+
+    def clinic(token: str) -> FhirRestAdapter:
+        return FhirRestAdapter(RestSettings(base_url=base, auth="bearer", bearer_token=token,
+                                            redis_url=url, retries=0))
+
+    first, other, again = clinic("secret-one"), clinic("secret-two"), clinic("secret-one")
+    try:
+        assert first.cache.put("r:Patient/p1", b'{"resourceType":"Patient","id":"p1"}', None)
+        assert again.cache.get("r:Patient/p1").raw.startswith(b'{"resourceType":"Patient"')
+        assert other.cache.get("r:Patient/p1") is None
+        first.cache.bump("Patient")
+        assert again.cache.generation("Patient") == 1 and other.cache.generation("Patient") == 0
+        assert "secret-one" not in first.s.cache_namespace()  # only its digest
+    finally:
+        for one in (first, other, again):
+            one.close()
+
+
 def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
     """With the EHR down a patient's write is queued (202); the status Task and the outbox
     listing show it to that patient only, and it is stored once the EHR is back."""

@@ -114,8 +114,7 @@ class FhirRestAdapter(Adapter):
         self.s = settings
         self.vendor = profile(settings.vendor)
         self.client = UpstreamClient(settings, transport, sleep)
-        self.cache = cache or make_cache(settings.redis_url,
-                                         f"{settings.name}|{settings.base_url}",
+        self.cache = cache or make_cache(settings.redis_url, settings.cache_namespace(),
                                          settings.stale_for)
         self.sealer = LinkSealer(settings.cursor_key or os.urandom(32), settings.base_url)
         self._base_bytes = self.client.base.encode()

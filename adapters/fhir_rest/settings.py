@@ -6,6 +6,7 @@ Plain data; `fhir_gateway.config` fills it from the TOML file and the environmen
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 AUTH_KINDS = ("none", "bearer", "backend-services")
@@ -48,3 +49,12 @@ class RestSettings:
 
     def ttl(self, resource_type: str) -> int:
         return self.cache_ttl.get(resource_type, self.default_cache_ttl)
+
+    def cache_namespace(self) -> str:
+        """Whose view of the EHR a shared cache holds: the EHR's base and the gateway's
+        credentials there (secrets by digest, never in clear). Two clinics at one EHR base
+        with credentials of their own (two Medplum projects) may be shown different data, so
+        they never share entries; gateways of one clinic do."""
+        secrets = hashlib.sha256(self.bearer_token.encode() + b"\0" + self.private_key_pem)
+        return "|".join((self.name, self.base_url, self.auth, self.client_id, self.token_url,
+                         self.scope, self.granted_scopes, secrets.hexdigest()))
