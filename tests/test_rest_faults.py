@@ -734,6 +734,45 @@ def test_failed_update_still_invalidates_the_cached_read(ehr, adapter):
     assert read.call_count == 2  # the write may have landed: the copy was dropped
 
 
+
+@pytest.mark.parametrize("revalidating", [False, True], ids=["first-read", "after-ttl-304"])
+def test_a_read_answered_before_a_write_is_never_stored_after_it(ehr, adapter, clock,
+                                                                   revalidating):
+    """The EHR answered a read with version 1, the answer was still on its way, and an update
+    (version 2) went through the gateway meanwhile: the old answer must not be stored as
+    fresh after the update dropped the copy (it would be served for the whole TTL, and write
+    checks would read it)."""
+    import threading
+
+    changed = dict(PATIENT, meta={"versionId": "2"}, name=[{"family": "Moreno"}])
+    read = ehr.get("/Patient/1").respond(200, content=orjson.dumps(PATIENT),
+                                         headers={"Content-Type": FJ, "ETag": 'W/"1"'})
+    if revalidating:
+        adapter.read("Patient", "1")  # cached, then too old: the next read revalidates
+        clock.offset += 31
+    asked, answer = threading.Event(), threading.Event()
+
+    def old_answer_in_flight(request):
+        asked.set()
+        assert answer.wait(5)
+        return httpx.Response(304, headers={"ETag": 'W/"1"'}) if revalidating else \
+            fhir(200, PATIENT, ETag='W/"1"')
+
+    read.mock(side_effect=old_answer_in_flight)
+    ehr.put("/Patient/1").respond(200, content=orjson.dumps(changed),
+                                  headers={"Content-Type": FJ})
+    reader = threading.Thread(target=adapter.read, args=("Patient", "1"))
+    reader.start()
+    assert asked.wait(5)
+    read.mock(side_effect=None, return_value=fhir(200, changed, ETag='W/"2"'))
+    adapter.update(dict(changed))
+    answer.set()
+    reader.join(5)
+    assert adapter.read("Patient", "1")["meta"]["versionId"] == "2"
+    assert adapter.read("Patient", "1")["meta"]["versionId"] == "2"  # and that one is kept
+    assert read.call_count == (3 if revalidating else 2)
+
+
 def test_upstream_down_after_ttl_serves_stale_with_a_notice(ehr, adapter, clock):
     route = ehr.get("/Patient/1").respond(200, content=orjson.dumps(PATIENT),
                                           headers={"Content-Type": FJ, "ETag": 'W/"1"'})

@@ -423,6 +423,10 @@ def test_clinics_with_their_own_credentials_never_share_redis_entries():
         assert other.cache.get("r:Patient/p1") is None
         first.cache.bump("Patient")
         assert again.cache.generation("Patient") == 1 and other.cache.generation("Patient") == 0
+        # a read sent before that write is not stored; one sent after it is
+        assert again.cache.put_unless_written("r:Patient/p2", b"{}", None, "Patient", 0) is None
+        assert again.cache.put_unless_written("r:Patient/p2", b"{}", None, "Patient", 1)
+        assert first.cache.get("r:Patient/p2").raw == b"{}"
         assert "secret-one" not in first.s.cache_namespace()  # only its digest
     finally:
         for one in (first, other, again):

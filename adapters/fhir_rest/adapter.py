@@ -269,6 +269,8 @@ class FhirRestAdapter(Adapter):
                 return self._shared_read(key, entry, resource_type)
             return self._cached_read(key, entry.raw, resource_type)
         headers = {"If-None-Match": entry.etag} if entry is not None and entry.etag else None
+        # before asking: what the EHR answers is stored only if no write came in between
+        generation = self.cache.generation(resource_type) if ttl > 0 else None
         try:
             resp = self.client.send("GET", f"{resource_type}/{id}", headers=headers)
         except UpstreamUnavailable as exc:
@@ -278,7 +280,7 @@ class FhirRestAdapter(Adapter):
                 return self._cached_read(key, entry.raw, resource_type)
             raise
         if resp.status == 304 and entry is not None:
-            self.cache.put(key, entry.raw, entry.etag)
+            self.cache.put_unless_written(key, entry.raw, entry.etag, resource_type, generation)
             return self._cached_read(key, entry.raw, resource_type)
         if resp.status == 404:
             self.cache.drop(key)
@@ -293,7 +295,8 @@ class FhirRestAdapter(Adapter):
                                 f"of {resource_type}/{id}")
         if ttl > 0:
             raw = resp.raw if resource is resp.body else orjson.dumps(resource)
-            self.cache.put(key, raw, resp.headers.get("ETag"))
+            self.cache.put_unless_written(key, raw, resp.headers.get("ETag"), resource_type,
+                                          generation)
         return resource
 
     def vread(self, resource_type: str, id: str, version_id: str) -> dict:
@@ -483,12 +486,14 @@ class FhirRestAdapter(Adapter):
         return resp.body or {}
 
     def _invalidate(self, rtype: str, id: str | None) -> None:
-        """After a write: the cached read goes, and so does every search that covers the type,
-        including those that `_include` a reference of any type (`Observation:subject`)."""
-        if id:
-            self.cache.drop(f"r:{rtype}/{id}")
+        """After a write: every search that covers the type goes, including those that
+        `_include` a reference of any type (`Observation:subject`), and so does the cached
+        read. The bump comes first: a read sent before it can no longer be stored (see
+        `ResponseCache.put_unless_written`), and one stored before it is dropped here."""
         self.cache.bump(rtype)
         self.cache.bump(ANY_TYPE)
+        if id:
+            self.cache.drop(f"r:{rtype}/{id}")
 
     def create(self, resource: dict, if_none_exist: SearchQuery | None = None) -> WriteResult:
         rtype = resource["resourceType"]

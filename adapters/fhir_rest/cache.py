@@ -3,7 +3,9 @@
 An entry keeps the raw JSON, the EHR's ETag and when it was stored. It is fresh for the type's
 TTL; after that it is revalidated with `If-None-Match`, and while the EHR is down it is served
 stale for up to `stale_for` seconds with a warning. Searches carry per-type generations in their
-keys, so any write through the gateway makes every earlier search of that type unreachable.
+keys, so any write through the gateway makes every earlier search of that type unreachable. A
+read is stored only if no write changed its type since the read was sent (`put_unless_written`):
+an answer the EHR gave before a write can never be stored after the write dropped the copy.
 Access checks never depend on the cache: the gateway checks every answer, hit or miss.
 """
 
@@ -44,6 +46,7 @@ class Entry:
 class Backend(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    def set_if(self, key: str, value: bytes, ttl: int, counter: str, expected: int) -> bool: ...
     def delete(self, key: str) -> None: ...
     def incr(self, key: str) -> int: ...
     def counter(self, key: str) -> int: ...
@@ -65,6 +68,13 @@ class MemoryBackend:
         with self._lock:
             self._data[key] = value
 
+    def set_if(self, key: str, value: bytes, ttl: int, counter: str, expected: int) -> bool:
+        with self._lock:
+            if self._counters.get(counter, 0) != expected:
+                return False
+            self._data[key] = value
+            return True
+
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
@@ -79,6 +89,15 @@ class MemoryBackend:
             return self._counters.get(key, 0)
 
 
+# Set KEYS[1] only while the counter KEYS[2] still holds ARGV[3] (absent counts as 0), in one
+# step: no write's INCR can come between the check and the SET.
+_SET_IF = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 class RedisBackend:
     """Shared by every gateway process; entries expire on their own (EX)."""
 
@@ -86,12 +105,16 @@ class RedisBackend:
         import redis
 
         self._r = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._set_if = self._r.register_script(_SET_IF)
 
     def get(self, key: str) -> bytes | None:
         return self._r.get(key)
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
         self._r.set(key, value, ex=max(1, ttl))
+
+    def set_if(self, key: str, value: bytes, ttl: int, counter: str, expected: int) -> bool:
+        return bool(self._set_if(keys=[key, counter], args=[value, max(1, ttl), expected]))
 
     def delete(self, key: str) -> None:
         self._r.delete(key)
@@ -163,6 +186,19 @@ class ResponseCache:
     def _set(self, key: str, value: bytes) -> bool:
         self.backend.set(key, value, self.keep_for)
         return True
+
+    def put_unless_written(self, key: str, raw: bytes, etag: str | None, rtype: str,
+                           generation: int | None) -> Entry | None:
+        """`put`, but only while `rtype`'s generation is still `generation` (read before the
+        EHR was asked): else, or when that is unknown (None), nothing is stored. Writes bump
+        the generation before they drop the copy (`FhirRestAdapter._invalidate`), so an
+        answer older than a write is either refused here or dropped after it."""
+        if generation is None or not self.settled():
+            return None
+        entry = Entry(raw, etag, now())
+        stored = self._safe(self.backend.set_if, self.ns + key, entry.pack(), self.keep_for,
+                            f"{self.ns}gen:{rtype}", generation, default=False)
+        return entry if stored else None
 
     def drop(self, key: str) -> None:
         self._done("drop", self.ns + key)
