@@ -100,9 +100,16 @@ def authorize() -> Response:
         return _redirect_error(redirect_uri, "invalid_request",
                                f"aud must be this FHIR server: {smart.audience}", state)
     try:
-        parse_scopes(params.get("scope", ""))  # malformed scopes go back to the app now
+        asked = parse_scopes(params.get("scope", ""))  # malformed scopes go back to the app now
     except ScopeError as exc:
         return _redirect_error(redirect_uri, "invalid_scope", str(exc), state)
+    if any(grant.context == "system" for grant in asked.grants):
+        # A person signs in here: system/ scopes (the whole clinic, no user) are for backend
+        # services' client_credentials, never granted through a user's authorization.
+        smart.audit("authorize", "denied", client_id=client.client_id, detail="system scope")
+        return _redirect_error(redirect_uri, "invalid_scope",
+                               "system/ scopes are granted to backend services only "
+                               "(client_credentials), not through a user's sign-in.", state)
     launch = None
     if params.get("launch"):
         launch = smart.records.find_launch(params["launch"], client.client_id)

@@ -330,8 +330,10 @@ def test_authorize_never_redirects_to_an_unregistered_place(env, overrides):
     ({"response_type": "code token"}, "unsupported_response_type", "st-1"),
     ({"response_type": None}, "unsupported_response_type", "st-1"),
     ({"scope": "patient/Observation.zz"}, "invalid_scope", "st-1"),
+    ({"scope": "openid fhirUser system/*.rs"}, "invalid_scope", "st-1"),
+    ({"scope": "launch/patient system/Patient.r patient/*.rs"}, "invalid_scope", "st-1"),
 ], ids=["wrong-aud", "no-aud", "no-state", "implicit", "hybrid", "no-response-type",
-        "bad-scope"])
+        "bad-scope", "system-scope", "system-among-others"])
 def test_authorize_errors_go_back_to_the_app_without_a_code(env, overrides, error, state):
     resp = authorize(env, **overrides)
     assert resp.status_code == 302, resp.text
