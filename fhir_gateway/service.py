@@ -38,6 +38,7 @@ from fhir_gateway.search_answers import SearchAnswers, answer_key
 from fhir_gateway.search_request import parse_count, parse_search
 from fhir_gateway.validation import validate_resource
 from mappings.r4 import RESOURCE_TYPES
+from mappings.references import iter_references
 
 
 class FhirService:
@@ -369,6 +370,15 @@ class FhirService:
 
     @staticmethod
     def check_write(decision: AccessDecision | None, body: dict) -> None:
+        if decision is not None and decision.patient is not None:
+            # A conditional reference (`Patient?identifier=...`) names no Type/id the check
+            # can see, and an EHR resolves it to whichever patient matches: not from a
+            # patient's app.
+            for path, ref in iter_references(body):
+                if "?" in ref:
+                    raise Forbidden("A patient's app may not write conditional references "
+                                    "(a search instead of Type/id)",
+                                    expression=f"{body['resourceType']}.{path}")
         if decision is not None and not decision.permits(body):
             raise Forbidden("This token may only write resources of its own patient and "
                             "within its granted scopes", expression=body["resourceType"])

@@ -917,8 +917,12 @@ def _other_observation(other_data) -> dict:
     {"resourceType": "AllergyIntolerance", "patient": {"reference": f"Patient/{OTHER}"},
      "code": {"text": "planted"}},
     {"resourceType": "Patient", "id": OTHER, "name": [{"family": "Planted"}]},
+    # an EHR resolves a conditional reference to whichever patient matches it
+    observation(ME, subject={"reference": "Patient?identifier=urn:mrn|B-0001"},
+                performer=[{"reference": f"Patient/{ME}"}]),
+    observation(ME, focus=[{"reference": f"Patient/{ME}?_id={OTHER}"}]),
 ], ids=["subject", "performer", "focus", "subject-with-own-performer", "condition",
-        "allergy", "patient"])
+        "allergy", "patient", "conditional-subject", "own-id-with-a-query"])
 def test_create_for_other_patient_is_403_and_stores_nothing(env, ann_token, body):
     before = env.live.fingerprint()
     resp = api(env, ann_token, "POST", body["resourceType"], body=body)
