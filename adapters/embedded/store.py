@@ -96,7 +96,8 @@ def _decode_cursor(cursor: str) -> dict:
 def make_engine(url: str) -> Engine:
     """An engine for SQLite (WAL, immediate write transactions) or any SQLAlchemy URL."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # pragma: no cover - driver hook
@@ -113,7 +114,8 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+                         hide_parameters=True)
 
 
 class EmbeddedAdapter(Adapter):
