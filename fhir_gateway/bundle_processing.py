@@ -210,16 +210,17 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
     out = []
     for item, result, decision in zip(work, results, decisions, strict=True):
         if decision is not None:
-            result = _screen(decision, item, result)
+            result = _screen(service, principal, decision, item, result)
         out.append(_transaction_entry(item, result, base))
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
-def _screen(decision, item: BundleEntryRequest, result: object) -> object:
+def _screen(service: FhirService, principal, decision, item: BundleEntryRequest,
+            result: object) -> object:
     """Hide from a transaction's GET entries what the caller may not see."""
     if isinstance(result, SearchPage):
         result.resources = [r for r in result.resources if decision.permits(r)]
-        result.included = [r for r in result.included if decision.permits(r)]
+        result.included = service.permitted_includes(principal, result.included)[0]
     elif isinstance(result, dict) and not decision.permits(result):
         raise FhirService.hidden(item.resource_type, item.id or "")
     return result

@@ -47,7 +47,11 @@ class _Kept:
 def answer_key(req: FhirRequest, base: str, decision: AccessDecision | None) -> tuple:
     """What a search-type answer depends on besides the EHR's data (see the module)."""
     access = None if decision is None else decision.identity()
-    return (req.resource_type, tuple(req.params), req.strict, base, access)
+    # Included resources are judged by the token's scopes for their own types: callers with
+    # other scopes never share an answer that includes anything.
+    scopes = req.principal.scopes if req.principal is not None and any(
+        name.startswith(("_include", "_revinclude")) for name, _ in req.params) else None
+    return (req.resource_type, tuple(req.params), req.strict, base, access, scopes)
 
 
 class SearchAnswers:

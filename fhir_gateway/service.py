@@ -246,8 +246,8 @@ class FhirService:
             matched = len(page.resources)
             page.resources, mine = _permitted(decision, page.resources,
                                               None if known is None else known[:matched])
-            page.included, theirs = _permitted(decision, page.included,
-                                               None if known is None else known[matched:])
+            page.included, theirs = self.permitted_includes(
+                req.principal, page.included, None if known is None else known[matched:])
             known = None if known is None else mine + theirs
             if not decision.exact:
                 page.total = self._visible_total(rtype, parsed.query, decision, page,
@@ -367,6 +367,30 @@ class FhirService:
             f"EHR is back; follow {status_url} to see when it is stored.")])
         return FhirResponse(202, outcome, {"Content-Location": status_url,
                                            "Location": status_url})
+
+    def permitted_includes(self, principal, included: list[dict],
+                           refs: list[frozenset[str]] | None = None
+                           ) -> tuple[list[dict], list[frozenset[str]]]:
+        """The `_include`d and `_revinclude`d resources the caller may see, each judged by the
+        decision for reading its own type (its scopes and their query constraints, its
+        patient), as a read of it would be; with their Patients when known."""
+        decisions: dict[str, AccessDecision | None] = {}
+        kept: list[dict] = []
+        kept_refs: list[frozenset[str]] = []
+        for i, resource in enumerate(included):
+            rtype = resource.get("resourceType", "")
+            if rtype not in decisions:
+                try:
+                    decisions[rtype] = self.policy.decide(principal, "read", rtype)
+                except Forbidden:
+                    decisions[rtype] = None  # the token may not read this type at all
+            decision = decisions[rtype]
+            known = None if refs is None else refs[i]
+            if decision is not None and decision.permits(resource, known):
+                kept.append(resource)
+                if known is not None:
+                    kept_refs.append(known)
+        return kept, kept_refs
 
     @staticmethod
     def check_write(decision: AccessDecision | None, body: dict) -> None:

@@ -223,6 +223,26 @@ def test_answer_keys_tell_every_input_apart():
     assert len(keys) == 8
 
 
+def test_answers_with_includes_are_apart_for_tokens_with_other_scopes():
+    """Included resources are judged by the scopes for their own types: the same decision for
+    the searched type is not enough to share an answer that includes anything."""
+    from fhir_gateway.access import Principal
+    from smart_launch.scopes import parse_scopes
+
+    def key(params, scope):
+        principal = Principal(client_id="app", scopes=parse_scopes(scope), patient="1")
+        req = FhirRequest(interaction="search-type", resource_type="Observation",
+                          params=params, principal=principal)
+        return answer_key(req, "http://gw/fhir", AccessDecision(patient="1"))
+
+    wide, narrow = "patient/Observation.rs patient/Patient.rs", "patient/Observation.rs"
+    included = [("_include", "Observation:subject")]
+    assert key(included, wide) != key(included, narrow)
+    assert key([("_revinclude:iterate", "Provenance:target")], wide) != \
+        key([("_revinclude:iterate", "Provenance:target")], narrow)
+    assert key([("code", "x")], wide) == key([("code", "x")], narrow)  # nothing included
+
+
 def test_a_kept_answer_never_reaches_another_patient_or_a_narrower_scope(tmp_path):
     """Over real HTTP with SMART on, in front of a real upstream gateway: ann's answer, kept,
     is not what bob gets for the very same search, nor ann with a token that may see only

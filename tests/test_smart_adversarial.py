@@ -880,6 +880,36 @@ def test_include_and_revinclude_never_bring_other_patients_data(env, ann_token, 
 
 
 
+
+def _categories(resource: dict) -> set[str]:
+    return {c.get("code") for cat in resource.get("category", []) for c in cat.get("coding", [])}
+
+
+def test_includes_are_judged_by_the_scopes_of_their_own_type(env):
+    """An included resource is shown only as a read of it would be: a token without
+    Patient scopes gets no Patient through `_include`, and one whose Observation scope is
+    constrained to vital signs gets no laboratory results through `_revinclude`."""
+    observations_only = fresh_token(env, scope="launch/patient patient/Observation.rs")
+    rows = search(env, observations_only["access_token"], "Observation",
+                  {"_include": "Observation:subject", "_count": "50"})
+    assert rows and {r["resourceType"] for r in rows} == {"Observation"}
+    assert api(env, observations_only["access_token"], "GET",
+               f"Patient/{ME}").status_code == 403
+
+    vitals = fresh_token(env, scope="launch/patient patient/Patient.rs "
+                         "patient/Observation.rs?category=vital-signs")["access_token"]
+    labs_direct = search(env, vitals, "Observation", {"category": "laboratory"})
+    everything = search(env, fresh_token(env)["access_token"], "Patient",
+                        {"_revinclude": "Observation:subject", "_count": "1000"})
+    assert any("laboratory" in _categories(r) for r in everything
+               if r["resourceType"] == "Observation"), "ann has laboratory results"
+    rows = search(env, vitals, "Patient", {"_revinclude": "Observation:subject",
+                                           "_count": "1000"})
+    observations = [r for r in rows if r["resourceType"] == "Observation"]
+    assert observations and all("vital-signs" in _categories(r) for r in observations)
+    assert labs_direct == []
+
+
 def test_another_patients_paging_cursor_is_refused(env, ann_token):
     """A next link is bound to the patient it was made for: over REST it is the EHR's own
     link, which carries ann's narrowing; bob replaying it is a 400 naming the cursor."""
