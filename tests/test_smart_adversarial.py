@@ -910,6 +910,30 @@ def test_includes_are_judged_by_the_scopes_of_their_own_type(env):
     assert labs_direct == []
 
 
+
+def test_binary_and_stored_bundles_are_closed_to_patient_tokens(env, ann_token, system_token):
+    """A Binary names no Patient (it is tied to its DocumentReference by securityContext), so
+    the compartment rule would show anyone's document bytes to any patient: patient-context
+    tokens may not read, search or write Binary (nor a stored Bundle, which this server does
+    not serve) at all."""
+    import base64
+
+    bid = env.live.adapter.create({  # as an EHR import would
+        "resourceType": "Binary", "contentType": "text/plain",
+        "securityContext": {"reference": "DocumentReference/of-pat-0002"},
+        "data": base64.b64encode(b"pat-0002's result").decode()}, None).resource["id"]
+    assert api(env, system_token, "GET", f"Binary/{bid}").status_code == 200
+    before = env.live.fingerprint()
+    for method, path, body in (("GET", f"Binary/{bid}", None), ("GET", "Binary", None),
+                               ("POST", "Binary", {"resourceType": "Binary",
+                                                   "contentType": "text/plain"})):
+        resp = api(env, ann_token, method, path, body=body)
+        assert resp.status_code == 403, (method, path, resp.text)
+        assert "cannot be confined to one patient" in resp.text
+        assert "pat-0002's result" not in resp.text
+    assert env.live.fingerprint() == before
+
+
 def test_another_patients_paging_cursor_is_refused(env, ann_token):
     """A next link is bound to the patient it was made for: over REST it is the EHR's own
     link, which carries ann's narrowing; bob replaying it is a 400 naming the cursor."""

@@ -26,6 +26,11 @@ from mappings.references import patient_targets
 from smart_launch.scopes import Grant, ScopeSet
 
 CLINICIANS = ("Practitioner", "PractitionerRole")
+# Outside the patient compartment and naming no Patient, yet holding anyone's record: a Binary
+# (a document's bytes, tied to its DocumentReference only by `securityContext`) and a stored
+# Bundle (a document or message). The compartment rule would let them through: patient-context
+# tokens may not use them at all.
+UNCONFINABLE = frozenset({"Binary", "Bundle"})
 PERMISSION = {
     "read": "r", "vread": "r", "history-instance": "r", "search-type": "s",
     "create": "c", "update": "u", "delete": "d",
@@ -163,8 +168,9 @@ class AccessPolicy:
                             expression=rtype)
         decision = AccessDecision(patient=self._confinement(principal, usable, rtype))
         params = self._params(rtype)
-        if decision.patient is not None and requires_membership(rtype) \
-                and rtype != "Patient" and not ({"patient", "_compartment"} & set(params)):
+        if decision.patient is not None and (rtype in UNCONFINABLE or (
+                requires_membership(rtype) and rtype != "Patient"
+                and not ({"patient", "_compartment"} & set(params)))):
             raise Forbidden(f"{rtype} cannot be confined to one patient, so patient-context "
                             "tokens may not use it", expression=rtype)
         if all(g.query for g in usable):
