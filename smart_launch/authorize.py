@@ -131,7 +131,7 @@ def authorize() -> Response:
 
 def _set_cookie(resp: Response, value: str) -> None:
     resp.set_cookie(COOKIE, value, max_age=PENDING_SECONDS, httponly=True, samesite="Lax",
-                    secure=request.is_secure, path="/auth")
+                    secure=request.is_secure, path=f"{request.script_root}/auth")
 
 
 @bp.post("/login")
@@ -247,5 +247,5 @@ def consent() -> Response:
     smart.audit("authorize", "allowed", client_id=params["client_id"], user=user.fhir_user,
                 patient=patient, detail=params["scope"])
     resp = make_response(response)
-    resp.delete_cookie(COOKIE, path="/auth")
+    resp.delete_cookie(COOKIE, path=f"{request.script_root}/auth")
     return resp

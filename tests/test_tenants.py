@@ -100,3 +100,53 @@ def test_an_unknown_clinic_is_a_clear_404(clinics):
     resp = client.get("/t/nope/fhir/metadata")
     assert resp.status_code == 404
     assert resp.json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_environment_configures_the_main_app_not_the_clinics(tmp_path, monkeypatch):
+    """FHIR_GATEWAY_DATA and DATABASE_URL set for the main app must not become every
+    clinic's data directory and state database."""
+    from fhir_gateway.tenants import tenant_config
+
+    (tmp_path / "a.toml").write_text(f'[database]\nurl = "sqlite:///{tmp_path / "a.db"}"\n')
+    (tmp_path / "b.toml").write_text(f'data_dir = "{tmp_path / "b-data"}"\n')
+    (tmp_path / "main.toml").write_text('[tenants]\nclinic-a = "a.toml"\nclinic-b = "b.toml"\n')
+    monkeypatch.setenv("FHIR_GATEWAY_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'main.db'}")
+    main = load_config(tmp_path / "main.toml")
+    a, b = tenant_config(main, "clinic-a"), tenant_config(main, "clinic-b")
+    assert main.state_database_url.endswith("/main.db")
+    assert a.state_database_url.endswith("/a.db")
+    assert a.data_dir == str(tmp_path / "data" / "tenants" / "clinic-a")
+    assert b.data_dir == str(tmp_path / "b-data")
+    assert b.state_database_url == f"sqlite:///{tmp_path / 'b-data' / 'gateway.sqlite3'}"
+
+
+def test_clinics_that_would_share_a_database_refuse_to_start(tmp_path):
+    from fhir_gateway.config import ConfigError
+
+    shared = f"sqlite:///{tmp_path / 'one.db'}"
+    (tmp_path / "a.toml").write_text(f'[database]\nurl = "{shared}"\n')
+    (tmp_path / "b.toml").write_text(f'[database]\nurl = "{shared}"\n')
+    (tmp_path / "main.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[tenants]\nclinic-a = "a.toml"\nclinic-b = "b.toml"\n')
+    with pytest.raises(ConfigError) as refused:
+        create_wsgi(load_config(tmp_path / "main.toml", env={}))
+    assert "tenant clinic-b and tenant clinic-a would share one state database" in str(
+        refused.value)
+    assert not (tmp_path / "one.db").exists()  # refused before anything was made
+
+
+def test_a_clinics_sign_in_cookie_is_sent_back_to_that_clinic(clinics):
+    """The pending sign-in cookie's path is the clinic's own /t/{clinic}/auth (a browser never
+    sent a Path=/auth cookie to /t/clinic-b/auth/login, so sign-in at a clinic failed)."""
+    _, app = clinics
+    smart = app.extensions["tenants"]["/t/clinic-b"].extensions["smart"]
+    if smart.clients.get("cookie-app") is None:
+        smart.clients.add("cookie-app", "public", redirect_uris=["http://127.0.0.1:9/cb"])
+    resp = app.test_client().get("/t/clinic-b/auth/authorize", query_string={
+        "response_type": "code", "client_id": "cookie-app",
+        "redirect_uri": "http://127.0.0.1:9/cb", "scope": "launch/patient patient/*.rs",
+        "state": "s", "aud": smart.audience, "code_challenge": "x" * 43,
+        "code_challenge_method": "S256"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert "Path=/t/clinic-b/auth;" in resp.headers["Set-Cookie"]
