@@ -342,3 +342,29 @@ def test_no_card_data_stored_or_returned(smart_env):
         for secret in (DIGITS, CARD, EXPIRY):
             assert secret.encode() not in raw, f"{secret!r} in {path.name}"
     assert SEEN and not any(DIGITS in body or CARD in body or EXPIRY in body for body in SEEN)
+
+
+def test_a_payment_whose_answer_was_lost_keeps_its_charge(smart_env, ann, monkeypatch):
+    """The EHR stored the payment's transaction but its answer never came: the charge is not
+    voided (the receipt is there), the caller hears 503, and a retry with the same key gets
+    that receipt, counted once."""
+    from adapters.errors import UpstreamUnavailable
+
+    service = smart_env.live.app.extensions["fhir_gateway"].service
+    provider = service.payment_provider
+    stored = service.adapter.transaction
+
+    def answer_lost(entries):
+        stored(entries)
+        raise UpstreamUnavailable("The EHR (ehr) timed out")
+
+    key = str(uuid.uuid4())
+    start = _balance(smart_env, "acct-0001")
+    monkeypatch.setattr(service.adapter, "transaction", answer_lost)
+    lost = _pay(smart_env, ann, "inv-0001-01", 3, key)
+    monkeypatch.undo()
+    assert lost.status_code == 503, lost.text
+    again = _pay(smart_env, ann, "inv-0001-01", 3, key)
+    assert again.status_code == 200, again.text
+    assert again.json()["paymentIdentifier"]["value"] not in provider.voided
+    assert _balance(smart_env, "acct-0001") == start - 3

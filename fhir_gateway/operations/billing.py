@@ -21,7 +21,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from adapters.base import BundleEntryRequest
-from adapters.errors import Conflict, Invalid, NotFound, PreconditionFailed, Unprocessable
+from adapters.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from fhir_gateway.ledger import LedgerConflict
 from fhir_gateway.operations.registry import (
     Fallback,
@@ -229,6 +237,7 @@ def pay(ctx: OperationContext) -> FhirResponse:
     provider = payment_provider(service)
     charged: PaymentResult | None = None
     recorded = False
+    in_doubt = False  # a record was sent and no answer says whether it was stored
     try:
         for _attempt in range(MAX_ATTEMPTS):
             account, invoice, notices, taken = books.read()
@@ -253,7 +262,11 @@ def pay(ctx: OperationContext) -> FhirResponse:
                 if not charged.approved:
                     raise Unprocessable(f"The card was declined: {charged.message}",
                                         expression="card-number")
-            answer = books.record(account, invoice, balance, outstanding, amount, charged)
+            try:
+                answer = books.record(account, invoice, balance, outstanding, amount, charged)
+            except (UpstreamUnavailable, UpstreamError):
+                in_doubt = True
+                raise
             if answer is None:  # another payment moved the account first: read again
                 time.sleep(random.uniform(0.005, 0.03))
                 continue
@@ -262,8 +275,19 @@ def pay(ctx: OperationContext) -> FhirResponse:
         raise Conflict("Too many payments on this account at once; try again",
                        expression="amount")
     finally:
-        if charged is not None and not recorded:
+        if charged is not None and not recorded and not (in_doubt and _maybe_stored(books)):
             provider.void(charged)
+
+
+def _maybe_stored(books) -> bool:
+    """After a record whose answer was lost: is its receipt stored, or can nobody tell? Then
+    the charge is kept, and the caller's retry with the same Idempotency-Key finds the receipt
+    (200) or records it with that same charge; voided, the clinic would hold a receipt for
+    money it never collected."""
+    try:
+        return books.existing() is not None
+    except Exception:  # noqa: BLE001 - the EHR still cannot say: keep the charge
+        return True
 
 
 def _receipt_and_notice(invoice: dict, pr_id: str, pn_id: str, key_hash: str,
