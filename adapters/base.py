@@ -102,6 +102,14 @@ class WriteResult:
     last_updated: str | None = None
 
 
+def holds_what_was_sent(stored: dict, sent: dict) -> bool:
+    """Does a stored resource hold what an update sent (meta aside: the server writes it)?
+    Tells an update whose answer was lost, or whose retry met its own new version (412), from
+    one that never landed."""
+    return {k: v for k, v in stored.items() if k != "meta"} == \
+        {k: v for k, v in sent.items() if k != "meta"}
+
+
 @dataclass
 class BundleEntryRequest:
     """One entry of a transaction/batch, already parsed and validated by the gateway."""

@@ -558,3 +558,24 @@ def test_retry_drop_and_lease_semantics(tmp_path: Path, monkeypatch) -> None:
         assert one.get(c.id).result_ref == "Observation/2/_history/1"
     finally:
         engine.dispose()
+
+
+def test_a_replayed_put_whose_earlier_replay_landed_ends_stored(ehr) -> None:
+    """A queued update with If-Match whose earlier replay landed but was never answered: the
+    next replay meets the EHR's new version (412). The EHR holds what the entry sent, so the
+    entry ends stored, not failed, and nothing is written again."""
+    live, proxy, store, outbox = ehr
+    current = store.read("Patient", "pat-0002")
+    version = current["meta"]["versionId"]
+    sent = dict({k: v for k, v in current.items() if k != "meta"},
+                name=[{"family": "Landed-Unanswered"}])
+    store.update(dict(sent))  # the earlier replay, answer lost
+    versions = len(store.history("Patient", "pat-0002", 50).entries)
+    entry = outbox.enqueue(
+        method="PUT", resource_type="Patient", resource_id="pat-0002", body=sent,
+        if_match=version, write_id=None, lane="pat-0002", client_id="",
+        error="test: its first replay's answer was lost", retry_after=0)
+    task = follow(live, live.url(f"_outbox/{entry.id}"), until=("completed", "failed"))
+    assert task["status"] == "completed", task
+    assert outbox.get(entry.id).status == "stored"
+    assert len(store.history("Patient", "pat-0002", 50).entries) == versions

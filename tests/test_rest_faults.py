@@ -1170,3 +1170,66 @@ def test_reads_to_show_share_their_cached_resource_read_only(ehr, adapter):
     adapter._invalidate("Patient", "1")
     adapter.read_to_show("Patient", "1")
     assert route.call_count == 2 and adapter.read_to_show("Patient", "1") is not first
+
+
+# -- writes whose answer was lost ----------------------------------------------------------------
+
+SLOT = {"resourceType": "Slot", "id": "s1", "schedule": {"reference": "Schedule/sch1"},
+        "status": "free", "start": "2026-07-01T09:00:00Z", "end": "2026-07-01T09:30:00Z"}
+APPOINTMENT = {"resourceType": "Appointment", "status": "booked",
+               "slot": [{"reference": "Slot/s1"}],
+               "participant": [{"actor": {"reference": "Patient/1"}, "status": "accepted"}]}
+
+
+def test_a_put_with_if_match_is_not_retried(ehr, adapter):
+    """Its answer lost after it landed, a retry would meet its own new version (412) and be
+    taken for a conflict: it is sent once."""
+    route = ehr.put("/Slot/s1").mock(side_effect=[httpx.ReadTimeout("slow"),
+                                                  fhir(200, dict(SLOT, meta={"versionId": "2"}))])
+    with pytest.raises(UpstreamUnavailable):
+        adapter.update(dict(SLOT), if_match="1")
+    assert route.call_count == 1 and adapter.sleeps == []
+
+
+def test_an_emulated_booking_whose_slot_update_landed_unanswered_is_kept(ehr):
+    """$book as entry-by-entry writes (Medplum): the Slot's If-Match update timed out but the
+    EHR holds it: the booking stands; its Appointment is not undone, leaving a busy Slot."""
+    from adapters.base import BundleEntryRequest
+
+    a, _ = make(vendor="medplum")
+    busy = dict(SLOT, status="busy")
+    ehr.get("/Slot/s1").mock(side_effect=[fhir(200, dict(SLOT, meta={"versionId": "1"})),
+                                          fhir(200, dict(busy, meta={"versionId": "2"}))])
+    ehr.post("/Appointment").respond(201, content=orjson.dumps(
+        dict(APPOINTMENT, id="a1", meta={"versionId": "1"})), headers={"Content-Type": FJ})
+    put = ehr.put("/Slot/s1").mock(side_effect=httpx.ReadTimeout("slow"))
+    undo = ehr.delete("/Appointment/a1").respond(204)
+    results = a.transaction([
+        BundleEntryRequest(method="POST", resource_type="Appointment",
+                           resource=dict(APPOINTMENT), full_url="urn:uuid:a"),
+        BundleEntryRequest(method="PUT", resource_type="Slot", id="s1", resource=busy,
+                           if_match="1")])
+    assert results[0].resource["id"] == "a1"
+    assert results[1].resource["status"] == "busy" and results[1].version_id == "2"
+    assert put.call_count == 1 and undo.call_count == 0
+    a.close()
+
+
+def test_an_emulated_booking_whose_slot_update_did_not_land_is_undone(ehr):
+    from adapters.base import BundleEntryRequest
+
+    a, _ = make(vendor="medplum")
+    ehr.get("/Slot/s1").respond(200, content=orjson.dumps(dict(SLOT, meta={"versionId": "1"})),
+                                headers={"Content-Type": FJ})
+    ehr.post("/Appointment").respond(201, content=orjson.dumps(
+        dict(APPOINTMENT, id="a1", meta={"versionId": "1"})), headers={"Content-Type": FJ})
+    ehr.put("/Slot/s1").mock(side_effect=httpx.ReadTimeout("slow"))
+    undo = ehr.delete("/Appointment/a1").respond(204)
+    with pytest.raises(UpstreamUnavailable):
+        a.transaction([
+            BundleEntryRequest(method="POST", resource_type="Appointment",
+                               resource=dict(APPOINTMENT), full_url="urn:uuid:a"),
+            BundleEntryRequest(method="PUT", resource_type="Slot", id="s1",
+                               resource=dict(SLOT, status="busy"), if_match="1")])
+    assert undo.call_count == 1
+    a.close()

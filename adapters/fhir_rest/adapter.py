@@ -31,6 +31,7 @@ from adapters.base import (
     SearchPage,
     WriteResult,
     add_notice,
+    holds_what_was_sent,
 )
 from adapters.errors import (
     FhirError,
@@ -641,7 +642,13 @@ class FhirRestAdapter(Adapter):
                         done.append(("POST", item, None, result))
                 elif item.method == "PUT":
                     before = self._maybe_read(item.resource_type, item.id)
-                    results[pos] = self.update(body, item.if_match)
+                    try:
+                        results[pos] = self.update(body, item.if_match)
+                    except UpstreamUnavailable:
+                        # no answer: did it land? (a Slot booked, its appointment undone)
+                        results[pos] = self._landed(body)
+                        if results[pos] is None:
+                            raise
                     done.append(("PUT", item, before, results[pos]))
                 elif item.id:
                     results[pos] = self.read(item.resource_type, item.id)
@@ -651,6 +658,18 @@ class FhirRestAdapter(Adapter):
             self._undo(done)
             raise
         return results
+
+    def _landed(self, sent: dict) -> WriteResult | None:
+        """The update `sent` as the EHR stored it, when it holds just that; else None (it
+        did not land, or the EHR cannot say now)."""
+        try:
+            stored = self._fresh_read(sent["resourceType"], sent["id"])
+        except FhirError:
+            return None
+        if not holds_what_was_sent(stored, sent):
+            return None
+        return WriteResult(stored, created=False,
+                           version_id=(stored.get("meta") or {}).get("versionId"))
 
     def _maybe_read(self, rtype: str, id: str | None) -> dict | None:
         try:

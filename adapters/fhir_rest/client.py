@@ -161,7 +161,10 @@ class UpstreamClient:
         """Send one request, retrying idempotent ones on transient failures. Returns answers
         below 500 (4xx included: see `raise_for_status`); raises UpstreamUnavailable else."""
         if idempotent is None:
-            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+            # A PUT with If-Match is not: when its answer is lost after it landed, the retry
+            # meets its own new version and is refused (412), a write taken for a conflict.
+            idempotent = method in ("GET", "HEAD", "DELETE") or (method == "PUT" and not any(
+                k.lower() == "if-match" for k in (headers or {})))
         attempts = 1 + (self.settings.retries if idempotent else 0)
         content = orjson.dumps(body) if body is not None else None
         given = {k.lower(): (k, v) for k, v in (headers or {}).items()}
