@@ -200,14 +200,27 @@ class Outbox:
         return Entry.from_row(row) if row else None
 
     def list(self, status: str | None = None, lane: str | None = None,
-             limit: int = 200) -> list[Entry]:
-        query = select(outbox).order_by(outbox.c.seq).limit(limit)
+             client_id: str | None = None, limit: int = 200) -> list[Entry]:
+        """The newest `limit` entries that match, oldest first."""
+        query = select(outbox).order_by(outbox.c.seq.desc()).limit(limit)
         if status:
             query = query.where(outbox.c.status == status)
         if lane is not None:
             query = query.where(outbox.c.lane == lane)
+        if client_id is not None:
+            query = query.where(outbox.c.client_id == client_id)
         with self.engine.connect() as conn:
-            return [Entry.from_row(r) for r in conn.execute(query)]
+            return [Entry.from_row(r) for r in conn.execute(query)][::-1]
+
+    def waiting_lane(self, resource_type: str, resource_id: str) -> str | None:
+        """The lane of a write to this resource that still waits, if any: a later write to it
+        must go behind that one, whoever makes it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(outbox.c.lane).where(
+                outbox.c.resource_type == resource_type, outbox.c.resource_id == resource_id,
+                outbox.c.status.in_(("queued", "sending"))).order_by(outbox.c.seq)
+                .limit(1)).first()
+        return None if row is None else row[0]
 
     def lane_busy(self, lane: str) -> bool:
         """Writes of this lane still wait (queued or being sent)."""

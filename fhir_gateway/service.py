@@ -336,9 +336,14 @@ class FhirService:
         except UpstreamUnavailable as exc:
             return self.queue(exc, req, base, lane, body, write_id)
 
-    @staticmethod
-    def lane(req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
-        """The outbox lane of a write: the patient it belongs to, or "" for none."""
+    def lane(self, req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
+        """The outbox lane of a write: the lane of a write to the same resource that still
+        waits (a clinician's delete must not overtake a patient's queued update), else the
+        patient it belongs to, or "" for none."""
+        if req.id and self.outbox is not None:
+            waiting = self.outbox.waiting_lane(req.resource_type or "", req.id)
+            if waiting is not None:
+                return waiting
         if decision is not None and decision.patient:
             return decision.patient
         if body is not None:

@@ -28,6 +28,7 @@ import orjson
 import pytest
 
 from adapters.embedded import EmbeddedAdapter
+from adapters.errors import Gone
 from fhir_gateway.outbox import WRITE_ID_SYSTEM, Outbox
 from smart_launch.db import make_state_engine
 from tests.conftest import FHIR_JSON
@@ -579,3 +580,50 @@ def test_a_replayed_put_whose_earlier_replay_landed_ends_stored(ehr) -> None:
     assert task["status"] == "completed", task
     assert outbox.get(entry.id).status == "stored"
     assert len(store.history("Patient", "pat-0002", 50).entries) == versions
+
+
+def test_a_delete_waits_behind_the_queued_writes_to_its_resource(ehr) -> None:
+    """A patient's update of an Observation waits in the outbox; a delete of it by someone
+    without that patient's context (a clinician, a system) must not overtake it: it is queued
+    in the same lane and runs after it."""
+    live, proxy, store, outbox = ehr
+    created = live.post("Observation", observation("delete-after-update", "pat-0003"))
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    body = dict({k: v for k, v in created.json().items() if k != "meta"}, status="amended")
+    head = outbox.enqueue(
+        method="PUT", resource_type="Observation", resource_id=rid, body=body, if_match=None,
+        write_id=None, lane="pat-0003", client_id="", error="test: the patient's update waits",
+        retry_after=3600)
+    deleted = live.delete(f"Observation/{rid}")
+    assert deleted.status_code == 202, deleted.text
+    queued = outbox.get(deleted.headers["Content-Location"].rsplit("/", 1)[1])
+    assert queued.lane == "pat-0003" and queued.method == "DELETE"
+    assert store.read("Observation", rid)["status"] == "final"  # nothing overtook the update
+    outbox.retry(head.id)  # the update is due now; the delete follows it
+    follow(live, live.url(f"_outbox/{head.id}"))
+    follow(live, deleted.headers["Content-Location"])
+    with pytest.raises(Gone):
+        store.read("Observation", rid)
+
+
+def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:
+    """With more than 200 entries in the table, a caller's own newest entries are still
+    listed (they were picked from the table's first 200)."""
+    live, proxy, store, outbox = ehr
+    crowd = [outbox.enqueue(method="DELETE", resource_type="Basic", resource_id=f"b{i}",
+                            body=None, if_match=None, write_id=None, lane="crowd",
+                            client_id="other-app", error="test", retry_after=3600)
+             for i in range(205)]
+    mine = outbox.enqueue(method="DELETE", resource_type="Basic", resource_id="mine",
+                          body=None, if_match=None, write_id=None, lane="pat-0009",
+                          client_id="my-app", error="test", retry_after=3600)
+    try:
+        assert [e.id for e in outbox.list(lane="pat-0009")] == [mine.id]
+        assert [e.id for e in outbox.list(client_id="my-app")] == [mine.id]
+        newest = outbox.list()
+        assert len(newest) == 200 and newest[-1].id == mine.id
+        assert [e.seq for e in newest] == sorted(e.seq for e in newest)
+    finally:
+        for entry in [*crowd, mine]:
+            outbox.drop(entry.id)

@@ -21,17 +21,23 @@ def _outbox():
     return outbox
 
 
-def _mine(entry: Entry) -> bool:
-    """A patient's token sees its patient's entries; any other token the ones its client made.
-    With SMART off (local experiments) everything is visible."""
+def _whose() -> tuple[str | None, str | None] | None:
+    """(lane, client id) a caller's entries are found by: a patient's token sees its patient's
+    lane, any other token what its client made; None with SMART off (everything is visible)."""
     who = principal()
     if who is None:
-        return True
+        return None
     patient = who.patient or ((who.fhir_user or "").partition("/")[2]
                               if (who.fhir_user or "").startswith("Patient/") else None)
-    if patient:
-        return entry.lane == patient
-    return bool(who.client_id) and entry.client_id == who.client_id
+    return (patient, None) if patient else (None, who.client_id or "\0")
+
+
+def _mine(entry: Entry) -> bool:
+    whose = _whose()
+    if whose is None:
+        return True
+    lane, client_id = whose
+    return entry.lane == lane if lane is not None else entry.client_id == client_id
 
 
 @bp.get("/_outbox/<entry_id>")
@@ -44,7 +50,9 @@ def status(entry_id: str) -> Response:
 
 @bp.get("/_outbox")
 def listing() -> Response:
-    entries = [e for e in _outbox().list() if _mine(e)]
+    whose = _whose()  # chosen in the query: the caller's newest entries, not the table's
+    entries = _outbox().list() if whose is None else \
+        _outbox().list(lane=whose[0], client_id=whose[1])
     base = base_url()
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
               "link": [{"relation": "self", "url": f"{base}/_outbox"}],
