@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     and_,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -66,6 +67,7 @@ outbox = Table(
     Column("body", Text),
     Column("if_match", String(64)),
     Column("write_id", String(64)),  # the identifier value the gateway assigned (creates)
+    Column("if_none_exist", Text),  # the caller's If-None-Exist (creates), narrowing included
     Column("status", String(16), nullable=False, index=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_at", Float, nullable=False),
@@ -100,6 +102,7 @@ class Entry:
     outcome: dict | None
     result_ref: str | None
     result: dict | None
+    if_none_exist: str | None = None
 
     @classmethod
     def from_row(cls, row) -> Entry:
@@ -109,7 +112,7 @@ class Entry:
                    m["resource_type"], m["resource_id"], load(m["body"]), m["if_match"],
                    m["write_id"], m["status"], m["attempts"], m["next_at"], m["created_at"],
                    m["updated_at"], m["last_error"], load(m["outcome"]), m["result_ref"],
-                   load(m["result"]))
+                   load(m["result"]), m["if_none_exist"])
 
     def as_task(self, base: str) -> dict:
         """The entry as a FHIR Task, which is what the status URL answers."""
@@ -157,6 +160,17 @@ def _instant(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """An outbox table made by an earlier version gets the columns added since (each is
+    nullable: its old entries simply have none)."""
+    have = {c["name"] for c in inspect(engine).get_columns("outbox")}
+    with engine.begin() as conn:
+        for column in outbox.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE outbox ADD COLUMN {column.name} {kind}")
+
+
 def assign_write_id(resource: dict) -> str:
     """Tag a resource to be created with an identifier of the gateway's, so that any replay
     can be a conditional create on it. Returns the identifier value."""
@@ -171,6 +185,7 @@ class Outbox:
         self.engine = engine
         self.max_attempts = max_attempts
         metadata.create_all(engine)
+        _add_missing_columns(engine)
         # Entries this process is sending: id -> claim token (the updated_at it set).
         self._held: dict[str, float] = {}
         self._held_lock = threading.Lock()
@@ -180,7 +195,8 @@ class Outbox:
 
     def enqueue(self, *, method: str, resource_type: str, resource_id: str | None,
                 body: dict | None, if_match: str | None, write_id: str | None, lane: str,
-                client_id: str, error: str, retry_after: float | None = None) -> Entry:
+                client_id: str, error: str, retry_after: float | None = None,
+                if_none_exist: str | None = None) -> Entry:
         now = time.time()
         entry_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
@@ -188,7 +204,8 @@ class Outbox:
                 id=entry_id, lane=lane or "", client_id=client_id or "", method=method,
                 resource_type=resource_type, resource_id=resource_id,
                 body=orjson.dumps(body).decode() if body is not None else None,
-                if_match=if_match, write_id=write_id, status="queued", attempts=1,
+                if_match=if_match, write_id=write_id, if_none_exist=if_none_exist,
+                status="queued", attempts=1,
                 next_at=now + (retry_after if retry_after is not None else 1.0),
                 lease_until=0.0, created_at=now, updated_at=now, last_error=error))
         log.info("outbox queued id=%s %s %s", entry_id, method, resource_type)
@@ -386,16 +403,29 @@ class Replayer:
             if not progressed:
                 return settled
 
+    def _create(self, entry: Entry) -> WriteResult:
+        """A queued create, never twice: an earlier replay's copy is found by the identifier
+        the gateway assigned; else the EHR creates it under the caller's own If-None-Exist
+        (a match answers with what it matched), or under the assigned identifier."""
+        service, adapter = self.service, self.service.adapter
+        mine = service.write_condition(entry.resource_type, entry.write_id) \
+            if entry.write_id else None
+        if entry.if_none_exist is None:
+            return adapter.create(entry.body, mine)
+        if mine is not None:
+            mine.count = 1
+            found = adapter.search(entry.resource_type, mine).resources
+            if found:
+                return WriteResult(found[0], created=False)
+        condition = service.condition(entry.resource_type, entry.if_none_exist, "If-None-Exist")
+        return adapter.create(entry.body, condition)
+
     def _send(self, entry: Entry) -> bool:
         """True when the entry is settled (stored or failed), False when it must wait."""
         adapter = self.service.adapter
         try:
             if entry.method == "POST":
-                condition = None
-                if entry.write_id:
-                    condition = self.service.write_condition(entry.resource_type,
-                                                             entry.write_id)
-                result = adapter.create(entry.body, condition)
+                result = self._create(entry)
             elif entry.method == "PUT":
                 try:
                     result = adapter.update(entry.body, entry.if_match)

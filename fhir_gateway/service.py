@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
 from adapters.errors import (
@@ -309,8 +309,13 @@ class FhirService:
             write_id = assign_write_id(body)
             if condition is None:
                 condition = self.write_condition(rtype, write_id)
+        kept_condition = None  # the caller's condition as a replay must ask it
+        if req.if_none_exist is not None:
+            kept_condition = urlencode(parse_qsl(req.if_none_exist.split("?", 1)[-1],
+                                                 keep_blank_values=True)
+                                       + list(decision.narrowing if decision else ()))
         result = self.send_write(req, base, decision, lambda: self.adapter.create(body, condition),
-                                 body=body, write_id=write_id)
+                                 body=body, write_id=write_id, if_none_exist=kept_condition)
         if isinstance(result, FhirResponse):
             return result
         return self.write_response(result, req, base, 201 if result.created else 200)
@@ -320,7 +325,8 @@ class FhirService:
                                  strict=True).query
 
     def send_write(self, req: FhirRequest, base: str, decision: AccessDecision | None, send,
-                   body: dict | None = None, write_id: str | None = None):
+                   body: dict | None = None, write_id: str | None = None,
+                   if_none_exist: str | None = None):
         """Run `send` (a write to the EHR) and return its WriteResult; or, when the EHR cannot
         take it now, or earlier writes for the same patient still wait in the outbox (they
         must land first), queue it and return the 202 FhirResponse."""
@@ -330,11 +336,11 @@ class FhirService:
         if self.outbox.lane_busy(lane):
             return self.queue(UpstreamUnavailable(
                 "Earlier changes to this patient's record are still waiting for the EHR"),
-                req, base, lane, body, write_id)
+                req, base, lane, body, write_id, if_none_exist)
         try:
             return send()
         except UpstreamUnavailable as exc:
-            return self.queue(exc, req, base, lane, body, write_id)
+            return self.queue(exc, req, base, lane, body, write_id, if_none_exist)
 
     def lane(self, req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
         """The outbox lane of a write: the lane of a write to the same resource that still
@@ -355,7 +361,8 @@ class FhirService:
         return ""
 
     def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str, lane: str,
-              body: dict | None, write_id: str | None) -> FhirResponse:
+              body: dict | None, write_id: str | None,
+              if_none_exist: str | None = None) -> FhirResponse:
         """The EHR cannot take the write now: keep it in the outbox and answer 202 with where
         to follow it."""
         principal = req.principal
@@ -364,7 +371,7 @@ class FhirService:
             resource_type=req.resource_type or "", resource_id=req.id, body=body,
             if_match=req.if_match, write_id=write_id, lane=lane,
             client_id=getattr(principal, "client_id", "") or "", error=exc.diagnostics,
-            retry_after=exc.retry_after)
+            retry_after=exc.retry_after, if_none_exist=if_none_exist)
         status_url = f"{base}/_outbox/{entry.id}"
         outcome = operation_outcome([issue(
             "information", "informational",

@@ -20,6 +20,7 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -627,3 +628,42 @@ def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:
     finally:
         for entry in [*crowd, mine]:
             outbox.drop(entry.id)
+
+
+def test_queued_creates_keep_the_callers_if_none_exist(ehr) -> None:
+    """The same device reading posted twice with `If-None-Exist` while the EHR is down: both
+    are queued (202), and the replays store it once; the second ends pointing at the first."""
+    live, proxy, store, outbox = ehr
+    text = f"device-reading-{uuid.uuid4().hex[:8]}"
+    reading = observation(text, "pat-0003",
+                          identifier=[{"system": "urn:device", "value": text}])
+    proxy.mode = "down"
+    try:
+        answers = [live.post("Observation", dict(reading),
+                             headers={"If-None-Exist": f"identifier=urn:device|{text}"})
+                   for _ in range(2)]
+    finally:
+        proxy.mode = "pass"
+    assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
+    tasks = [follow(live, r.headers["Content-Location"]) for r in answers]
+    stored = stored_by_text(store, text)[text]
+    assert len(stored) == 1
+    assert {task_ref(t).split("/")[1] for t in tasks} == {stored[0]["id"]}
+
+
+def test_an_outbox_table_of_an_earlier_version_gets_the_new_column(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, inspect
+
+    from fhir_gateway.outbox import Outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    Outbox(engine)
+    with engine.begin() as conn:  # as the table was before `if_none_exist`
+        conn.exec_driver_sql("ALTER TABLE outbox DROP COLUMN if_none_exist")
+    assert "if_none_exist" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
+    box = Outbox(engine)
+    entry = box.enqueue(method="POST", resource_type="Observation", resource_id=None,
+                        body={"resourceType": "Observation"}, if_match=None, write_id=None,
+                        lane="", client_id="", error="test", if_none_exist="identifier=x|1")
+    assert box.get(entry.id).if_none_exist == "identifier=x|1"
+    engine.dispose()
