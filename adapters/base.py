@@ -7,6 +7,7 @@ declared, so an app sees the truth about the EHR behind it.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -102,6 +103,20 @@ class WriteResult:
     last_updated: str | None = None
 
 
+# The identifier system of the values the gateway assigns to what it creates, so that a
+# create whose answer was lost can be found again (a replay, an undo) and never stored twice.
+WRITE_ID_SYSTEM = "urn:fhir-gateway:write-id"
+
+
+def assign_write_id(resource: dict) -> str:
+    """Tag a resource to be created with an identifier of the gateway's, so that any replay
+    can be a conditional create on it. Returns the identifier value."""
+    value = uuid.uuid4().hex
+    resource["identifier"] = [*(resource.get("identifier") or []),
+                              {"system": WRITE_ID_SYSTEM, "value": value}]
+    return value
+
+
 def holds_what_was_sent(stored: dict, sent: dict) -> bool:
     """Does a stored resource hold what an update sent (meta aside: the server writes it)?
     Tells an update whose answer was lost, or whose retry met its own new version (412), from
@@ -121,6 +136,7 @@ class BundleEntryRequest:
     full_url: str | None = None
     if_none_exist: list[tuple[str, str]] | None = None
     if_match: str | None = None
+    write_id: str | None = None  # a create's `WRITE_ID_SYSTEM` identifier value, if tagged
     query: SearchQuery | None = None  # for GET search entries
     url_query: str = ""  # the entry's query string, for the self link
 

@@ -85,5 +85,10 @@ class UpstreamError(FhirError):
     code = "exception"
 
 
+class PartialResult(UpstreamError):
+    """A write of several steps failed and the EHR may hold some of them (undoing them failed,
+    or a step's outcome is unknown)."""
+
+
 class WrongFhirVersion(UpstreamError):
     """The EHR speaks another FHIR version than R4."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
-from adapters.base import BundleEntryRequest, SearchPage, WriteResult
-from adapters.errors import FhirError, Invalid
+from adapters.base import BundleEntryRequest, SearchPage, WriteResult, assign_write_id
+from adapters.errors import FhirError, Invalid, PartialResult, UpstreamUnavailable
 from fhir_gateway import bundles
 from fhir_gateway.errors import outcome_for, status_for
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag
@@ -146,8 +146,15 @@ def _transaction(service: FhirService, entries: list[dict], base: str,
                  principal: object | None) -> dict:
     try:
         return _run_transaction(service, entries, base, principal)
-    except FhirError as exc:  # one wording for every failure, checked or stored
-        exc.diagnostics = f"Transaction failed, nothing was stored: {exc.diagnostics}"
+    except FhirError as exc:  # one wording per outcome, whatever failed
+        if isinstance(exc, PartialResult):
+            said = "Transaction failed, and the EHR may hold part of it"
+        elif isinstance(exc, UpstreamUnavailable):
+            said = "Transaction failed: the EHR did not answer, so whether it was stored is " \
+                "not known"
+        else:
+            said = "Transaction failed, nothing was stored"
+        exc.diagnostics = f"{said}: {exc.diagnostics}"
         raise
 
 
@@ -189,6 +196,8 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
                     item.if_none_exist = service.condition(
                         req.resource_type, req.if_none_exist, f"{where}.request.ifNoneExist",
                         decision.narrowing if decision else ())
+                elif service.write_ids(req.resource_type):
+                    item.write_id = assign_write_id(body)  # found again if its answer is lost
             item.resource = body
         elif interaction == "delete":
             item.id = service.check_id(req.id)

@@ -42,12 +42,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from adapters.base import WriteResult, holds_what_was_sent
+from adapters.base import (  # noqa: F401 - the write id names, used from here too
+    WRITE_ID_SYSTEM,
+    WriteResult,
+    assign_write_id,
+    holds_what_was_sent,
+)
 from adapters.errors import FhirError, PreconditionFailed, UpstreamError, UpstreamUnavailable
 
 log = logging.getLogger("fhir_gateway.outbox")
 
-WRITE_ID_SYSTEM = "urn:fhir-gateway:write-id"
 LEASE = 10.0  # seconds a claimed entry stays with its process unless the process renews it
 RENEW_EVERY = LEASE / 4  # how often a live process renews the leases it holds
 STATES = ("queued", "sending", "stored", "failed", "dropped")
@@ -169,15 +173,6 @@ def _add_missing_columns(engine: Engine) -> None:
             if column.name not in have:
                 kind = column.type.compile(dialect=engine.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE outbox ADD COLUMN {column.name} {kind}")
-
-
-def assign_write_id(resource: dict) -> str:
-    """Tag a resource to be created with an identifier of the gateway's, so that any replay
-    can be a conditional create on it. Returns the identifier value."""
-    value = uuid.uuid4().hex
-    resource["identifier"] = [*(resource.get("identifier") or []),
-                              {"system": WRITE_ID_SYSTEM, "value": value}]
-    return value
 
 
 class Outbox:

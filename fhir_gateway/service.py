@@ -305,7 +305,7 @@ class FhirService:
             condition = self.condition(rtype, req.if_none_exist, "If-None-Exist",
                                        decision.narrowing if decision else ())
         write_id = None
-        if self.outbox is not None and tc.conditional_create and "identifier" in tc.search_params:
+        if self.write_ids(rtype):
             write_id = assign_write_id(body)
             if condition is None:
                 condition = self.write_condition(rtype, write_id)
@@ -319,6 +319,13 @@ class FhirService:
         if isinstance(result, FhirResponse):
             return result
         return self.write_response(result, req, base, 201 if result.created else 200)
+
+    def write_ids(self, rtype: str) -> bool:
+        """Are creates of this type tagged with a write id? With an outbox (an EHR that can be
+        down), where the EHR offers conditional create and searches `identifier`."""
+        tc = self.caps.for_type(rtype)
+        return self.outbox is not None and tc is not None and tc.conditional_create and \
+            "identifier" in tc.search_params
 
     def write_condition(self, rtype: str, write_id: str) -> SearchQuery:
         return self.search_query(rtype, [("identifier", f"{WRITE_ID_SYSTEM}|{write_id}")],

@@ -1233,3 +1233,33 @@ def test_an_emulated_booking_whose_slot_update_did_not_land_is_undone(ehr):
                                resource=dict(SLOT, status="busy"), if_match="1")])
     assert undo.call_count == 1
     a.close()
+
+
+def test_an_emulated_create_whose_answer_was_lost_is_found_and_undone(ehr):
+    """Entry by entry, a create tagged with a write id is a conditional create on it: its
+    answer lost, the retry finds its own copy. When a later step fails, that copy is undone
+    with the rest: "nothing was stored" holds."""
+    from adapters.base import WRITE_ID_SYSTEM, BundleEntryRequest, assign_write_id
+
+    a, _ = make(vendor="medplum")
+    appointment = dict(APPOINTMENT)
+    write_id = assign_write_id(appointment)
+    stored = dict(appointment, id="a1", meta={"versionId": "1"})
+    post = ehr.post("/Appointment").mock(side_effect=[
+        httpx.ReadTimeout("answer lost"), fhir(200, stored)])  # the retry matches its copy
+    ehr.get("/Slot/s1").respond(200, content=orjson.dumps(dict(SLOT, meta={"versionId": "3"})),
+                                headers={"Content-Type": FJ})
+    ehr.put("/Slot/s1").respond(412, content=orjson.dumps(outcome("version moved", "conflict")),
+                                headers={"Content-Type": FJ})
+    undo = ehr.delete("/Appointment/a1").respond(204)
+    with pytest.raises(FhirError):
+        a.transaction([
+            BundleEntryRequest(method="POST", resource_type="Appointment", resource=appointment,
+                               full_url="urn:uuid:a", write_id=write_id),
+            BundleEntryRequest(method="PUT", resource_type="Slot", id="s1",
+                               resource=dict(SLOT, status="busy"), if_match="1")])
+    assert post.call_count == 2
+    assert post.calls.last.request.headers["If-None-Exist"] == \
+        f"identifier={WRITE_ID_SYSTEM}|{write_id}".replace(":", "%3A").replace("|", "%7C")
+    assert undo.call_count == 1
+    a.close()

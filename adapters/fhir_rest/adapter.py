@@ -23,6 +23,7 @@ import orjson
 from cachetools import LRUCache
 
 from adapters.base import (
+    WRITE_ID_SYSTEM,
     Adapter,
     BundleEntryRequest,
     Capabilities,
@@ -38,6 +39,7 @@ from adapters.errors import (
     Gone,
     NotFound,
     NotSupported,
+    PartialResult,
     UpstreamError,
     UpstreamUnavailable,
     WrongFhirVersion,
@@ -50,7 +52,7 @@ from adapters.fhir_rest.paging import LinkSealer
 from adapters.fhir_rest.query import query_params, query_string
 from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
-from adapters.search import SearchQuery, valid_id
+from adapters.search import ParamClause, SearchQuery, valid_id
 from mappings.frozen import freeze
 from mappings.r4 import RESOURCE_TYPES
 from mappings.references import (
@@ -634,11 +636,12 @@ class FhirRestAdapter(Adapter):
                     results[pos] = self.delete(item.resource_type, item.id or "")
                     done.append(("DELETE", item, before, results[pos]))
                 elif item.method == "POST":
-                    result = self.create(body, item.if_none_exist)
+                    result = self._create_entry(item, body, done)
                     results[pos] = result
                     if item.full_url and result.resource:
                         ids[item.full_url] = f"{item.resource_type}/{result.resource['id']}"
-                    if result.created:
+                    # a match of its own fresh write id is its own earlier try: undone too
+                    if result.created or (item.write_id and item.if_none_exist is None):
                         done.append(("POST", item, None, result))
                 elif item.method == "PUT":
                     before = self._maybe_read(item.resource_type, item.id)
@@ -658,6 +661,29 @@ class FhirRestAdapter(Adapter):
             self._undo(done)
             raise
         return results
+
+    def _create_entry(self, item: BundleEntryRequest, body: dict, done: list) -> WriteResult:
+        """A transaction's create, entry by entry. Tagged with a write id, it is a conditional
+        create on it (so retried safely); when no answer comes at all, the copy it may have
+        left is looked up by that id to be undone with the rest, and when the EHR cannot say,
+        the failure says the EHR may hold part of the transaction."""
+        mine = None
+        if item.write_id and item.if_none_exist is None:
+            mine = SearchQuery(clauses=[ParamClause(
+                "identifier", "token", [f"{WRITE_ID_SYSTEM}|{item.write_id}"])], count=1)
+        try:
+            return self.create(body, item.if_none_exist or mine)
+        except UpstreamUnavailable as exc:
+            if mine is None:
+                raise
+            try:
+                left = self.search(item.resource_type, mine).resources
+            except FhirError:
+                raise PartialResult(f"{exc.diagnostics}; a create's outcome is unknown") \
+                    from None
+            for copy in left:
+                done.append(("POST", item, None, WriteResult(copy, created=True)))
+            raise
 
     def _landed(self, sent: dict) -> WriteResult | None:
         """The update `sent` as the EHR stored it, when it holds just that; else None (it
@@ -689,8 +715,8 @@ class FhirRestAdapter(Adapter):
             except FhirError as exc:
                 failures.append(f"{item.resource_type}: {exc.diagnostics}")
         if failures:
-            raise UpstreamError("A step failed and undoing the earlier steps failed too; the "
-                                "EHR may hold a partial result: " + "; ".join(failures))
+            raise PartialResult("A step failed and undoing the earlier steps failed too: "
+                                + "; ".join(failures))
 
     def operation(self, name, resource_type, id, parameters) -> dict:
         raise NotSupported(f"${name} is not forwarded to the EHR", expression=name)
