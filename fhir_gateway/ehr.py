@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from adapters.base import Adapter
@@ -11,11 +10,13 @@ from fhir_gateway.paging import load_or_create_key
 
 
 def rest_settings(config: Config):
-    """RestSettings from the [fhir_rest] section; secrets come from files or the environment."""
+    """RestSettings from the [fhir_rest] section; secrets come from files or (the main app's
+    only: `load_config` read them) the environment, never from here: a clinic of several
+    (`tenants`) must not call its EHR with the main app's token."""
     from adapters.fhir_rest import RestSettings
 
     rc = config.fhir_rest
-    token = rc.bearer_token or os.environ.get("FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN", "")
+    token = rc.bearer_token
     if not token and rc.bearer_token_file:
         token = Path(rc.bearer_token_file).read_text().strip()
     key = Path(rc.private_key_file).read_bytes() if rc.private_key_file else b""

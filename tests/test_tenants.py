@@ -150,3 +150,21 @@ def test_a_clinics_sign_in_cookie_is_sent_back_to_that_clinic(clinics):
         "code_challenge_method": "S256"})
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert "Path=/t/clinic-b/auth;" in resp.headers["Set-Cookie"]
+
+
+def test_a_clinic_never_calls_its_ehr_with_the_main_apps_token(tmp_path, monkeypatch):
+    """FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN is the main app's; a clinic with its own token file
+    uses that file."""
+    from fhir_gateway.ehr import rest_settings
+    from fhir_gateway.tenants import tenant_config
+
+    (tmp_path / "b.token").write_text("clinic-b-token\n")
+    (tmp_path / "b.toml").write_text(
+        '[adapter]\nkind = "fhir_rest"\n[fhir_rest]\nbase_url = "https://ehr.test/fhir"\n'
+        f'auth = "bearer"\nbearer_token_file = "{tmp_path / "b.token"}"\n')
+    (tmp_path / "main.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[tenants]\nclinic-b = "b.toml"\n')
+    monkeypatch.setenv("FHIR_GATEWAY_FHIR_REST_BEARER_TOKEN", "main-token")
+    main = load_config(tmp_path / "main.toml")
+    assert main.fhir_rest.bearer_token == "main-token"
+    assert rest_settings(tenant_config(main, "clinic-b")).bearer_token == "clinic-b-token"
