@@ -54,7 +54,8 @@ class PaymentProvider(ABC):
     @abstractmethod
     def charge(self, card: Card, amount: Decimal, currency: str,
                idempotency_key: str) -> PaymentResult:
-        """Charge once per `idempotency_key`: a repeat returns the first result."""
+        """Charge once per `idempotency_key`: a repeat returns the first result, unless it
+        was voided (then the repeat is a new charge)."""
 
     @abstractmethod
     def void(self, result: PaymentResult) -> None:
@@ -101,3 +102,6 @@ class OfflinePaymentProvider(PaymentProvider):
         if result.approved:
             with self._lock:
                 self.voided.add(result.transaction_id)
+                for slot in [k for k, v in self._results.items()
+                             if v.transaction_id == result.transaction_id]:
+                    del self._results[slot]  # a retry with the same key is a new charge

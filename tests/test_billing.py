@@ -120,6 +120,8 @@ def test_offline_provider_checks_card_and_keeps_last_four():
     assert not provider.charge(Card(DIGITS, "05/26"), Decimal("5"), "USD", "key-3").approved
     provider.void(first)
     assert first.transaction_id in provider.voided
+    renewed = provider.charge(card, Decimal("5"), "USD", "key-1")  # voided: a new charge
+    assert renewed.approved and renewed.transaction_id != first.transaction_id
 
 
 # -- over HTTP --------------------------------------------------------------------------------
@@ -368,3 +370,35 @@ def test_a_payment_whose_answer_was_lost_keeps_its_charge(smart_env, ann, monkey
     assert again.status_code == 200, again.text
     assert again.json()["paymentIdentifier"]["value"] not in provider.voided
     assert _balance(smart_env, "acct-0001") == start - 3
+
+
+
+def test_a_payment_undone_after_a_lost_answer_is_voided_and_can_be_paid_again(smart_env, ann,
+                                                                             monkeypatch):
+    """Entry by entry (Medplum), the receipt landed, the Account update got no answer and the
+    undo deleted the receipt: no receipt (410), so the charge is voided, and a retry with the
+    same key is a new charge that is recorded."""
+    from adapters.errors import UpstreamUnavailable
+
+    service = smart_env.live.app.extensions["fhir_gateway"].service
+    provider = service.payment_provider
+
+    def undone(entries):
+        receipt = entries[0].resource
+        assert receipt["resourceType"] == "PaymentReconciliation"
+        service.adapter.update(dict(receipt))
+        service.adapter.delete("PaymentReconciliation", receipt["id"])
+        raise UpstreamUnavailable("The EHR (ehr) timed out")
+
+    key = str(uuid.uuid4())
+    start = _balance(smart_env, "acct-0001")
+    voided = set(provider.voided)
+    monkeypatch.setattr(service.adapter, "transaction", undone)
+    lost = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    monkeypatch.undo()
+    assert lost.status_code == 503, lost.text
+    assert len(provider.voided - voided) == 1  # the charge went back
+    again = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    assert again.status_code == 201, again.text
+    assert again.json()["paymentIdentifier"]["value"] not in provider.voided
+    assert _balance(smart_env, "acct-0001") == start - 2

@@ -23,6 +23,7 @@ from decimal import Decimal
 from adapters.base import BundleEntryRequest
 from adapters.errors import (
     Conflict,
+    Gone,
     Invalid,
     NotFound,
     PreconditionFailed,
@@ -113,7 +114,7 @@ def _notices(ctx: OperationContext, invoice_id: str) -> list[dict]:
 def _existing(ctx: OperationContext, pr_id: str, key_hash: str) -> dict | None:
     try:
         found = ctx.service.adapter.read("PaymentReconciliation", pr_id)
-    except NotFound:
+    except (NotFound, Gone):  # none, or one an undone transaction deleted: no receipt
         return None
     keys = {(i.get("system"), i.get("value")) for i in found.get("identifier") or []}
     return found if (billing.IDEMPOTENCY_SYSTEM, key_hash) in keys else None
