@@ -1191,6 +1191,24 @@ def test_a_put_with_if_match_is_not_retried(ehr, adapter):
     assert route.call_count == 1 and adapter.sleeps == []
 
 
+@pytest.mark.parametrize(("first", "retried"), [
+    (httpx.ConnectError("refused"), True), (httpx.ConnectTimeout("slow to connect"), True),
+    (fhir(503, outcome("busy")), True), (fhir(429, outcome("slow down")), True),
+    (httpx.ReadTimeout("slow"), False), (httpx.ReadError("reset"), False),
+    (fhir(502, outcome("bad gateway")), False), (fhir(504, outcome("timeout")), False),
+], ids=["connect-error", "connect-timeout", "503", "429", "read-timeout", "reset", "502", "504"])
+def test_a_put_with_if_match_is_retried_only_when_the_ehr_cannot_have_taken_it(
+        ehr, adapter, first, retried):
+    stored = fhir(200, dict(SLOT, meta={"versionId": "2"}))
+    route = ehr.put("/Slot/s1").mock(side_effect=[first, stored])
+    if retried:
+        assert adapter.update(dict(SLOT), if_match="1").version_id == "2"
+    else:
+        with pytest.raises(UpstreamUnavailable):
+            adapter.update(dict(SLOT), if_match="1")
+    assert route.call_count == (2 if retried else 1)
+
+
 def test_an_emulated_booking_whose_slot_update_landed_unanswered_is_kept(ehr):
     """$book as entry-by-entry writes (Medplum): the Slot's If-Match update timed out but the
     EHR holds it: the booking stands; its Appointment is not undone, leaving a busy Slot."""

@@ -160,11 +160,13 @@ class UpstreamClient:
              idempotent: bool | None = None) -> UpstreamResponse:
         """Send one request, retrying idempotent ones on transient failures. Returns answers
         below 500 (4xx included: see `raise_for_status`); raises UpstreamUnavailable else."""
+        # A PUT with If-Match is retried only when the EHR cannot have taken it (no connection,
+        # 429, 503): after a lost answer its retry would meet its own new version (412), a
+        # stored write taken for a conflict.
+        unprocessed_only = idempotent is None and method == "PUT" and any(
+            k.lower() == "if-match" for k in (headers or {}))
         if idempotent is None:
-            # A PUT with If-Match is not: when its answer is lost after it landed, the retry
-            # meets its own new version and is refused (412), a write taken for a conflict.
-            idempotent = method in ("GET", "HEAD", "DELETE") or (method == "PUT" and not any(
-                k.lower() == "if-match" for k in (headers or {})))
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         attempts = 1 + (self.settings.retries if idempotent else 0)
         content = orjson.dumps(body) if body is not None else None
         given = {k.lower(): (k, v) for k, v in (headers or {}).items()}
@@ -198,7 +200,7 @@ class UpstreamClient:
                 self.breaker.failure()
                 kind = "timed out" if isinstance(exc, httpx.TimeoutException) else \
                     "could not be reached"
-                if not last:
+                if not last and not (unprocessed_only and not isinstance(exc, _NOT_SENT)):
                     self._sleep(self.backoff.delay(attempt))
                     continue
                 raise UpstreamUnavailable(f"The EHR ({name}) {kind}") from None
@@ -210,7 +212,8 @@ class UpstreamClient:
                 else:
                     self.breaker.failure()
                 if status in RETRY_STATUSES and not last and (
-                        wait is None or wait <= self.settings.max_wait):
+                        wait is None or wait <= self.settings.max_wait) and not (
+                        unprocessed_only and status not in (429, 503)):
                     self._sleep(wait if wait is not None else self.backoff.delay(attempt))
                     continue
                 what = "is rate limiting the gateway" if status == 429 else \
@@ -249,6 +252,10 @@ class UpstreamClient:
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise UpstreamError("The EHR's answer is not a FHIR resource")
         return data
+
+
+# Transport failures before the request could reach the EHR
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _mime_param(rest: str, name: str) -> str | None:
