@@ -160,7 +160,11 @@ class AccessPolicy:
         if permission is None:
             raise Forbidden(f"{interaction} is not available to apps", expression=rtype)
         grants = [g for g in principal.scopes.grants if g.allows(rtype, permission)]
-        usable = [g for g in grants if g.context != "patient" or principal.patient]
+        # system/ grants are for backend services: a token with a user or a patient (one
+        # refreshed from before authorize refused them) never uses them.
+        person = principal.patient or principal.fhir_user
+        usable = [g for g in grants if (g.context != "patient" or principal.patient)
+                  and (g.context != "system" or not person)]
         if not usable:
             verb = {"r": "read", "s": "search", "c": "create", "u": "update",
                     "d": "delete"}[permission]
