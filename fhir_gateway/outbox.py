@@ -41,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from adapters.base import (  # noqa: F401 - the write id names, used from here too
     WRITE_ID_SYSTEM,
@@ -168,11 +169,17 @@ def _add_missing_columns(engine: Engine) -> None:
     """An outbox table made by an earlier version gets the columns added since (each is
     nullable: its old entries simply have none)."""
     have = {c["name"] for c in inspect(engine).get_columns("outbox")}
-    with engine.begin() as conn:
-        for column in outbox.columns:
-            if column.name not in have:
-                kind = column.type.compile(dialect=engine.dialect)
+    for column in outbox.columns:
+        if column.name in have:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE outbox ADD COLUMN {column.name} {kind}")
+        except DBAPIError:
+            # another worker starting at the same moment added it first
+            if column.name not in {c["name"] for c in inspect(engine).get_columns("outbox")}:
+                raise
 
 
 class Outbox:

@@ -667,3 +667,38 @@ def test_an_outbox_table_of_an_earlier_version_gets_the_new_column(tmp_path: Pat
                         lane="", client_id="", error="test", if_none_exist="identifier=x|1")
     assert box.get(entry.id).if_none_exist == "identifier=x|1"
     engine.dispose()
+
+
+def test_two_workers_adding_the_new_column_at_once_both_start(tmp_path: Path) -> None:
+    """gunicorn workers each build their app: the second to add the column finds it added."""
+    from sqlalchemy import create_engine, inspect
+
+    import fhir_gateway.outbox as outbox_module
+    from fhir_gateway.outbox import Outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    Outbox(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE outbox DROP COLUMN if_none_exist")
+    stale = [c for c in inspect(engine).get_columns("outbox")]
+    real_inspect = outbox_module.inspect
+
+    class Late:  # what a worker saw before the other one added the column
+        def __init__(self, bind):
+            self.calls = 0
+            self.real = real_inspect(bind)
+
+        def get_columns(self, table):
+            self.calls += 1
+            return stale if self.calls == 1 else self.real.get_columns(table)
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE outbox ADD COLUMN if_none_exist TEXT")  # the other
+    late = Late(engine)
+    outbox_module.inspect = lambda bind: late
+    try:
+        Outbox(engine)  # its ALTER fails (duplicate column); it looks again and starts
+    finally:
+        outbox_module.inspect = real_inspect
+    assert late.calls == 2
+    engine.dispose()
