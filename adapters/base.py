@@ -136,7 +136,9 @@ class BundleEntryRequest:
     full_url: str | None = None
     if_none_exist: list[tuple[str, str]] | None = None
     if_match: str | None = None
-    write_id: str | None = None  # a create's `WRITE_ID_SYSTEM` identifier value, if tagged
+    # a create's `WRITE_ID_SYSTEM` identifier value, if tagged; `if_none_exist` is then the
+    # condition on it
+    write_id: str | None = None
     query: SearchQuery | None = None  # for GET search entries
     url_query: str = ""  # the entry's query string, for the self link
 

@@ -196,8 +196,9 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
                     item.if_none_exist = service.condition(
                         req.resource_type, req.if_none_exist, f"{where}.request.ifNoneExist",
                         decision.narrowing if decision else ())
-                elif service.write_ids(req.resource_type):
-                    item.write_id = assign_write_id(body)  # found again if its answer is lost
+                elif service.write_ids(req.resource_type):  # found again if its answer is lost
+                    item.write_id = assign_write_id(body)
+                    item.if_none_exist = service.write_condition(req.resource_type, item.write_id)
             item.resource = body
         elif interaction == "delete":
             item.id = service.check_id(req.id)

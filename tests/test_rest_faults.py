@@ -1273,7 +1273,8 @@ def test_an_emulated_create_whose_answer_was_lost_is_found_and_undone(ehr):
     with pytest.raises(FhirError):
         a.transaction([
             BundleEntryRequest(method="POST", resource_type="Appointment", resource=appointment,
-                               full_url="urn:uuid:a", write_id=write_id),
+                               full_url="urn:uuid:a", write_id=write_id,
+                               if_none_exist=query(identifier=f"{WRITE_ID_SYSTEM}|{write_id}")),
             BundleEntryRequest(method="PUT", resource_type="Slot", id="s1",
                                resource=dict(SLOT, status="busy"), if_match="1")])
     assert post.call_count == 2

@@ -23,7 +23,6 @@ import orjson
 from cachetools import LRUCache
 
 from adapters.base import (
-    WRITE_ID_SYSTEM,
     Adapter,
     BundleEntryRequest,
     Capabilities,
@@ -52,7 +51,7 @@ from adapters.fhir_rest.paging import LinkSealer
 from adapters.fhir_rest.query import query_params, query_string
 from adapters.fhir_rest.settings import RestSettings
 from adapters.fhir_rest.vendors import profile
-from adapters.search import ParamClause, SearchQuery, valid_id
+from adapters.search import SearchQuery, valid_id
 from mappings.frozen import freeze
 from mappings.r4 import RESOURCE_TYPES
 from mappings.references import (
@@ -641,7 +640,7 @@ class FhirRestAdapter(Adapter):
                     if item.full_url and result.resource:
                         ids[item.full_url] = f"{item.resource_type}/{result.resource['id']}"
                     # a match of its own fresh write id is its own earlier try: undone too
-                    if result.created or (item.write_id and item.if_none_exist is None):
+                    if result.created or item.write_id:
                         done.append(("POST", item, None, result))
                 elif item.method == "PUT":
                     before = self._maybe_read(item.resource_type, item.id)
@@ -663,17 +662,14 @@ class FhirRestAdapter(Adapter):
         return results
 
     def _create_entry(self, item: BundleEntryRequest, body: dict, done: list) -> WriteResult:
-        """A transaction's create, entry by entry. Tagged with a write id, it is a conditional
-        create on it (so retried safely); when no answer comes at all, the copy it may have
+        """A transaction's create, entry by entry. Tagged with a write id, its condition is
+        that id (so it is retried safely); when no answer comes at all, the copy it may have
         left is looked up by that id to be undone with the rest, and when the EHR cannot say,
         the failure says the EHR may hold part of the transaction."""
-        mine = None
-        if item.write_id and item.if_none_exist is None:
-            mine = SearchQuery(clauses=[ParamClause(
-                "identifier", "token", [f"{WRITE_ID_SYSTEM}|{item.write_id}"])], count=1)
         try:
-            return self.create(body, item.if_none_exist or mine)
+            return self.create(body, item.if_none_exist)
         except UpstreamUnavailable as exc:
+            mine = item.if_none_exist if item.write_id else None
             if mine is None:
                 raise
             try:
