@@ -1,13 +1,15 @@
 """Benchmark: the REST adapter's cost, against the same upstream and a bare Flask floor, in one run.
 
-Four servers on loopback, each `gunicorn` gthread with the same workers and threads:
+Six servers on loopback, each `gunicorn` gthread with the same workers and threads:
   (a) the upstream: `fhir-gateway serve` with its embedded store (synthetic patients), SMART off;
   (b) a gateway with `adapter.kind = fhir_rest` in front of it, cache off (TTL 0), SMART on;
   (c) the same with the read-through cache on, SMART on;
   (d) a bare Flask app returning the upstream's very bytes: the framework's floor;
   (e) a bare Flask proxy: each request forwarded to (a) over a kept-alive libcurl handle and
       its bytes returned as they came, what any pass-through pays here before doing anything
-      (it waits for the upstream on the same cores, and its caches are cold after the wait).
+      (it waits for the upstream on the same cores, and its caches are cold after the wait);
+  (f) the same proxy parsing the upstream's JSON (orjson) and writing it again: the least a
+      pass-through pays that looks at what comes back, as a gateway that checks it must.
 For Patient reads and `Observation?patient=<id>&_count=20` searches it measures throughput at
 concurrency 4, p50/p99 latency at concurrency 1 and 4, and the CPU seconds per request of the
 server's own processes (gunicorn master and workers, utime + stime from /proc/<pid>/stat). Each
@@ -50,9 +52,9 @@ SEED_TODAY = dt.date(2026, 6, 15)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKERS, THREADS = 1, 4
 TARGETS = {"a": "upstream direct", "b": "gateway uncached", "c": "gateway cached",
-           "d": "bare Flask floor", "e": "bare Flask proxy"}
+           "d": "bare Flask floor", "e": "bare Flask proxy", "f": "proxy parsing JSON"}
 # Requests per phase are fixed; faster servers get more so their CPU time spans enough clock ticks.
-SCALE = {"a": 2, "b": 1, "c": 1, "d": 8, "e": 1}
+SCALE = {"a": 2, "b": 1, "c": 1, "d": 8, "e": 1, "f": 1}
 
 FLOOR_APP = '''\
 """The framework's floor: Flask under gunicorn returning fixed bytes (written by rest_bench)."""
@@ -83,10 +85,12 @@ PROXY_APP = '''\
 import os
 import threading
 
+import orjson
 import pycurl
 from flask import Flask, Response, request
 
 UPSTREAM = os.environ["BENCH_UPSTREAM"]
+PARSE = os.environ.get("BENCH_PARSE") == "1"  # (f): parse the JSON and write it again
 app = Flask(__name__)
 handles = threading.local()
 
@@ -102,7 +106,10 @@ def forward(rest):
     curl.setopt(pycurl.HTTPHEADER, ["Accept: application/fhir+json"])
     curl.setopt(pycurl.WRITEFUNCTION, chunks.append)
     curl.perform()
-    return Response(b"".join(chunks), status=curl.getinfo(pycurl.RESPONSE_CODE),
+    body = b"".join(chunks)
+    if PARSE:
+        body = orjson.dumps(orjson.loads(body))
+    return Response(body, status=curl.getinfo(pycurl.RESPONSE_CODE),
                     content_type="application/fhir+json")
 '''
 
@@ -288,7 +295,7 @@ def bare_flask(key: str, folder: Path, module: str, env: dict[str, str]) -> Serv
         sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--threads",
         str(THREADS), "--worker-class", "gthread", "--keep-alive", "5", "--bind",
         f"127.0.0.1:{port}", "--chdir", str(folder), f"{module}:app"],
-        dict(os.environ, **env), port, folder / f"{module}.log")
+        dict(os.environ, **env), port, folder / f"{module}-{key}.log")
 
 
 # -- the load generator -------------------------------------------------------------------------
@@ -554,7 +561,9 @@ def main() -> None:
         # (e): the bare Flask proxy in front of (a)
         (floor / "proxy_app.py").write_text(PROXY_APP)
         servers["e"] = bare_flask("e", floor, "proxy_app", {"BENCH_UPSTREAM": upstream})
-        for key in "bcde":
+        servers["f"] = bare_flask("f", floor, "proxy_app", {"BENCH_UPSTREAM": upstream,
+                                                            "BENCH_PARSE": "1"})
+        for key in "bcdef":
             servers[key].start("/fhir/metadata" if key in "bc" else paths["read"])
 
         headers = {key: dict(accept) for key in TARGETS}
@@ -605,8 +614,9 @@ def main() -> None:
             "(a) the upstream itself (embedded store, SMART off); (b)/(c) fhir_rest gateways in "
             "front of it with SMART on (a patient token checked on every request: RS256, jti "
             "lookup, access decision, audit append), cache TTL 0 and 300 s; (d) bare Flask "
-            "returning (a)'s bytes; (e) bare Flask forwarding each request to (a) over libcurl. "
-            "CPU of (b)/(c)/(e) excludes the upstream's. Per run and server, "
+            "returning (a)'s bytes; (e) bare Flask forwarding each request to (a) over libcurl; "
+            "(f) the same parsing the JSON and writing it again (orjson). "
+            "CPU of (b)/(c)/(e)/(f) excludes the upstream's. Per run and server, "
             f"{n1} requests at concurrency 1 and {n4} at {args.concurrency} (times {SCALE['a']} "
             f"for (a), {SCALE['d']} for (d)), after {warm} per connection to warm up; CPU clock "
             f"tick {1e6 / CLK_TCK:,.0f} µs. SQLite state databases on {filesystem(tmp)}.",
