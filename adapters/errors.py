@@ -81,6 +81,11 @@ class UpstreamUnavailable(FhirError):
         self.retry_after = retry_after
 
 
+class HeldBack(UpstreamUnavailable):
+    """Not sent to the EHR at all (earlier writes it must not overtake still wait): unlike
+    other `UpstreamUnavailable`s, nothing can have been stored."""
+
+
 class UpstreamError(FhirError):
     code = "exception"
 

@@ -124,7 +124,8 @@ def _init_outbox(app: Flask, gateway: Gateway, engine: Engine) -> None:
     gateway.service.ledger = Ledger(engine)
     app.register_blueprint(outbox_bp, url_prefix="/fhir")
     if cfg.outbox.worker:
-        worker = Worker(Replayer(outbox, gateway.service), cfg.outbox.interval)
+        worker = Worker(Replayer(outbox, gateway.service), cfg.outbox.interval,
+                        cfg.outbox.keep_days)
         worker.start()
         app.extensions["outbox_worker"] = worker
 

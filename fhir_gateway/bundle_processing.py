@@ -12,7 +12,7 @@ import re
 from urllib.parse import parse_qsl, urlsplit
 
 from adapters.base import BundleEntryRequest, SearchPage, WriteResult, assign_write_id
-from adapters.errors import FhirError, Invalid, PartialResult, UpstreamUnavailable
+from adapters.errors import FhirError, HeldBack, Invalid, PartialResult, UpstreamUnavailable
 from fhir_gateway import bundles
 from fhir_gateway.errors import outcome_for, status_for
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag
@@ -149,7 +149,7 @@ def _transaction(service: FhirService, entries: list[dict], base: str,
     except FhirError as exc:  # one wording per outcome, whatever failed
         if isinstance(exc, PartialResult):
             said = "Transaction failed, and the EHR may hold part of it"
-        elif isinstance(exc, UpstreamUnavailable):
+        elif isinstance(exc, UpstreamUnavailable) and not isinstance(exc, HeldBack):
             said = "Transaction failed: the EHR did not answer, so whether it was stored is " \
                 "not known"
         else:
@@ -216,7 +216,7 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
             raise Invalid(f"{where}: {interaction} cannot run inside a transaction",
                           expression=f"{where}.request")
         work.append(item)
-    results = service.adapter.transaction(work)
+    results = service.transaction(work, tuple(d.patient for d in decisions if d is not None))
     out = []
     for item, result, decision in zip(work, results, decisions, strict=True):
         if decision is not None:

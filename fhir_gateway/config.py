@@ -82,6 +82,7 @@ class OutboxConfig:
     worker: bool = True  # replay in a background thread of each gateway process
     interval: float = 2.0  # seconds between replay rounds
     max_attempts: int = 50  # transient failures before an entry is given up (failed)
+    keep_days: float = 30.0  # stored and dropped entries are purged after this; 0 keeps all
 
 
 @dataclass

@@ -100,6 +100,10 @@ def cmd_outbox(args: argparse.Namespace, cfg: Config) -> int:
             print(f"{e.id}  {e.status:<8} {e.method:<6} {target:<40} "
                   f"attempts {e.attempts}{extra}{error}")
         return 0
+    if args.action == "purge":
+        keep = cfg.outbox.keep_days if args.older_than_days is None else args.older_than_days
+        print(f"purged {outbox.purge(keep)} stored or dropped entries older than {keep:g} days")
+        return 0
     if not args.id:
         print(f"outbox {args.action} needs an entry id", file=sys.stderr)
         return 2
@@ -120,8 +124,10 @@ def add_commands(add) -> None:
     p.add_argument("--ehr", help="the EHR (fhir_rest.name, or a tenant name)")
     p.add_argument("--all", action="store_true", help="every resource type, not only the "
                    "ones the portal actions use")
-    p = add("outbox", cmd_outbox, "List, retry or drop writes waiting for the EHR")
-    p.add_argument("action", choices=("list", "retry", "drop"))
+    p = add("outbox", cmd_outbox, "List, retry, drop or purge writes waiting for the EHR")
+    p.add_argument("action", choices=("list", "retry", "drop", "purge"))
+    p.add_argument("--older-than-days", type=float,
+                   help="purge: settled entries older than this (default [outbox] keep_days)")
     p.add_argument("id", nargs="?")
     p.add_argument("--status", choices=("queued", "sending", "stored", "failed", "dropped"))
     p.add_argument("--ehr", help="the EHR (fhir_rest.name, or a tenant name)")

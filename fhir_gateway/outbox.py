@@ -28,12 +28,15 @@ import orjson
 from sqlalchemy import (
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     and_,
+    delete,
+    func,
     insert,
     inspect,
     or_,
@@ -84,6 +87,9 @@ outbox = Table(
     Column("result_ref", String(200)),  # Type/id/_history/version the EHR stored
     Column("result", Text),  # what the EHR stored, read back after success
 )
+# Every direct write asks whether a write to its resource still waits (`waiting_lane`).
+_BY_RESOURCE = Index("ix_outbox_resource", outbox.c.resource_type, outbox.c.resource_id)
+SETTLED = ("stored", "dropped")  # ends that nobody needs to act on: purged after `keep_days`
 
 
 @dataclass
@@ -165,6 +171,17 @@ def _instant(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
 
 
+def _add_missing_indexes(engine: Engine) -> None:
+    """An outbox table made by an earlier version gets the indexes added since."""
+    for index in outbox.indexes:
+        try:
+            index.create(engine, checkfirst=True)
+        except DBAPIError:
+            # another worker starting at the same moment created it first
+            if index.name not in {i["name"] for i in inspect(engine).get_indexes("outbox")}:
+                raise
+
+
 def _add_missing_columns(engine: Engine) -> None:
     """An outbox table made by an earlier version gets the columns added since (each is
     nullable: its old entries simply have none)."""
@@ -188,6 +205,7 @@ class Outbox:
         self.max_attempts = max_attempts
         metadata.create_all(engine)
         _add_missing_columns(engine)
+        _add_missing_indexes(engine)
         # Entries this process is sending: id -> claim token (the updated_at it set).
         self._held: dict[str, float] = {}
         self._held_lock = threading.Lock()
@@ -241,6 +259,19 @@ class Outbox:
                 .limit(1)).first()
         return None if row is None else row[0]
 
+    def holds_any(self, resources: set[tuple[str, str]], lanes: set[str]) -> bool:
+        """Writes still wait (queued or being sent) to one of these resources (type, id) or in
+        one of these lanes: a write that cannot be queued behind them must not go first."""
+        clauses = [outbox.c.lane.in_(sorted(lanes))] if lanes else []
+        clauses += [and_(outbox.c.resource_type == rtype, outbox.c.resource_id == rid)
+                    for rtype, rid in sorted(resources)]
+        if not clauses:
+            return False
+        with self.engine.connect() as conn:
+            return conn.execute(select(outbox.c.seq).where(
+                outbox.c.status.in_(("queued", "sending")), or_(*clauses))
+                .limit(1)).first() is not None
+
     def lane_busy(self, lane: str) -> bool:
         """Writes of this lane still wait (queued or being sent)."""
         with self.engine.connect() as conn:
@@ -251,9 +282,22 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
         with self.engine.connect() as conn:
-            for (status,) in conn.execute(select(outbox.c.status)):
-                out[status] += 1
+            for status, n in conn.execute(select(outbox.c.status, func.count())
+                                          .group_by(outbox.c.status)):
+                out[status] = n
         return out
+
+    def purge(self, keep_days: float, now: float | None = None) -> int:
+        """Delete entries settled (stored or dropped) more than `keep_days` ago; their status
+        URLs then answer 404. Failed entries stay until an administrator retries or drops
+        them: a patient must be able to see what the EHR refused."""
+        cutoff = (time.time() if now is None else now) - keep_days * 86400
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(outbox).where(
+                outbox.c.status.in_(SETTLED), outbox.c.updated_at < cutoff)).rowcount
+        if gone:
+            log.info("outbox purged %d settled entries older than %g days", gone, keep_days)
+        return gone
 
     def retry(self, entry_id: str) -> bool:
         """Put a failed (or waiting) entry back at the front of its lane."""
@@ -468,16 +512,24 @@ class Replayer:
 class Worker(threading.Thread):
     """Replays the outbox every `interval` seconds in the background of a gateway process."""
 
-    def __init__(self, replayer: Replayer, interval: float) -> None:
+    PURGE_EVERY = 3600.0  # seconds between purges of old settled entries
+
+    def __init__(self, replayer: Replayer, interval: float, keep_days: float = 30.0) -> None:
         super().__init__(name="outbox-worker", daemon=True)
         self.replayer = replayer
         self.interval = interval
+        self.keep_days = keep_days  # 0 keeps every entry
         self._stop_event = threading.Event()
+        self._purged_at = 0.0
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
                 self.replayer.run_once()
+                if self.keep_days > 0 and time.monotonic() - self._purged_at > \
+                        self.PURGE_EVERY:
+                    self._purged_at = time.monotonic()
+                    self.replayer.outbox.purge(self.keep_days)
             except Exception:  # noqa: BLE001 - the worker must outlive any one failure
                 log.exception("outbox round failed")
 

@@ -13,10 +13,11 @@ from email.utils import format_datetime
 from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode
 
-from adapters.base import Adapter, Capabilities, TypeCapability, WriteResult
+from adapters.base import Adapter, BundleEntryRequest, Capabilities, TypeCapability, WriteResult
 from adapters.errors import (
     Forbidden,
     Gone,
+    HeldBack,
     Invalid,
     NotFound,
     NotSupported,
@@ -348,6 +349,38 @@ class FhirService:
             return send()
         except UpstreamUnavailable as exc:
             return self.queue(exc, req, base, lane, body, write_id, if_none_exist)
+
+    def transaction(self, entries: list[BundleEntryRequest],
+                    patients: tuple[str, ...] = ()) -> list:
+        """The adapter's atomic write, once no earlier write it would overtake still waits."""
+        self.clear_to_write(entries, patients)
+        return self.adapter.transaction(entries)
+
+    def clear_to_write(self, writes: list[BundleEntryRequest],
+                       patients: tuple[str, ...] = ()) -> None:
+        """Writes that are never queued (transactions, portal actions) must not overtake
+        earlier ones that still wait in the outbox for the same resource or patient (the
+        lanes `send_write` keeps): 503 until those are stored, and nothing is sent."""
+        if self.outbox is None:
+            return
+        resources: set[tuple[str, str]] = set()
+        lanes = {p for p in patients if p}
+        for entry in writes:
+            if entry.method not in ("POST", "PUT", "DELETE", "PATCH"):
+                continue
+            if entry.id:
+                resources.add((entry.resource_type, entry.id))
+                if entry.resource_type == "Patient":
+                    lanes.add(entry.id)
+            if entry.resource is not None and entry.resource_type != "Patient":
+                lanes |= patient_refs(entry.resource)
+        if self.outbox.holds_any(resources, lanes):
+            raise HeldBack(
+                "Earlier changes to this patient's record are still waiting for the EHR, and "
+                "this change must not go before them; it was not sent. Try again once they are "
+                "stored", retry_after=self.RETRY_BEHIND_OUTBOX)
+
+    RETRY_BEHIND_OUTBOX = 5.0  # seconds: about two rounds of the outbox worker
 
     def lane(self, req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
         """The outbox lane of a write: the lane of a write to the same resource that still

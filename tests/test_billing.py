@@ -373,6 +373,34 @@ def test_a_payment_whose_answer_was_lost_keeps_its_charge(smart_env, ann, monkey
 
 
 
+def test_a_payment_held_behind_queued_writes_is_voided_and_can_be_paid_again(smart_env, ann):
+    """Over an EHR that may be down, a write to the account still waits in the outbox: the
+    payment must not overtake it. Nothing is sent, the charge is voided, the caller hears
+    503, and once the queued write is gone the same key pays (a new charge)."""
+    service = smart_env.live.app.extensions["fhir_gateway"].service
+    if service.outbox is None:
+        pytest.skip("the embedded store is never down: it keeps no outbox")
+    provider = service.payment_provider
+    account = {k: v for k, v in smart_env.live.adapter.read("Account", "acct-0001").items()
+               if k != "meta"}
+    head = service.outbox.enqueue(
+        method="PUT", resource_type="Account", resource_id="acct-0001", body=account,
+        if_match=None, write_id=None, lane="", client_id="", error="test: waits",
+        retry_after=3600)
+    key = str(uuid.uuid4())
+    start, voided = _balance(smart_env, "acct-0001"), set(provider.voided)
+    held = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    assert held.status_code == 503, held.text
+    assert "still waiting for the EHR" in held.json()["issue"][0]["diagnostics"]
+    assert len(provider.voided - voided) == 1  # the charge went back
+    assert _balance(smart_env, "acct-0001") == start
+    assert service.outbox.drop(head.id)
+    paid = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["paymentIdentifier"]["value"] not in provider.voided
+    assert _balance(smart_env, "acct-0001") == start - 2
+
+
 def test_a_payment_undone_after_a_lost_answer_is_voided_and_can_be_paid_again(smart_env, ann,
                                                                              monkeypatch):
     """Entry by entry (Medplum), the receipt landed, the Account update got no answer and the

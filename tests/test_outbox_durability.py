@@ -608,6 +608,77 @@ def test_a_delete_waits_behind_the_queued_writes_to_its_resource(ehr) -> None:
         store.read("Observation", rid)
 
 
+def test_a_transaction_waits_behind_the_queued_writes_it_would_overtake(ehr) -> None:
+    """A transaction is never queued. One that would go before a write still waiting for one
+    of its resources, or for its patient, is refused (503 with Retry-After), sends nothing,
+    and runs once that write is stored."""
+    live, proxy, store, outbox = ehr
+    created = live.post("Observation", observation("txn-behind", "pat-0003"))
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    body = dict({k: v for k, v in created.json().items() if k != "meta"}, status="amended")
+    head = outbox.enqueue(
+        method="PUT", resource_type="Observation", resource_id=rid, body=body, if_match=None,
+        write_id=None, lane="pat-0003", client_id="", error="test: the update waits",
+        retry_after=3600)
+    same_resource = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "PUT", "url": f"Observation/{rid}"},
+         "resource": dict(body, status="cancelled")}]}
+    same_patient = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f2c1a44-8a7e-4d8e-9a51-0d1f2a3b4c5d",
+         "request": {"method": "POST", "url": "Observation"},
+         "resource": observation("txn-behind-new", "pat-0003")}]}
+    observations = store.count("Observation")
+    for bundle in (same_resource, same_patient):
+        refused = live.post("", bundle)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "5"
+        said = refused.json()["issue"][0]["diagnostics"]
+        assert "nothing was stored" in said and "still waiting for the EHR" in said, said
+    assert store.read("Observation", rid)["status"] == "final"  # nothing overtook the update
+    assert store.count("Observation") == observations
+    # another patient's transaction is not held back
+    other = dict(same_patient, entry=[dict(same_patient["entry"][0],
+                                           resource=observation("txn-other", "pat-0001"))])
+    assert live.post("", other).status_code == 200
+
+    outbox.retry(head.id)  # the update is due now; then both transactions run, in order
+    follow(live, live.url(f"_outbox/{head.id}"))
+    assert store.read("Observation", rid)["status"] == "amended"
+    for bundle in (same_resource, same_patient):
+        done = live.post("", bundle)
+        assert done.status_code == 200, done.text
+    assert store.read("Observation", rid)["status"] == "cancelled"
+    assert len(stored_by_text(store, "txn-behind-new")["txn-behind-new"]) == 1
+
+
+def test_a_portal_action_waits_behind_its_patients_queued_writes(ehr) -> None:
+    """Portal actions write straight to the EHR (never queued): a health reading for a
+    patient whose earlier changes still wait is refused and stores nothing until those land."""
+    live, proxy, store, outbox = ehr
+    original = {k: v for k, v in store.read("Patient", "pat-0002").items() if k != "meta"}
+    head = outbox.enqueue(
+        method="PUT", resource_type="Patient", resource_id="pat-0002",
+        body=dict(original, gender="unknown"), if_match=None, write_id=None, lane="pat-0002",
+        client_id="", error="test: holds the lane", retry_after=3600)
+    reading = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueString": "pat-0002"}, {"name": "kind", "valueString": "weight"},
+        {"name": "value", "valueDecimal": 71.5}, {"name": "unit", "valueString": "kg"},
+        {"name": "effective", "valueDateTime": "2026-06-10T08:00:00Z"}]}
+    observations = store.count("Observation")
+    refused = live.post("Observation/$record-reading", reading)
+    assert refused.status_code == 503, refused.text
+    assert "still waiting for the EHR" in refused.json()["issue"][0]["diagnostics"]
+    assert store.count("Observation") == observations
+    outbox.retry(head.id)
+    follow(live, live.url(f"_outbox/{head.id}"))
+    assert store.read("Patient", "pat-0002")["gender"] == "unknown"
+    recorded = live.post("Observation/$record-reading", reading)
+    assert recorded.status_code in (200, 201), recorded.text
+    stored = recorded.json()["entry"]  # the weight, and a BMI when a height is known
+    assert stored and store.count("Observation") == observations + len(stored)
+
+
 def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:
     """With more than 200 entries in the table, a caller's own newest entries are still
     listed (they were picked from the table's first 200)."""
@@ -667,6 +738,71 @@ def test_an_outbox_table_of_an_earlier_version_gets_the_new_column(tmp_path: Pat
                         lane="", client_id="", error="test", if_none_exist="identifier=x|1")
     assert box.get(entry.id).if_none_exist == "identifier=x|1"
     engine.dispose()
+
+
+def test_an_outbox_table_of_an_earlier_version_gets_the_resource_index(tmp_path: Path) -> None:
+    """`waiting_lane` runs on every direct write: a table made before its index gets it."""
+    from sqlalchemy import create_engine, inspect
+
+    from fhir_gateway.outbox import Outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    Outbox(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_outbox_resource")
+    assert "ix_outbox_resource" not in {i["name"] for i in inspect(engine).get_indexes("outbox")}
+    Outbox(engine)
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("outbox")}
+    assert indexes["ix_outbox_resource"] == ["resource_type", "resource_id"]
+    Outbox(engine)  # a second process starting finds it there
+    engine.dispose()
+
+
+def test_settled_entries_are_purged_after_keep_days(tmp_path: Path, monkeypatch) -> None:
+    """Stored and dropped entries older than `keep_days` are deleted (their status URL is then
+    unknown); newer ones, failed ones and waiting ones stay. The worker purges on its own."""
+    import fhir_gateway.outbox as outbox_module
+    from fhir_gateway.outbox import Outbox, outbox
+
+    engine = make_state_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
+    box = Outbox(engine)
+
+    def entry(status: str, age_days: float) -> str:
+        e = box.enqueue(method="POST", resource_type="Observation", resource_id=None,
+                        body=observation(status), if_match=None, write_id=None, lane="pat-1",
+                        client_id="app", error="EHR down", retry_after=3600)
+        with engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.id == e.id).values(
+                status=status, updated_at=time.time() - age_days * 86400))
+        return e.id
+
+    try:
+        old = {s: entry(s, 40) for s in ("stored", "dropped", "failed", "queued")}
+        young = {s: entry(s, 5) for s in ("stored", "dropped")}
+        assert box.purge(30) == 2
+        assert box.get(old["stored"]) is None and box.get(old["dropped"]) is None
+        assert box.get(old["failed"]).status == "failed"
+        assert box.get(old["queued"]).status == "queued"
+        assert all(box.get(i) is not None for i in young.values())
+        assert box.counts() == {"queued": 1, "sending": 0, "stored": 1, "failed": 1,
+                                "dropped": 1}
+        assert box.purge(30) == 0
+
+        # the worker purges by itself (here at once, and with a short keep)
+        monkeypatch.setattr(outbox_module.Worker, "PURGE_EVERY", 0.0)
+        replayer = outbox_module.Replayer(box, service=None)
+        monkeypatch.setattr(replayer, "run_once", lambda: 0)
+        worker = outbox_module.Worker(replayer, 0.05, keep_days=1)
+        worker.start()
+        try:
+            wait_until("the worker to purge", lambda: all(box.get(i) is None
+                                                           for i in young.values()), 10)
+        finally:
+            worker.stop()
+            worker.join(5)
+        assert box.get(old["failed"]) is not None and box.get(old["queued"]) is not None
+    finally:
+        engine.dispose()
 
 
 def test_two_workers_adding_the_new_column_at_once_both_start(tmp_path: Path) -> None:

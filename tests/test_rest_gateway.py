@@ -138,6 +138,12 @@ def test_capabilities_and_outbox_commands(tmp_path, upstream):
     again = cli("drop", entry.id)
     assert again.returncode == 1 and "it is dropped" in again.stderr
     assert cli("retry").returncode == 2
+    kept = cli("purge")  # the dropped entry is new: [outbox] keep_days (30) keeps it
+    assert kept.returncode == 0 and "purged 0 " in kept.stdout, kept.stdout + kept.stderr
+    assert outbox.get(entry.id) is not None
+    purged = cli("purge", "--older-than-days", "0")
+    assert purged.returncode == 0 and "purged 1 " in purged.stdout, purged.stdout
+    assert outbox.get(entry.id) is None
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from adapters.base import BundleEntryRequest
 from adapters.errors import (
     Conflict,
     Gone,
+    HeldBack,
     Invalid,
     NotFound,
     PreconditionFailed,
@@ -171,7 +172,7 @@ class _EhrBooks:
         entries = _entries(invoice, account, self.pr_id, self.pn_id, self.key_hash, amount,
                            balance, outstanding, charged)
         try:
-            results = self.ctx.service.adapter.transaction(entries)
+            results = self.ctx.service.transaction(entries)
         except PreconditionFailed:
             return None
         return self.ctx.service.write_response(results[0], self.ctx.request, self.ctx.base,
@@ -265,8 +266,8 @@ def pay(ctx: OperationContext) -> FhirResponse:
                                         expression="card-number")
             try:
                 answer = books.record(account, invoice, balance, outstanding, amount, charged)
-            except (UpstreamUnavailable, UpstreamError):
-                in_doubt = True
+            except (UpstreamUnavailable, UpstreamError) as exc:
+                in_doubt = not isinstance(exc, HeldBack)  # held back: nothing was sent
                 raise
             if answer is None:  # another payment moved the account first: read again
                 time.sleep(random.uniform(0.005, 0.03))

@@ -110,8 +110,9 @@ def send(ctx: OperationContext) -> FhirResponse:
     service.check_write(create, message)
     if entries:
         entries.append(BundleEntryRequest("POST", "Communication", resource=message))
-        result = service.adapter.transaction(entries)[-1]
+        result = service.transaction(entries)[-1]
     else:
+        service.clear_to_write([BundleEntryRequest("POST", "Communication", resource=message)])
         result = service.adapter.create(message)
     return service.write_response(result, req, ctx.base, 201)
 
@@ -133,6 +134,7 @@ def mark_read(ctx: OperationContext) -> FhirResponse:
                 if k != "meta"}
         validate_resource(body, "Communication")
         service.check_write(update, body)
+        service.clear_to_write([BundleEntryRequest("PUT", "Communication", id=rid, resource=body)])
         try:
             result = service.adapter.update(body, message["meta"]["versionId"])
         except PreconditionFailed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from adapters.base import SearchPage
+from adapters.base import BundleEntryRequest, SearchPage
 from adapters.errors import Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhir_gateway import bundles
 from fhir_gateway.operations.common import patient_and_decision, search_all
@@ -56,6 +56,7 @@ def _refill_message(ctx: OperationContext, request: dict, medication: dict | Non
         request, datetime.now(UTC), note, medication), "Communication")
     create = service.decide(FhirRequest("create", "Communication", principal=req.principal))
     service.check_write(create, message)
+    service.clear_to_write([BundleEntryRequest("POST", "Communication", resource=message)])
     result = service.adapter.create(message)
     return service.write_response(result, req, ctx.base, 201)
 
@@ -89,6 +90,7 @@ def refill_request(ctx: OperationContext) -> FhirResponse:
     condition = service.search_query("Task", [
         ("focus", f"MedicationRequest/{rid}"), ("code", _FULFILL),
         ("status", ",".join(sorted(rules.OPEN_STATUSES)))], strict=True).query
+    service.clear_to_write([BundleEntryRequest("POST", "Task", resource=task)])
     try:
         result = service.adapter.create(task, condition)
     except PreconditionFailed:  # several open already (made elsewhere): show the newest

@@ -161,7 +161,7 @@ def _commit(ctx: OperationContext, entries: list[BundleEntryRequest], parameter:
     for entry in entries:
         validate_resource(entry.resource, entry.resource_type)
     try:
-        return ctx.service.adapter.transaction(entries)
+        return ctx.service.transaction(entries)
     except (PreconditionFailed, Conflict):
         raise Conflict(f"{what}; nothing was changed", expression=parameter) from None
 

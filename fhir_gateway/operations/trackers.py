@@ -77,7 +77,7 @@ def record_reading(ctx: OperationContext) -> FhirResponse:
         if message is not None:
             entries.append(BundleEntryRequest("POST", "Communication", resource=message,
                                               full_url=f"urn:uuid:{uuid.uuid4()}"))
-    results = service.adapter.transaction(entries)
+    results = service.transaction(entries)
     stored = [r.resource for r in results]
     bundle = {"resourceType": "Bundle", "type": "collection",
               "entry": [{"fullUrl": f"{ctx.base}/{r['resourceType']}/{r['id']}", "resource": r}
