@@ -361,13 +361,12 @@ class FhirService:
         """Writes that are never queued (transactions, portal actions) must not overtake
         earlier ones that still wait in the outbox for the same resource or patient (the
         lanes `send_write` keeps): 503 until those are stored, and nothing is sent."""
-        if self.outbox is None:
+        writes = [e for e in writes if e.method in ("POST", "PUT", "DELETE", "PATCH")]
+        if self.outbox is None or not writes:  # reads never wait
             return
         resources: set[tuple[str, str]] = set()
         lanes = {p for p in patients if p}
         for entry in writes:
-            if entry.method not in ("POST", "PUT", "DELETE", "PATCH"):
-                continue
             if entry.id:
                 resources.add((entry.resource_type, entry.id))
                 if entry.resource_type == "Patient":

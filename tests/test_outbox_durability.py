@@ -641,6 +641,11 @@ def test_a_transaction_waits_behind_the_queued_writes_it_would_overtake(ehr) -> 
     other = dict(same_patient, entry=[dict(same_patient["entry"][0],
                                            resource=observation("txn-other", "pat-0001"))])
     assert live.post("", other).status_code == 200
+    # nor is one that only reads
+    reads = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Observation/{rid}"}}]}
+    read = live.post("", reads)
+    assert read.status_code == 200, read.text
 
     outbox.retry(head.id)  # the update is due now; then both transactions run, in order
     follow(live, live.url(f"_outbox/{head.id}"))
