@@ -101,6 +101,12 @@ def cmd_outbox(args: argparse.Namespace, cfg: Config) -> int:
                   f"attempts {e.attempts}{extra}{error}")
         return 0
     if args.action == "purge":
+        if args.older_than_days is not None and args.older_than_days < 0:
+            print("--older-than-days must be 0 or more", file=sys.stderr)
+            return 2
+        if args.older_than_days is None and cfg.outbox.keep_days <= 0:
+            print("[outbox] keep_days = 0 keeps every entry: nothing purged")
+            return 0
         keep = cfg.outbox.keep_days if args.older_than_days is None else args.older_than_days
         print(f"purged {outbox.purge(keep)} stored or dropped entries older than {keep:g} days")
         return 0

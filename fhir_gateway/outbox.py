@@ -89,6 +89,7 @@ outbox = Table(
 )
 # Every direct write asks whether a write to its resource still waits (`waiting_lane`).
 _BY_RESOURCE = Index("ix_outbox_resource", outbox.c.resource_type, outbox.c.resource_id)
+_PENDING = outbox.c.status.in_(("queued", "sending"))
 SETTLED = ("stored", "dropped")  # ends that nobody needs to act on: purged after `keep_days`
 
 
@@ -161,6 +162,10 @@ class Entry:
                 "stored": "Stored in the EHR",
                 "failed": "The EHR refused this write; it will not be retried",
                 "dropped": "Dropped by an administrator; it was not stored"}[self.status]
+
+
+def _chunks(values: list[str], size: int) -> list[list[str]]:
+    return [values[i:i + size] for i in range(0, len(values), size)]
 
 
 def _load(value: str | None):
@@ -259,18 +264,27 @@ class Outbox:
                 .limit(1)).first()
         return None if row is None else row[0]
 
-    def holds_any(self, resources: set[tuple[str, str]], lanes: set[str]) -> bool:
-        """Writes still wait (queued or being sent) to one of these resources (type, id) or in
-        one of these lanes: a write that cannot be queued behind them must not go first."""
-        clauses = [outbox.c.lane.in_(sorted(lanes))] if lanes else []
-        clauses += [and_(outbox.c.resource_type == rtype, outbox.c.resource_id == rid)
-                    for rtype, rid in sorted(resources)]
-        if not clauses:
-            return False
+    CHUNK = 500  # values per IN list: SQLite caps an expression's depth and its parameters
+
+    def waiting_until(self, resources: set[tuple[str, str]], lanes: set[str]) -> float | None:
+        """When the writes that still wait (queued or being sent) to one of these resources
+        (type, id) or in one of these lanes are next due (epoch seconds; now for one being
+        sent), or None when there are none: a write that cannot be queued behind them must
+        not go first."""
+        ids: dict[str, list[str]] = {}
+        for rtype, rid in sorted(resources):
+            ids.setdefault(rtype, []).append(rid)
+        clauses = [outbox.c.lane.in_(chunk) for chunk in _chunks(sorted(lanes), self.CHUNK)]
+        clauses += [and_(outbox.c.resource_type == rtype, outbox.c.resource_id.in_(chunk))
+                    for rtype, some in ids.items() for chunk in _chunks(some, self.CHUNK)]
+        due = None
         with self.engine.connect() as conn:
-            return conn.execute(select(outbox.c.seq).where(
-                outbox.c.status.in_(("queued", "sending")), or_(*clauses))
-                .limit(1)).first() is not None
+            for clause in clauses:  # one query each: any number of entries stays a flat query
+                for status, next_at in conn.execute(select(outbox.c.status, outbox.c.next_at)
+                                                    .where(_PENDING, clause)):
+                    when = time.time() if status == "sending" else next_at
+                    due = when if due is None else min(due, when)
+        return due
 
     def lane_busy(self, lane: str) -> bool:
         """Writes of this lane still wait (queued or being sent)."""

@@ -7,6 +7,7 @@ checks. Access control (SMART) will sit in front of `handle`, in one place.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -365,21 +366,32 @@ class FhirService:
         if self.outbox is None or not writes:  # reads never wait
             return
         resources: set[tuple[str, str]] = set()
-        lanes = {p for p in patients if p}
+        context = {p for p in patients if p}
+        lanes = set(context)
         for entry in writes:
             if entry.id:
                 resources.add((entry.resource_type, entry.id))
-                if entry.resource_type == "Patient":
-                    lanes.add(entry.id)
-            if entry.resource is not None and entry.resource_type != "Patient":
-                lanes |= patient_refs(entry.resource)
-        if self.outbox.holds_any(resources, lanes):
+            # the entry's own lane as `lane` gives it, and every patient its body names
+            named = self._patients_of(entry.resource_type, entry.id, entry.resource)
+            lanes |= named
+            if not context and len(named) != 1:
+                lanes.add("")
+        due = self.outbox.waiting_until(resources, lanes)
+        if due is not None:
             raise HeldBack(
                 "Earlier changes to this patient's record are still waiting for the EHR, and "
                 "this change must not go before them; it was not sent. Try again once they are "
-                "stored", retry_after=self.RETRY_BEHIND_OUTBOX)
+                "stored", retry_after=max(self.RETRY_BEHIND_OUTBOX, due - time.time()))
 
-    RETRY_BEHIND_OUTBOX = 5.0  # seconds: about two rounds of the outbox worker
+    RETRY_BEHIND_OUTBOX = 5.0  # seconds at least: about two rounds of the outbox worker
+
+    @staticmethod
+    def _patients_of(rtype: str, rid: str | None, body: dict | None) -> set[str]:
+        """The patients a write names, as its outbox lane is chosen: a Patient is its own;
+        another resource's are the Patients its body references."""
+        if rtype == "Patient":
+            return {rid or (body or {}).get("id")} - {None}
+        return patient_refs(body) if body is not None else set()
 
     def lane(self, req: FhirRequest, decision: AccessDecision | None, body: dict | None) -> str:
         """The outbox lane of a write: the lane of a write to the same resource that still
@@ -391,13 +403,8 @@ class FhirService:
                 return waiting
         if decision is not None and decision.patient:
             return decision.patient
-        if body is not None:
-            refs = patient_refs(body) if body.get("resourceType") != "Patient" else \
-                {body.get("id")} - {None}
-            return next(iter(refs)) if len(refs) == 1 else ""
-        if req.resource_type == "Patient":
-            return req.id or ""
-        return ""
+        refs = self._patients_of(req.resource_type or "", req.id, body)
+        return next(iter(refs)) if len(refs) == 1 else ""
 
     def queue(self, exc: UpstreamUnavailable, req: FhirRequest, base: str, lane: str,
               body: dict | None, write_id: str | None,

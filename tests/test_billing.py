@@ -373,14 +373,21 @@ def test_a_payment_whose_answer_was_lost_keeps_its_charge(smart_env, ann, monkey
 
 
 
-def test_a_payment_held_behind_queued_writes_is_voided_and_can_be_paid_again(smart_env, ann):
+def test_a_payment_held_behind_queued_writes_is_not_charged_and_can_be_paid_again(
+        smart_env, ann, monkeypatch):
     """Over an EHR that may be down, a write to the account still waits in the outbox: the
-    payment must not overtake it. Nothing is sent, the charge is voided, the caller hears
-    503, and once the queued write is gone the same key pays (a new charge)."""
+    payment must not overtake it. The card is not charged, nothing is sent, the caller hears
+    503; should a write be queued between that check and the record, the record is held back
+    and the charge voided. Once the queued write is gone the same key pays."""
+    from fhir_gateway.operations import billing as billing_op
+
     service = smart_env.live.app.extensions["fhir_gateway"].service
     if service.outbox is None:
         pytest.skip("the embedded store is never down: it keeps no outbox")
     provider = service.payment_provider
+    charges = []
+    real_charge = provider.charge
+    monkeypatch.setattr(provider, "charge", lambda *a: charges.append(a) or real_charge(*a))
     account = {k: v for k, v in smart_env.live.adapter.read("Account", "acct-0001").items()
                if k != "meta"}
     head = service.outbox.enqueue(
@@ -392,8 +399,17 @@ def test_a_payment_held_behind_queued_writes_is_voided_and_can_be_paid_again(sma
     held = _pay(smart_env, ann, "inv-0001-01", 2, key)
     assert held.status_code == 503, held.text
     assert "still waiting for the EHR" in held.json()["issue"][0]["diagnostics"]
-    assert len(provider.voided - voided) == 1  # the charge went back
+    assert 3500 <= int(held.headers["Retry-After"]) <= 3600  # when the queued write is due
+    assert charges == [] and provider.voided == voided  # the card was never charged
+
+    # the backstop: a write queued after the check holds the record back; the charge goes back
+    monkeypatch.setattr(billing_op._EhrBooks, "clear", lambda self, account, invoice: None)
+    raced = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    assert raced.status_code == 503, raced.text
+    assert len(charges) == 1 and len(provider.voided - voided) == 1
     assert _balance(smart_env, "acct-0001") == start
+    monkeypatch.undo()
+
     assert service.outbox.drop(head.id)
     paid = _pay(smart_env, ann, "inv-0001-01", 2, key)
     assert paid.status_code == 201, paid.text

@@ -158,6 +158,15 @@ class _EhrBooks:
     def existing(self) -> dict | None:
         return _existing(self.ctx, self.pr_id, self.key_hash)
 
+    def clear(self, account: dict, invoice: dict) -> None:
+        """Before the card is charged: the record must not wait behind queued writes (else
+        `record` is held back, and the charge voided)."""
+        self.ctx.service.clear_to_write([
+            BundleEntryRequest("PUT", "PaymentReconciliation", self.pr_id),
+            BundleEntryRequest("PUT", "PaymentNotice", self.pn_id),
+            BundleEntryRequest("PUT", "Account", account["id"], account),
+            BundleEntryRequest("PUT", "Invoice", invoice["id"], invoice)])
+
     def read(self) -> tuple[dict, dict, list[dict], Decimal]:
         """Account, Invoice, the invoice's notices, and payments not yet in the balance.
         Account first: any payment stored after this read moves it, so our If-Match fails
@@ -192,6 +201,9 @@ class _LedgerBooks:
 
     def existing(self) -> dict | None:
         return self.ledger.receipt(self.key_hash)
+
+    def clear(self, account: dict, invoice: dict) -> None:
+        """The ledger is the gateway's own: nothing waits in front of it."""
 
     def read(self) -> tuple[dict, dict, list[dict], Decimal]:
         paid, self.version = self.ledger.paid_on_account(self.account["id"])
@@ -260,6 +272,7 @@ def pay(ctx: OperationContext) -> FhirResponse:
             except BillingError as exc:
                 raise _refuse(exc) from None
             if charged is None:
+                books.clear(account, invoice)
                 charged = provider.charge(card, amount, billing.CURRENCY, key_hash)
                 if not charged.approved:
                     raise Unprocessable(f"The card was declined: {charged.message}",
