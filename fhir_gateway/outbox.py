@@ -267,23 +267,36 @@ class Outbox:
     CHUNK = 500  # values per IN list: SQLite caps an expression's depth and its parameters
 
     def waiting_until(self, resources: set[tuple[str, str]], lanes: set[str]) -> float | None:
-        """When the writes that still wait (queued or being sent) to one of these resources
-        (type, id) or in one of these lanes are next due (epoch seconds; now for one being
-        sent), or None when there are none: a write that cannot be queued behind them must
-        not go first."""
+        """None when no write waits (queued or being sent) to one of these resources (type,
+        id) or in one of these lanes; else about when they will be through: the latest of
+        their lanes' heads' next tries (now for one being sent), since only a lane's head is
+        sent and every one of those lanes must drain first. A write that cannot be queued
+        behind them must not go before."""
         ids: dict[str, list[str]] = {}
         for rtype, rid in sorted(resources):
             ids.setdefault(rtype, []).append(rid)
-        clauses = [outbox.c.lane.in_(chunk) for chunk in _chunks(sorted(lanes), self.CHUNK)]
-        clauses += [and_(outbox.c.resource_type == rtype, outbox.c.resource_id.in_(chunk))
-                    for rtype, some in ids.items() for chunk in _chunks(some, self.CHUNK)]
-        due = None
+        blocking = set()
         with self.engine.connect() as conn:
-            for clause in clauses:  # one query each: any number of entries stays a flat query
+            for chunk in _chunks(sorted(lanes), self.CHUNK):  # flat queries, any number
+                blocking |= set(conn.execute(select(outbox.c.lane.distinct()).where(
+                    _PENDING, outbox.c.lane.in_(chunk))).scalars())
+            for rtype, some in ids.items():
+                for chunk in _chunks(some, self.CHUNK):
+                    blocking |= set(conn.execute(select(outbox.c.lane.distinct()).where(
+                        _PENDING, outbox.c.resource_type == rtype,
+                        outbox.c.resource_id.in_(chunk))).scalars())
+            if not blocking:
+                return None
+            heads = []
+            for chunk in _chunks(sorted(blocking), self.CHUNK):
+                heads += conn.execute(select(func.min(outbox.c.seq)).where(
+                    _PENDING, outbox.c.lane.in_(chunk)).group_by(outbox.c.lane)).scalars()
+            now = time.time()
+            due = now
+            for chunk in _chunks(heads, self.CHUNK):
                 for status, next_at in conn.execute(select(outbox.c.status, outbox.c.next_at)
-                                                    .where(_PENDING, clause)):
-                    when = time.time() if status == "sending" else next_at
-                    due = when if due is None else min(due, when)
+                                                    .where(outbox.c.seq.in_(chunk))):
+                    due = max(due, now if status == "sending" else next_at)
         return due
 
     def lane_busy(self, lane: str) -> bool:

@@ -365,17 +365,16 @@ class FhirService:
         writes = [e for e in writes if e.method in ("POST", "PUT", "DELETE", "PATCH")]
         if self.outbox is None or not writes:  # reads never wait
             return
-        resources: set[tuple[str, str]] = set()
-        context = {p for p in patients if p}
-        lanes = set(context)
+        resources = {(e.resource_type, e.id) for e in writes if e.id}
+        # The lanes: the caller's patient, and every patient the change names (a portal
+        # action's Slot or receipt belongs to the patient its Appointment or Account names).
+        # A change that names no patient at all waits behind the shared lane "", as a plain
+        # write of it does.
+        lanes = {p for p in patients if p}
         for entry in writes:
-            if entry.id:
-                resources.add((entry.resource_type, entry.id))
-            # the entry's own lane as `lane` gives it, and every patient its body names
-            named = self._patients_of(entry.resource_type, entry.id, entry.resource)
-            lanes |= named
-            if not context and len(named) != 1:
-                lanes.add("")
+            lanes |= self._patients_of(entry.resource_type, entry.id, entry.resource)
+        if not lanes:
+            lanes.add("")
         due = self.outbox.waiting_until(resources, lanes)
         if due is not None:
             raise HeldBack(

@@ -379,8 +379,6 @@ def test_a_payment_held_behind_queued_writes_is_not_charged_and_can_be_paid_agai
     payment must not overtake it. The card is not charged, nothing is sent, the caller hears
     503; should a write be queued between that check and the record, the record is held back
     and the charge voided. Once the queued write is gone the same key pays."""
-    from fhir_gateway.operations import billing as billing_op
-
     service = smart_env.live.app.extensions["fhir_gateway"].service
     if service.outbox is None:
         pytest.skip("the embedded store is never down: it keeps no outbox")
@@ -396,6 +394,16 @@ def test_a_payment_held_behind_queued_writes_is_not_charged_and_can_be_paid_agai
         retry_after=3600)
     key = str(uuid.uuid4())
     start, voided = _balance(smart_env, "acct-0001"), set(provider.voided)
+    try:
+        _held_then_paid(smart_env, ann, monkeypatch, service, head, key, start, voided, charges)
+    finally:
+        service.outbox.drop(head.id)  # never left to hold the module's later payments
+
+
+def _held_then_paid(smart_env, ann, monkeypatch, service, head, key, start, voided, charges):
+    from fhir_gateway.operations import billing as billing_op
+
+    provider = service.payment_provider
     held = _pay(smart_env, ann, "inv-0001-01", 2, key)
     assert held.status_code == 503, held.text
     assert "still waiting for the EHR" in held.json()["issue"][0]["diagnostics"]
@@ -411,7 +419,15 @@ def test_a_payment_held_behind_queued_writes_is_not_charged_and_can_be_paid_agai
     monkeypatch.undo()
 
     assert service.outbox.drop(head.id)
-    paid = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    # a queued write that names no patient (the shared lane "") holds no patient's payment
+    unrelated = service.outbox.enqueue(
+        method="PUT", resource_type="Practitioner", resource_id="prac-unrelated",
+        body={"resourceType": "Practitioner", "id": "prac-unrelated"}, if_match=None,
+        write_id=None, lane="", client_id="", error="test: waits", retry_after=3600)
+    try:
+        paid = _pay(smart_env, ann, "inv-0001-01", 2, key)
+    finally:
+        service.outbox.drop(unrelated.id)
     assert paid.status_code == 201, paid.text
     assert paid.json()["paymentIdentifier"]["value"] not in provider.voided
     assert _balance(smart_env, "acct-0001") == start - 2

@@ -629,6 +629,15 @@ def test_a_transaction_waits_behind_the_queued_writes_it_would_overtake(ehr) -> 
          "request": {"method": "POST", "url": "Observation"},
          "resource": observation("txn-behind-new", "pat-0003")}]}
     observations = store.count("Observation")
+    try:
+        _held_then_run(live, store, outbox, head, rid, same_resource, same_patient,
+                       observations)
+    finally:
+        outbox.drop(head.id)  # (a no-op once stored)
+
+
+def _held_then_run(live, store, outbox, head, rid, same_resource, same_patient,
+                   observations) -> None:
     for bundle in (same_resource, same_patient):
         refused = live.post("", bundle)
         assert refused.status_code == 503, refused.text
@@ -701,6 +710,23 @@ def test_a_lane_check_of_thousands_of_resources_stays_one_flat_query(tmp_path: P
         assert due is not None and abs(due - entry.next_at) < 1e-6
         assert box.waiting_until({("Observation", "other")}, {"q"}) is None
         assert box.waiting_until(set(), {"p"}) == due
+
+        # only a lane's head is sent: the answer is when the head is next tried, not the
+        # entries queued behind it (due at once, but they wait); the latest of the lanes
+        def put(rid: str, lane: str, wait: float):
+            return box.enqueue(method="PUT", resource_type="Basic", resource_id=rid,
+                               body=None, if_match=None, write_id=None, lane=lane,
+                               client_id="", error="down", retry_after=wait)
+
+        slow = put("h1", "slow", 300)
+        put("h2", "slow", 0)
+        put("h3", "quick", 10)
+        assert abs(box.waiting_until({("Basic", "h2")}, set()) - slow.next_at) < 1e-6
+        assert abs(box.waiting_until(set(), {"quick", "slow"}) - slow.next_at) < 1e-6
+        head = box.due(now=time.time() + 20)  # the quick lane's head, being sent now
+        quick = next(e for e in head if e.lane == "quick")
+        assert box.claim(quick)
+        assert abs(box.waiting_until(set(), {"quick"}) - time.time()) < 5
     finally:
         engine.dispose()
 
@@ -718,18 +744,29 @@ def test_a_portal_action_waits_behind_its_patients_queued_writes(ehr) -> None:
         {"name": "patient", "valueString": "pat-0002"}, {"name": "kind", "valueString": "weight"},
         {"name": "value", "valueDecimal": 71.5}, {"name": "unit", "valueString": "kg"},
         {"name": "effective", "valueDateTime": "2026-06-10T08:00:00Z"}]}
+    # a write that names no patient waits too (the shared lane ""): it holds nobody's action
+    unrelated = outbox.enqueue(
+        method="PUT", resource_type="Practitioner", resource_id="prac-unrelated",
+        body={"resourceType": "Practitioner", "id": "prac-unrelated"}, if_match=None,
+        write_id=None, lane="", client_id="", error="test: waits", retry_after=3600)
     observations = store.count("Observation")
-    refused = live.post("Observation/$record-reading", reading)
-    assert refused.status_code == 503, refused.text
-    assert "still waiting for the EHR" in refused.json()["issue"][0]["diagnostics"]
-    assert store.count("Observation") == observations
-    outbox.retry(head.id)
-    follow(live, live.url(f"_outbox/{head.id}"))
-    assert store.read("Patient", "pat-0002")["gender"] == "unknown"
-    recorded = live.post("Observation/$record-reading", reading)
-    assert recorded.status_code in (200, 201), recorded.text
-    stored = recorded.json()["entry"]  # the weight, and a BMI when a height is known
-    assert stored and store.count("Observation") == observations + len(stored)
+    try:
+        refused = live.post("Observation/$record-reading", reading)
+        assert refused.status_code == 503, refused.text
+        assert "still waiting for the EHR" in refused.json()["issue"][0]["diagnostics"]
+        assert store.count("Observation") == observations
+        outbox.retry(head.id)
+        follow(live, live.url(f"_outbox/{head.id}"))
+        assert store.read("Patient", "pat-0002")["gender"] == "unknown"
+        # the unrelated write still waits; the patient's reading goes through
+        assert outbox.get(unrelated.id).status == "queued"
+        recorded = live.post("Observation/$record-reading", reading)
+        assert recorded.status_code in (200, 201), recorded.text
+        stored = recorded.json()["entry"]  # the weight, and a BMI when a height is known
+        assert stored and store.count("Observation") == observations + len(stored)
+    finally:
+        outbox.drop(head.id)
+        outbox.drop(unrelated.id)
 
 
 def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:

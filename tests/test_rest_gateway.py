@@ -144,7 +144,8 @@ def test_capabilities_and_outbox_commands(tmp_path, upstream):
     purged = cli("purge", "--older-than-days", "0")
     assert purged.returncode == 0 and "purged 1 " in purged.stdout, purged.stdout
     assert outbox.get(entry.id) is None
-    assert cli("purge", "--older-than-days", "-1").returncode == 2
+    negative = cli("purge", "--older-than-days", "-1")
+    assert negative.returncode == 2 and "must be 0 or more" in negative.stderr
     env["FHIR_GATEWAY_OUTBOX_KEEP_DAYS"] = "0"  # keeps every entry: the command purges none
     settled = outbox.enqueue(method="DELETE", resource_type="Basic", resource_id="b",
                              body=None, if_match=None, write_id=None, lane="", client_id="",
