@@ -583,19 +583,26 @@ def test_a_replayed_put_whose_earlier_replay_landed_ends_stored(ehr) -> None:
     assert len(store.history("Patient", "pat-0002", 50).entries) == versions
 
 
-def test_a_delete_waits_behind_the_queued_writes_to_its_resource(ehr) -> None:
-    """A patient's update of an Observation waits in the outbox; a delete of it by someone
-    without that patient's context (a clinician, a system) must not overtake it: it is queued
-    in the same lane and runs after it."""
-    live, proxy, store, outbox = ehr
-    created = live.post("Observation", observation("delete-after-update", "pat-0003"))
+def _with_queued_update(live, outbox, text: str, patient: str):
+    """A new Observation in the EHR, and the patient's update of it (status amended) waiting in
+    the outbox, due in an hour: (id, the update's body, the outbox entry)."""
+    created = live.post("Observation", observation(text, patient))
     assert created.status_code == 201, created.text
     rid = created.json()["id"]
     body = dict({k: v for k, v in created.json().items() if k != "meta"}, status="amended")
     head = outbox.enqueue(
         method="PUT", resource_type="Observation", resource_id=rid, body=body, if_match=None,
-        write_id=None, lane="pat-0003", client_id="", error="test: the patient's update waits",
+        write_id=None, lane=patient, client_id="", error="test: the patient's update waits",
         retry_after=3600)
+    return rid, body, head
+
+
+def test_a_delete_waits_behind_the_queued_writes_to_its_resource(ehr) -> None:
+    """A patient's update of an Observation waits in the outbox; a delete of it by someone
+    without that patient's context (a clinician, a system) must not overtake it: it is queued
+    in the same lane and runs after it."""
+    live, proxy, store, outbox = ehr
+    rid, body, head = _with_queued_update(live, outbox, "delete-after-update", "pat-0003")
     deleted = live.delete(f"Observation/{rid}")
     assert deleted.status_code == 202, deleted.text
     queued = outbox.get(deleted.headers["Content-Location"].rsplit("/", 1)[1])
@@ -613,14 +620,7 @@ def test_a_transaction_waits_behind_the_queued_writes_it_would_overtake(ehr) -> 
     of its resources, or for its patient, is refused (503 with Retry-After), sends nothing,
     and runs once that write is stored."""
     live, proxy, store, outbox = ehr
-    created = live.post("Observation", observation("txn-behind", "pat-0003"))
-    assert created.status_code == 201, created.text
-    rid = created.json()["id"]
-    body = dict({k: v for k, v in created.json().items() if k != "meta"}, status="amended")
-    head = outbox.enqueue(
-        method="PUT", resource_type="Observation", resource_id=rid, body=body, if_match=None,
-        write_id=None, lane="pat-0003", client_id="", error="test: the update waits",
-        retry_after=3600)
+    rid, body, head = _with_queued_update(live, outbox, "txn-behind", "pat-0003")
     same_resource = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "PUT", "url": f"Observation/{rid}"},
          "resource": dict(body, status="cancelled")}]}
