@@ -260,7 +260,7 @@ class Outbox:
         with self.engine.connect() as conn:
             row = conn.execute(select(outbox.c.lane).where(
                 outbox.c.resource_type == resource_type, outbox.c.resource_id == resource_id,
-                outbox.c.status.in_(("queued", "sending"))).order_by(outbox.c.seq)
+                _PENDING).order_by(outbox.c.seq)
                 .limit(1)).first()
         return None if row is None else row[0]
 
@@ -298,13 +298,6 @@ class Outbox:
                                                     .where(outbox.c.seq.in_(chunk))):
                     due = max(due, now if status == "sending" else next_at)
         return due
-
-    def lane_busy(self, lane: str) -> bool:
-        """Writes of this lane still wait (queued or being sent)."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(outbox.c.seq).where(
-                outbox.c.lane == lane, outbox.c.status.in_(("queued", "sending")))
-                .limit(1)).first() is not None
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
@@ -347,8 +340,7 @@ class Outbox:
         """The first entry of each lane, when it is due (queued and its time has come, or
         sending with an expired lease)."""
         now = time.time() if now is None else now
-        pending = outbox.c.status.in_(("queued", "sending"))
-        first = select(outbox.c.lane, outbox.c.seq).where(pending).order_by(outbox.c.seq)
+        first = select(outbox.c.lane, outbox.c.seq).where(_PENDING).order_by(outbox.c.seq)
         heads: dict[str, int] = {}
         with self.engine.connect() as conn:
             for lane, seq in conn.execute(first):

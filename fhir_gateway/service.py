@@ -342,7 +342,7 @@ class FhirService:
         if self.outbox is None:
             return send()
         lane = self.lane(req, decision, body)
-        if self.outbox.lane_busy(lane):
+        if self.outbox.waiting_until(set(), {lane}) is not None:
             return self.queue(UpstreamUnavailable(
                 "Earlier changes to this patient's record are still waiting for the EHR"),
                 req, base, lane, body, write_id, if_none_exist)
