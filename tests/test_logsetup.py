@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fhir_gateway.logsetup import QUIET_LOGGERS, BatchedStreamHandler, configure_logging
+from fhir_gateway.logsetup import QUIET_LOGGERS, BatchedStreamHandler, configure_logging, log_later
 
 
 def make(path, interval=0.2) -> tuple[logging.Logger, BatchedStreamHandler]:
@@ -60,6 +60,7 @@ def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
     path = tmp_path / "c.log"
     logger, handler = make(path, interval=0.05)
     logger.info("parent before fork")  # pending in the parent when it forks
+    handler.later(logger, logging.INFO, "parent later", ())  # queued, not yet made
     pid = os.fork()
     if pid == 0:  # the child: no explicit flush; its own writer thread must write
         try:
@@ -70,7 +71,7 @@ def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
     os.waitpid(pid, 0)
     handler.flush()
     lines = path.read_text().splitlines()
-    assert sorted(lines) == ["child", "parent before fork"], lines
+    assert sorted(lines) == ["child", "parent before fork", "parent later"], lines
     handler.close()
 
 
@@ -91,3 +92,87 @@ def test_configure_logging_quiets_libraries_that_log_urls(tmp_path):
     finally:
         root.handlers[:], _, logging._srcfile = saved[0], None, saved[2]
         root.setLevel(saved[1])
+
+
+@pytest.fixture
+def batched_root(tmp_path):
+    """A batched handler on a file, and `alone()`, which leaves it the root logger's only
+    handler as `configure_logging` does (called in the test: pytest adds its capture handler
+    to the root when the test starts); the root is restored afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    path = tmp_path / "later.log"
+    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    handler = BatchedStreamHandler(stream, interval=30)  # the timer never fires here
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(threadName)s %(message)s"))
+
+    def alone() -> None:
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+
+    try:
+        yield path, handler, alone
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+        stream.close()
+
+
+def test_a_later_line_is_made_by_the_writer_with_the_callers_time_and_thread(batched_root):
+    path, handler, alone = batched_root
+    alone()
+    logger = logging.getLogger("test.logsetup.later")
+    seen = []
+
+    class Spy(logging.Filter):  # filters run when the record is made: not at the call
+        def filter(self, record):
+            seen.append(record.getMessage())
+            return True
+
+    spy = Spy()
+    logger.addFilter(spy)
+    try:
+        log_later(logger, "GET %s %d", "/fhir/<rtype>", 200)
+        assert seen == [] and handler._later  # queued, no record made yet
+        time.sleep(1.1)  # a later synchronous line is written after it, though made first
+        logger.info("after")
+        handler.flush()
+    finally:
+        logger.removeFilter(spy)
+    lines = path.read_text().splitlines()
+    assert seen == ["after", "GET /fhir/<rtype> 200"]  # made at the flush, written first
+    assert [line.split(" ", 3)[3] for line in lines] == [
+        "MainThread GET /fhir/<rtype> 200", "MainThread after"], lines
+    first, second = (line[:19] for line in lines)  # asctime: the call's time, not the writer's
+    assert first < second, lines
+
+
+def test_a_warning_writes_the_later_lines_before_it(batched_root):
+    path, handler, alone = batched_root
+    alone()
+    logger = logging.getLogger("test.logsetup.warn")
+    log_later(logger, "one")
+    logger.warning("two")  # written at once, with what was queued before it
+    assert [line.rsplit(" ", 1)[1] for line in path.read_text().splitlines()] == ["one", "two"]
+
+
+def test_log_later_honours_the_level_and_logs_at_once_beside_another_handler(batched_root,
+                                                                              caplog):
+    path, handler, alone = batched_root
+    alone()
+    logger = logging.getLogger("test.logsetup.level")
+    logger.setLevel(logging.WARNING)
+    try:
+        log_later(logger, "quiet")
+        assert not handler._later
+    finally:
+        logger.setLevel(logging.NOTSET)
+    root = logging.getLogger()
+    root.addHandler(caplog.handler)  # a second handler (a test's capture) sees it at once
+    try:
+        log_later(logger, "seen at once")
+        assert [r.getMessage() for r in caplog.records] == ["seen at once"]
+        assert not handler._later
+    finally:
+        root.removeHandler(caplog.handler)

@@ -24,6 +24,7 @@ from fhir_gateway.access.policy import owner, remember_patient_refs, sole_owner
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
 from fhir_gateway.http.negotiation import FHIR_JSON, render
 from fhir_gateway.http.shaping import shape
+from fhir_gateway.logsetup import log_later
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_etag, parse_prefer
 from mappings import frozen
 from smart_launch.access_token import TokenError
@@ -199,7 +200,8 @@ def end(ex: Exchange, resp: Response, rule: str) -> Response:
             resource_type=rtype, resource_id=rid, status=status, request_id=ex.request_id)
     resp.headers["X-Request-Id"] = ex.request_id
     elapsed = (time.perf_counter() - ex.started) * 1000
-    log.info("%s %s %s %.1fms id=%s", ex.request.method, rule, status, elapsed, ex.request_id)
+    log_later(log, "%s %s %s %.1fms id=%s", ex.request.method, rule, status, elapsed,
+              ex.request_id)
     return resp
 
 
