@@ -231,7 +231,7 @@ def _screen(service: FhirService, principal, decision, item: BundleEntryRequest,
     if isinstance(result, SearchPage):
         result.resources = [r for r in result.resources if decision.permits(r)]
         result.included = service.permitted_includes(principal, result.included)[0]
-    elif isinstance(result, dict) and not decision.permits(result):
+    elif isinstance(result, dict) and not service.allows(principal, decision, result):
         raise FhirService.hidden(item.resource_type, item.id or "")
     return result
 

@@ -27,7 +27,14 @@ from adapters.errors import (
 from adapters.search import SearchQuery, valid_id
 from fhir_gateway import __version__, bundles
 from fhir_gateway.access import AccessDecision, AccessPolicy
-from fhir_gateway.access.policy import PERMISSION, owner, patient_refs, sole_owner
+from fhir_gateway.access.policy import (
+    PERMISSION,
+    UNCONFINABLE,
+    matches,
+    owner,
+    patient_refs,
+    sole_owner,
+)
 from fhir_gateway.config import Config
 from fhir_gateway.errors import MethodNotAllowed, issue, operation_outcome
 from fhir_gateway.operations.builtin import builtin_operations
@@ -40,7 +47,7 @@ from fhir_gateway.search_answers import SearchAnswers, answer_key
 from fhir_gateway.search_request import parse_count, parse_search
 from fhir_gateway.validation import validate_resource
 from mappings.r4 import RESOURCE_TYPES
-from mappings.references import iter_references
+from mappings.references import iter_references, reference_target
 
 
 class FhirService:
@@ -125,11 +132,40 @@ class FhirService:
         """What a caller sees for a resource it may not see: the same as for a missing one."""
         return NotFound(f"{rtype}/{id} is not known", expression=rtype)
 
+    def allows(self, principal, decision: AccessDecision, resource: dict) -> bool:
+        """The decision lets the caller see this resource: `decision.permits`, or for a
+        patient's read of a Binary, `context_permits`."""
+        if decision.by_context:
+            return principal is not None and self.context_permits(principal, decision, resource)
+        return decision.permits(resource)
+
+    def context_permits(self, principal, decision: AccessDecision, binary: dict) -> bool:
+        """A patient's read of a Binary: allowed when its `securityContext` is a relative
+        `Type/id` the token may read (that type's own scopes and the patient's compartment, on
+        the resource as it is now) and the Binary meets the Binary scopes' queries. No context,
+        a contained, absolute or logical one, another Binary or Bundle, or a context that is
+        missing or deleted: hidden."""
+        context = binary.get("securityContext")
+        ref = context.get("reference") if isinstance(context, dict) else None
+        target = reference_target(ref) if isinstance(ref, str) else None
+        if target is None or ref.split("/_history/")[0] != f"{target[0]}/{target[1]}" \
+                or target[0] in UNCONFINABLE:
+            return False
+        try:
+            judge = self.policy.decide(principal, "read", target[0])
+            proxy = self.adapter.read(*target)
+        except (Forbidden, NotFound, Gone):
+            return False
+        if not judge.permits(proxy):
+            return False
+        return not decision.queries or any(matches(binary, q) for q in decision.queries)
+
     def _visible(self, decision: AccessDecision | None, rtype: str, id: str,
-                 shown: bool = False) -> dict | None:
+                 shown: bool = False, principal=None) -> dict | None:
         """The current resource if the caller may see it; NotFound when it may not. A deleted
         resource is Gone only for a caller who could see its last version. `shown`: the
-        caller only shows it (it may be a shared, read-only one)."""
+        caller only shows it (it may be a shared, read-only one); `principal`, the caller,
+        for a decision `by_context`."""
         try:
             resource = (self.adapter.read_to_show if shown else self.adapter.read)(rtype, id)
         except NotFound:
@@ -146,7 +182,7 @@ class FhirService:
             resource = newest[0].resource
         except Gone:
             return self._visible_deleted(decision, rtype, id)
-        if decision is not None and not decision.permits(resource):
+        if decision is not None and not self.allows(principal, decision, resource):
             raise self.hidden(rtype, id)
         return resource
 
@@ -176,9 +212,17 @@ class FhirService:
 
     def _read(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "read")
-        resource = self._visible(self.decide(req), req.resource_type, self.check_id(req.id),
-                                 shown=True)
-        return FhirResponse(200, resource, version_headers(resource), shape=True)
+        decision = self.decide(req)
+        resource = self._visible(decision, req.resource_type, self.check_id(req.id),
+                                 shown=True, principal=req.principal)
+        return self._shown(resource, decision)
+
+    @staticmethod
+    def _shown(resource: dict, decision: AccessDecision | None) -> FhirResponse:
+        resp = FhirResponse(200, resource, version_headers(resource), shape=True)
+        if decision is not None and decision.by_context:  # a Binary names no patient
+            resp.owner, resp.owner_known = decision.patient, True
+        return resp
 
     def _vread(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "vread")
@@ -191,11 +235,11 @@ class FhirService:
             resource = self.adapter.vread(req.resource_type, rid, version)
         except (NotFound, Gone):
             if decision is not None:
-                self._visible(decision, req.resource_type, rid)
+                self._visible(decision, req.resource_type, rid, principal=req.principal)
             raise
-        if decision is not None and not decision.permits(resource):
+        if decision is not None and not self.allows(req.principal, decision, resource):
             raise self.hidden(req.resource_type, rid)
-        return FhirResponse(200, resource, version_headers(resource), shape=True)
+        return self._shown(resource, decision)
 
     def _history_instance(self, req: FhirRequest, base: str) -> FhirResponse:
         self.type_capability(req.resource_type, "history-instance")

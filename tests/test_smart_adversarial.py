@@ -911,20 +911,112 @@ def test_includes_are_judged_by_the_scopes_of_their_own_type(env):
 
 
 
-def test_binary_and_stored_bundles_are_closed_to_patient_tokens(env, ann_token, system_token):
-    """A Binary names no Patient (it is tied to its DocumentReference by securityContext), so
-    the compartment rule would show anyone's document bytes to any patient: patient-context
-    tokens may not read, search or write Binary (nor a stored Bundle, which this server does
-    not serve) at all."""
-    import base64
+def _binary(env, text: str, context: str | None) -> str:
+    """A Binary holding `text`, tied to `context` by securityContext (as an EHR import would
+    store a document's bytes); its id."""
+    body = {"resourceType": "Binary", "contentType": "text/plain",
+            "data": base64.b64encode(text.encode()).decode()}
+    if context is not None:
+        body["securityContext"] = {"reference": context}
+    return env.live.adapter.create(body, None).resource["id"]
 
-    bid = env.live.adapter.create({  # as an EHR import would
-        "resourceType": "Binary", "contentType": "text/plain",
-        "securityContext": {"reference": "DocumentReference/of-pat-0002"},
-        "data": base64.b64encode(b"pat-0002's result").decode()}, None).resource["id"]
+
+def _document(env, patient: str) -> str:
+    return env.live.adapter.create({
+        "resourceType": "DocumentReference", "status": "current",
+        "subject": {"reference": f"Patient/{patient}"},
+        "content": [{"attachment": {"contentType": "text/plain", "title": "Note"}}]},
+        None).resource["id"]
+
+
+def _bytes_of(resp: httpx.Response) -> str:
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["resourceType"] == "Binary"
+    return base64.b64decode(body["data"]).decode()
+
+
+def test_a_patient_reads_the_bytes_of_their_own_document(env, ann_token):
+    """A Binary names no Patient: a patient's token reads one by id when its securityContext
+    is a resource the token may read (R4: the context "stands in as a proxy"), by read and
+    vread, alone or inside a batch; the access log names the patient."""
+    mine = _binary(env, "ann's note", f"DocumentReference/{_document(env, ME)}")
+    assert _bytes_of(api(env, ann_token, "GET", f"Binary/{mine}")) == "ann's note"
+    version = api(env, ann_token, "GET", f"Binary/{mine}").json()["meta"]["versionId"]
+    assert _bytes_of(api(env, ann_token, "GET", f"Binary/{mine}/_history/{version}")) == \
+        "ann's note"
+    to_her = _binary(env, "for ann", f"Patient/{ME}")
+    assert _bytes_of(api(env, ann_token, "GET", f"Binary/{to_her}")) == "for ann"
+    theirs = _binary(env, "bob's note", f"DocumentReference/{_document(env, OTHER)}")
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        _entry("GET", f"Binary/{mine}"), _entry("GET", f"Binary/{theirs}")]}
+    resp = api(env, ann_token, "POST", "", body=batch)
+    assert resp.status_code == 200, resp.text
+    entries = resp.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["200 OK", "404"]
+    assert base64.b64decode(entries[0]["resource"]["data"]) == b"ann's note"
+    assert "bob's note" not in resp.text and base64.b64encode(b"bob's note").decode() \
+        not in resp.text
+    logged = api(env, ann_token, "GET", f"Patient/{ME}/$access-log")
+    assert logged.status_code == 200, logged.text
+    assert f"Binary/{mine}" in logged.text
+
+
+def test_a_binary_is_hidden_unless_its_security_context_is_the_patients(env, ann_token):
+    """Every other securityContext hides the Binary exactly as a missing one (404, no bytes):
+    another patient's document or record, none at all, a missing document, a contained or an
+    absolute reference (an id on another server is not the one here), another Binary (no
+    chains, even to one she may read)."""
+    doc = _document(env, ME)
+    own = _binary(env, "ann's", f"DocumentReference/{doc}")
+    contexts = {
+        "another patient's document": f"DocumentReference/{_document(env, OTHER)}",
+        "another patient": f"Patient/{OTHER}",
+        "no context": None,
+        "a missing document": "DocumentReference/no-such-doc",
+        "contained": "#doc",
+        "an absolute URL elsewhere": f"https://elsewhere.example/fhir/DocumentReference/{doc}",
+        "a Binary": f"Binary/{own}",
+    }
+    for why, context in contexts.items():
+        secret = f"hidden behind {why}"
+        bid = _binary(env, secret, context)
+        for path in (f"Binary/{bid}/_history/1", f"Binary/{bid}"):
+            resp = api(env, ann_token, "GET", path)
+            assert resp.status_code == 404, (why, path, resp.text)
+            assert resp.json()["resourceType"] == "OperationOutcome"
+            assert secret not in resp.text and \
+                base64.b64encode(secret.encode()).decode() not in resp.text, why
+        missing = api(env, ann_token, "GET", "Binary/never-there")  # the read looks the same
+        assert outcome_shape(resp, bid) == outcome_shape(missing, "never-there"), why
+
+
+def test_a_binary_needs_its_own_scope_and_its_contexts(env):
+    """Reading a Binary takes a scope for Binary (else 403) and one for its context's type
+    (else it is hidden: the token could not read the context either)."""
+    bid = _binary(env, "ann's", f"DocumentReference/{_document(env, ME)}")
+    documents_only = fresh_token(env, scope="launch/patient openid fhirUser "
+                                            "patient/DocumentReference.rs")["access_token"]
+    resp = api(env, documents_only, "GET", f"Binary/{bid}")
+    assert resp.status_code == 403 and "ann's" not in resp.text, resp.text
+    binary_only = fresh_token(env, scope="launch/patient openid fhirUser "
+                                         "patient/Binary.r")["access_token"]
+    resp = api(env, binary_only, "GET", f"Binary/{bid}")
+    assert resp.status_code == 404 and "ann's" not in resp.text, resp.text
+    both = fresh_token(env, scope="launch/patient openid fhirUser patient/Binary.r "
+                                  "patient/DocumentReference.r")["access_token"]
+    assert _bytes_of(api(env, both, "GET", f"Binary/{bid}")) == "ann's"
+
+
+def test_binary_searches_writes_and_stored_bundles_stay_closed_to_patient_tokens(
+        env, ann_token, system_token):
+    """Only a read by id can be judged by its context: patient tokens may not search, write
+    or history Binary (a search would list anyone's). (Stored Bundles are closed to them too;
+    this server serves none.)"""
+    bid = _binary(env, "pat-0002's result", "DocumentReference/of-pat-0002")
     assert api(env, system_token, "GET", f"Binary/{bid}").status_code == 200
     before = env.live.fingerprint()
-    for method, path, body in (("GET", f"Binary/{bid}", None), ("GET", "Binary", None),
+    for method, path, body in (("GET", "Binary", None), ("GET", f"Binary/{bid}/_history", None),
                                ("POST", "Binary", {"resourceType": "Binary",
                                                    "contentType": "text/plain"})):
         resp = api(env, ann_token, method, path, body=body)

@@ -29,8 +29,11 @@ CLINICIANS = ("Practitioner", "PractitionerRole")
 # Outside the patient compartment and naming no Patient, yet holding anyone's record: a Binary
 # (a document's bytes, tied to its DocumentReference only by `securityContext`) and a stored
 # Bundle (a document or message). The compartment rule would let them through: patient-context
-# tokens may not use them at all.
+# tokens may not use them, except to read a Binary by id, judged by its securityContext (R4:
+# "the referenced resource stands in as a proxy" for its access control).
 UNCONFINABLE = frozenset({"Binary", "Bundle"})
+BY_CONTEXT = frozenset({"Binary"})
+CONTEXT_READS = frozenset({"read", "vread"})
 PERMISSION = {
     "read": "r", "vread": "r", "history-instance": "r", "search-type": "s",
     "create": "c", "update": "u", "delete": "d",
@@ -68,15 +71,21 @@ class AccessDecision:
     # matches is the caller's count; False when the post-check may drop some (then a total
     # from the EHR would reveal that hidden resources exist).
     exact: bool = True
+    # A patient's read of a Binary: judged by the resource its securityContext names, which
+    # the service reads (`FhirService.context_permits`); `permits` alone lets nothing through.
+    by_context: bool = False
 
     def identity(self) -> tuple:
         """What the decision confines and adds: callers with equal identities see the same
         answers (kept answers and paging cursors are bound to it)."""
-        return (self.patient, tuple(self.queries), tuple(self.narrowing), self.exact)
+        return (self.patient, tuple(self.queries), tuple(self.narrowing), self.exact,
+                self.by_context)
 
     def permits(self, resource: dict, refs: frozenset[str] | None = None) -> bool:
         """True when the resource may be shown to (or written by) the caller; `refs`, the
         Patients it references when already known (else they are looked up)."""
+        if self.by_context:
+            return False  # fail closed: only the securityContext check may let it through
         if self.patient is not None and not in_compartment(resource, self.patient, refs):
             return False
         if self.queries and not any(matches(resource, q) for q in self.queries):
@@ -171,12 +180,18 @@ class AccessPolicy:
             raise Forbidden(f"The token's scopes do not allow {verb} on {rtype}",
                             expression=rtype)
         decision = AccessDecision(patient=self._confinement(principal, usable, rtype))
+        if decision.patient is not None and rtype in BY_CONTEXT and interaction in CONTEXT_READS:
+            decision.by_context = True
+            if all(g.query for g in usable):
+                decision.queries = [g.query for g in usable]
+            return decision
         params = self._params(rtype)
         if decision.patient is not None and (rtype in UNCONFINABLE or (
                 requires_membership(rtype) and rtype != "Patient"
                 and not ({"patient", "_compartment"} & set(params)))):
+            also = " except to read one by id" if rtype in BY_CONTEXT else ""
             raise Forbidden(f"{rtype} cannot be confined to one patient, so patient-context "
-                            "tokens may not use it", expression=rtype)
+                            f"tokens may not use it{also}", expression=rtype)
         if all(g.query for g in usable):
             decision.queries = [g.query for g in usable]
         decision.narrowing = self._narrowing(rtype, decision)
