@@ -1008,6 +1008,52 @@ def test_a_binary_needs_its_own_scope_and_its_contexts(env):
     assert _bytes_of(api(env, both, "GET", f"Binary/{bid}")) == "ann's"
 
 
+def _fetch(env, token: str, path: str, accept: str | None, **params) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"}
+    if accept is not None:
+        headers["Accept"] = accept
+    return httpx.get(f"{env.base}/{path}", headers=headers, params=params, timeout=30)
+
+
+def test_a_binary_read_that_asks_for_no_fhir_format_is_its_own_bytes(env, ann_token):
+    """R4: a Binary read that names no FHIR format is answered in the Binary's own content
+    type, as a viewer fetching `attachment.url` wants; the bytes never run on the gateway's
+    origin (nosniff, a sandboxing CSP, anything but inert types downloaded). Errors stay
+    OperationOutcomes; asking for FHIR JSON (Accept or `_format`) gives the resource."""
+    doc = f"DocumentReference/{_document(env, ME)}"
+    pdf = b"%PDF-1.4 ann's discharge letter"
+    body = {"resourceType": "Binary", "contentType": "application/pdf",
+            "securityContext": {"reference": doc}, "data": base64.b64encode(pdf).decode()}
+    bid = env.live.adapter.create(body, None).resource["id"]
+    for accept in ("application/pdf", "*/*", None):
+        resp = _fetch(env, ann_token, f"Binary/{bid}", accept)
+        assert resp.status_code == 200, (accept, resp.text)
+        assert resp.content == pdf and resp.headers["content-type"] == "application/pdf"
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert resp.headers["content-security-policy"] == "sandbox; default-src 'none'"
+        assert "content-disposition" not in resp.headers  # a PDF is shown, not downloaded
+        assert resp.headers.get("etag")
+    version = _fetch(env, ann_token, f"Binary/{bid}", FHIR_JSON).json()["meta"]["versionId"]
+    assert _fetch(env, ann_token, f"Binary/{bid}/_history/{version}", "application/pdf"
+                  ).content == pdf
+    for accept, params in ((FHIR_JSON, {}), ("application/json", {}),
+                           ("*/*", {"_format": "json"})):
+        resp = _fetch(env, ann_token, f"Binary/{bid}", accept, **params)
+        assert resp.status_code == 200 and resp.json()["resourceType"] == "Binary", resp.text
+    page = b"<html><script>steal(document.cookie)</script></html>"
+    html = env.live.adapter.create(dict(body, contentType="text/html",
+                                        data=base64.b64encode(page).decode()), None)
+    resp = _fetch(env, ann_token, f"Binary/{html.resource['id']}", "text/html")
+    assert resp.status_code == 200 and resp.content == page
+    assert resp.headers["content-disposition"] == "attachment"
+    assert resp.headers["content-security-policy"] == "sandbox; default-src 'none'"
+    theirs = env.live.adapter.create(dict(body, securityContext={
+        "reference": f"DocumentReference/{_document(env, OTHER)}"}), None).resource["id"]
+    resp = _fetch(env, ann_token, f"Binary/{theirs}", "application/pdf")
+    assert resp.status_code == 404 and pdf not in resp.content
+    assert resp.json()["resourceType"] == "OperationOutcome"
+
+
 def test_binary_searches_writes_and_stored_bundles_stay_closed_to_patient_tokens(
         env, ann_token, system_token):
     """Only a read by id can be judged by its context: patient tokens may not search, write

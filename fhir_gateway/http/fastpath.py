@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from adapters.errors import FhirError
+from fhir_gateway.http.binary import reads_binary
 from fhir_gateway.http.exchange import (
     Exchange,
     base_url,
@@ -86,7 +87,7 @@ class FastReads:
         after it is a 500 here, as Flask's handler would answer (the EHR is not asked twice)."""
         try:
             freq = fhir_request(ex, interaction, args.get("rtype"), args.get("id"))
-            mimetype = response_mimetype(req)
+            mimetype = response_mimetype(req, reads_binary(interaction, freq.resource_type))
         except FhirError as exc:
             return error_response(exc)
         except Exception:  # noqa: BLE001

@@ -18,11 +18,21 @@ _XML_LIKE = ("xml", "text/xml", "application/xml", "application/fhir+xml", "ttl"
 
 
 _ACCEPTED: dict[str, str] = {}  # Accept header -> the JSON flavour chosen for it
+# A read of a Binary that names no FHIR format is answered with the Binary's own bytes and
+# content type (R4 binary.html: "the content should be returned using the native mime type").
+NATIVE = "native"
+_FHIR_FORMATS = frozenset((FHIR_JSON, JSON, "application/fhir+xml", "application/xml+fhir",
+                           "application/json+fhir"))
 
 
-def response_mimetype(request: Request) -> str:
-    """The JSON flavour to answer with, or NotAcceptable for a format this server lacks."""
+def response_mimetype(request: Request, binary: bool = False) -> str:
+    """The JSON flavour to answer with, or NotAcceptable for a format this server lacks; for
+    the read of a Binary (`binary`) that names no FHIR format (no `_format`, no FHIR or JSON
+    type in Accept, `*/*` included), NATIVE."""
     fmt = request.args.get("_format") if request.query_string else None
+    if binary and fmt is None and not any(
+            q > 0 and kind.lower() in _FHIR_FORMATS for kind, q in request.accept_mimetypes):
+        return NATIVE
     if fmt is not None:
         key = fmt.split(";")[0].strip().lower()
         if key in _FORMAT_ALIASES:

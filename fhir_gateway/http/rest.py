@@ -8,6 +8,7 @@ from fhir_gateway.access import Principal
 from fhir_gateway.bundle_processing import process as process_bundle
 from fhir_gateway.errors import MethodNotAllowed, PayloadTooLarge
 from fhir_gateway.http import exchange
+from fhir_gateway.http.binary import reads_binary
 from fhir_gateway.http.exchange import Exchange
 from fhir_gateway.http.negotiation import FHIR_JSON, check_body_type, render, response_mimetype
 from fhir_gateway.request import FhirRequest, FhirResponse, parse_prefer
@@ -52,7 +53,7 @@ def _fhir_request(interaction: str, rtype: str | None = None, id: str | None = N
 
 
 def _respond(freq: FhirRequest) -> Response:
-    mimetype = response_mimetype(request)
+    mimetype = response_mimetype(request, reads_binary(freq.interaction, freq.resource_type))
     resp = _service().handle(freq, base_url())
     return finish(resp, freq, mimetype)
 
