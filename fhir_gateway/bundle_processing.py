@@ -207,7 +207,7 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
         elif interaction == "read":
             item.id = service.check_id(req.id)
             if decision is not None:  # checked before anything commits
-                service.visible_for_write(decision, req.resource_type, item.id)
+                service.visible_for_write(decision, req.resource_type, item.id, principal)
         elif interaction == "search-type":
             params = req.params + (decision.narrowing if decision else [])
             item.query = service.search_query(req.resource_type, params, True).query

@@ -39,6 +39,9 @@ class BatchedStreamHandler(logging.Handler):
         self.max_lines = max_lines
         self._lines: list[tuple[float, str]] = []  # (when, line): written in time order
         self._later: list[tuple] = []  # records to make: see `later`
+        # One flush at a time, from taking the queue to the write: what a flush took is
+        # written before the next flush (at exit, or for a warning) writes what came after.
+        self._flushing = threading.RLock()
         self._wake = threading.Event()
         self._closed = False
         self._running = False  # this process's writer thread was started
@@ -53,11 +56,21 @@ class BatchedStreamHandler(logging.Handler):
         self._running = False
         self._lines = []
         self._later = []
+        self._flushing = threading.RLock()  # not one a parent's thread held at the fork
         self._wake = threading.Event()  # not one a parent's thread may have held at the fork
 
     def _start_writer(self) -> None:
         self._running = True
         threading.Thread(target=self._run, name="log-writer", daemon=True).start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As `logging.Handler.handle`, without holding the handler's lock around `emit`
+        (which takes it for its list alone): a warning's flush waits for a flush under way,
+        and one holding the lock there would wait for it in turn."""
+        rv = self.filter(record)
+        if rv:
+            self.emit(record)
+        return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -89,7 +102,7 @@ class BatchedStreamHandler(logging.Handler):
     def _make_later(self) -> None:
         """Turn the queued `later` calls into records, handled as their logger would have
         handled them then (the writer's own clock and thread do not show). Runs without the
-        lock held: the logger may call other handlers, which take their own."""
+        handler's lock: the logger may call other handlers, which take their own."""
         with self.lock:
             queued, self._later = self._later, []
         for created, ident, thread_name, logger, level, msg, args in queued:
@@ -102,18 +115,19 @@ class BatchedStreamHandler(logging.Handler):
             logger.handle(record)
 
     def flush(self) -> None:
-        if self._later:
-            self._make_later()
-        with self.lock:
-            lines, self._lines = self._lines, []
-            if not lines:
-                return
-            lines.sort(key=lambda item: item[0])  # in time order: `later` lines are made last
-            try:
-                self.stream.write("\n".join(line for _, line in lines) + "\n")
-                self.stream.flush()
-            except (OSError, ValueError):  # the stream went away (closed at exit)
-                pass
+        with self._flushing:
+            if self._later:
+                self._make_later()
+            with self.lock:
+                lines, self._lines = self._lines, []
+                if not lines:
+                    return
+                lines.sort(key=lambda item: item[0])  # in time order: `later` lines come last
+                try:
+                    self.stream.write("\n".join(line for _, line in lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):  # the stream went away (closed at exit)
+                    pass
 
     def _run(self) -> None:
         while not self._closed:

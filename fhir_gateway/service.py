@@ -22,6 +22,7 @@ from adapters.errors import (
     Invalid,
     NotFound,
     NotSupported,
+    UpstreamError,
     UpstreamUnavailable,
 )
 from adapters.search import SearchQuery, valid_id
@@ -154,7 +155,9 @@ class FhirService:
         try:
             judge = self.policy.decide(principal, "read", target[0])
             proxy = self.adapter.read(*target)
-        except (Forbidden, NotFound, Gone):
+        except UpstreamUnavailable:
+            raise  # the EHR cannot be asked now: 503, not a verdict
+        except (Forbidden, NotFound, Gone, UpstreamError):  # (an EHR refusing the type, too)
             return False
         if not judge.permits(proxy):
             return False
@@ -178,27 +181,30 @@ class FhirService:
             if not newest:
                 raise
             if newest[0].resource is None:
-                return self._visible_deleted(decision, rtype, id)
+                return self._visible_deleted(decision, rtype, id, principal)
             resource = newest[0].resource
         except Gone:
-            return self._visible_deleted(decision, rtype, id)
+            return self._visible_deleted(decision, rtype, id, principal)
         if decision is not None and not self.allows(principal, decision, resource):
             raise self.hidden(rtype, id)
         return resource
 
-    def _visible_deleted(self, decision: AccessDecision | None, rtype: str, id: str):
+    def _visible_deleted(self, decision: AccessDecision | None, rtype: str, id: str,
+                         principal=None):
         """Gone for a caller who could see the last version; NotFound for anyone else."""
         if decision is not None:
             last = next((e.resource for e in self.adapter.history(rtype, id, 2).entries
                          if e.resource is not None), None)
-            if last is None or not decision.permits(last):
+            if last is None or not self.allows(principal, decision, last):
                 raise self.hidden(rtype, id)
         raise Gone(f"{rtype}/{id} was deleted", expression=rtype)
 
-    def visible_for_write(self, decision: AccessDecision, rtype: str, id: str) -> None:
-        """Apps change only what exists and is theirs; anything else looks absent."""
+    def visible_for_write(self, decision: AccessDecision, rtype: str, id: str,
+                          principal=None) -> None:
+        """Apps change (or, in a transaction, read) only what exists and is theirs; anything
+        else looks absent. `principal` as for `_visible`."""
         try:
-            self._visible(decision, rtype, id)
+            self._visible(decision, rtype, id, principal=principal)
         except Gone:
             raise self.hidden(rtype, id) from None
 

@@ -334,14 +334,31 @@ def test_unsupported_content_type_is_415(gateway, known, method, path, content_t
     assert_intact(gateway, known, before)
 
 
+@pytest.mark.parametrize("accept, answered", [
+    ("application/fhir+json; fhirVersion=4.0", FHIR_JSON),
+    ("application/fhir+json;fhirVersion=4.0.1;q=0.9, application/json;q=0.5", FHIR_JSON),
+    ("application/json; charset=utf-8", "application/json"),
+    ("application/*", FHIR_JSON),
+])
+def test_accept_parameters_do_not_stop_a_match(gateway, known, accept, answered):
+    """R4 http.html: a FHIR type may carry `fhirVersion` (and other parameters); an R4 one,
+    or none, is this server's JSON."""
+    resp = gateway.client.get(gateway.url(f"Patient/{known.pid}"), headers={"Accept": accept})
+    assert resp.status_code == 200, (accept, resp.text)
+    assert resp.headers["content-type"].split(";")[0] == answered
+    assert resp.json()["id"] == known.pid
+
+
 @pytest.mark.parametrize("how", [
     {"headers": {"Accept": "application/fhir+xml"}},
     {"headers": {"Accept": "application/xml, text/html"}},
+    {"headers": {"Accept": "application/fhir+json; fhirVersion=5.0"}},
+    {"headers": {"Accept": "application/fhir+json;q=0, application/json;q=0"}},
     {"params": {"_format": "xml"}},
     {"params": {"_format": "application/fhir+xml"}},
     {"params": {"_format": "turtle"}},
-], ids=["accept-fhir+xml", "accept-xml-html", "_format=xml", "_format=fhir+xml",
-        "_format=turtle"])
+], ids=["accept-fhir+xml", "accept-xml-html", "accept-fhirVersion-5", "accept-q0",
+        "_format=xml", "_format=fhir+xml", "_format=turtle"])
 def test_unservable_format_is_406(gateway, known, how):
     """406 before anything runs, on every endpoint: a create asked for in XML stores nothing."""
     where = "_format" if "params" in how else "Accept"

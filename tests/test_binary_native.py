@@ -16,7 +16,8 @@ def binary(kind: object, data: object) -> dict:
 
 
 def test_a_content_type_that_is_not_a_media_type_is_served_as_octets_to_download():
-    for kind in ("text/plain\r\nSet-Cookie: a=b", "", None, 42, "pdf", "text/\x00plain"):
+    for kind in ("text/plain\r\nSet-Cookie: a=b", "text/plain\r\n;a=b", "text/plain\n; x",
+                 "text/plain;a=1, text/html", "", None, 42, "pdf", "text/\x00plain"):
         resp = native_response(binary(kind, base64.b64encode(b"x").decode()), 200, {})
         assert resp.headers["Content-Type"] == "application/octet-stream", kind
         assert resp.headers["Content-Disposition"] == "attachment"
@@ -30,6 +31,13 @@ def test_parameters_are_kept_and_inert_types_are_shown():
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert "Content-Disposition" not in resp.headers and resp.headers["ETag"] == 'W/"2"'
     assert resp.get_data() == "é".encode()
+
+
+def test_wrapped_base64_is_base64():
+    """R4 base64Binary allows whitespace: an EHR that wraps its lines is not refused."""
+    wrapped = base64.encodebytes(b"x" * 200).decode()  # 76-character lines
+    assert "\n" in wrapped
+    assert native_response(binary("image/png", wrapped), 200, {}).get_data() == b"x" * 200
 
 
 def test_no_data_is_an_empty_body_and_bad_base64_is_the_ehrs_error():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import pytest
@@ -137,7 +138,9 @@ def test_a_later_line_is_made_by_the_writer_with_the_callers_time_and_thread(bat
         assert seen == [] and handler._later  # queued, no record made yet
         time.sleep(1.1)  # a later synchronous line is written after it, though made first
         logger.info("after")
-        handler.flush()
+        flusher = threading.Thread(target=handler.flush, name="flusher")  # as the writer
+        flusher.start()
+        flusher.join()
     finally:
         logger.removeFilter(spy)
     lines = path.read_text().splitlines()
@@ -176,3 +179,37 @@ def test_log_later_honours_the_level_and_logs_at_once_beside_another_handler(bat
         assert not handler._later
     finally:
         root.removeHandler(caplog.handler)
+
+
+def test_a_warning_waits_for_a_flush_under_way(batched_root):
+    """While the writer is making queued lines, a warning's own flush waits for it: the
+    warning is written after the lines queued before it (and an exit's flush would wait too)."""
+    path, handler, alone = batched_root
+    alone()
+    logger = logging.getLogger("test.logsetup.race")
+    making, release = threading.Event(), threading.Event()
+
+    class Slow(logging.Filter):  # holds the writer while it makes the queued record
+        def filter(self, record):
+            if record.getMessage() == "queued":
+                making.set()
+                release.wait(5)
+            return True
+
+    slow = Slow()
+    logger.addFilter(slow)
+    try:
+        log_later(logger, "queued")
+        writer = threading.Thread(target=handler.flush)
+        writer.start()
+        assert making.wait(5)
+        warner = threading.Thread(target=logger.warning, args=("warned",))
+        warner.start()
+        time.sleep(0.2)  # the warning has had every chance to be written first
+        release.set()
+        writer.join(5)
+        warner.join(5)
+    finally:
+        logger.removeFilter(slow)
+    assert [line.rsplit(" ", 1)[1] for line in path.read_text().splitlines()] == [
+        "queued", "warned"]

@@ -947,6 +947,14 @@ def test_a_patient_reads_the_bytes_of_their_own_document(env, ann_token):
         "ann's note"
     to_her = _binary(env, "for ann", f"Patient/{ME}")
     assert _bytes_of(api(env, ann_token, "GET", f"Binary/{to_her}")) == "for ann"
+    doc = _document(env, ME)  # a versioned context is judged on the resource as it is now
+    versioned = _binary(env, "versioned", f"DocumentReference/{doc}/_history/1")
+    assert _bytes_of(api(env, ann_token, "GET", f"Binary/{versioned}")) == "versioned"
+    transaction = {"resourceType": "Bundle", "type": "transaction",
+                   "entry": [_entry("GET", f"Binary/{mine}")]}
+    resp = api(env, ann_token, "POST", "", body=transaction)
+    assert resp.status_code == 200, resp.text
+    assert base64.b64decode(resp.json()["entry"][0]["resource"]["data"]) == b"ann's note"
     theirs = _binary(env, "bob's note", f"DocumentReference/{_document(env, OTHER)}")
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         _entry("GET", f"Binary/{mine}"), _entry("GET", f"Binary/{theirs}")]}
@@ -989,6 +997,21 @@ def test_a_binary_is_hidden_unless_its_security_context_is_the_patients(env, ann
                 base64.b64encode(secret.encode()).decode() not in resp.text, why
         missing = api(env, ann_token, "GET", "Binary/never-there")  # the read looks the same
         assert outcome_shape(resp, bid) == outcome_shape(missing, "never-there"), why
+
+
+def test_deleted_binaries_and_contexts(env, ann_token):
+    """A deleted Binary of hers is Gone (410), another patient's deleted one looks missing
+    (404); a Binary whose document was deleted is hidden too."""
+    mine = _binary(env, "ann's", f"DocumentReference/{_document(env, ME)}")
+    theirs = _binary(env, "bob's", f"DocumentReference/{_document(env, OTHER)}")
+    doc = _document(env, ME)
+    orphan = _binary(env, "orphaned", f"DocumentReference/{doc}")
+    for rtype, rid in (("Binary", mine), ("Binary", theirs), ("DocumentReference", doc)):
+        env.live.adapter.delete(rtype, rid)
+    assert api(env, ann_token, "GET", f"Binary/{mine}").status_code == 410
+    for bid, secret in ((theirs, "bob's"), (orphan, "orphaned")):
+        resp = api(env, ann_token, "GET", f"Binary/{bid}")
+        assert resp.status_code == 404 and secret not in resp.text, resp.text
 
 
 def test_a_binary_needs_its_own_scope_and_its_contexts(env):
@@ -1036,10 +1059,17 @@ def test_a_binary_read_that_asks_for_no_fhir_format_is_its_own_bytes(env, ann_to
     version = _fetch(env, ann_token, f"Binary/{bid}", FHIR_JSON).json()["meta"]["versionId"]
     assert _fetch(env, ann_token, f"Binary/{bid}/_history/{version}", "application/pdf"
                   ).content == pdf
+    native = _fetch(env, ann_token, f"Binary/{bid}", "application/pdf")
+    assert native.headers["vary"] == "Accept"  # two forms of one URL: caches must tell
+    assert native.headers["cache-control"] == "private, no-store"
     for accept, params in ((FHIR_JSON, {}), ("application/json", {}),
+                           ("application/fhir+json; fhirVersion=4.0", {}),
+                           ("application/pdf, application/json;q=0.5", {}),
                            ("*/*", {"_format": "json"})):
         resp = _fetch(env, ann_token, f"Binary/{bid}", accept, **params)
-        assert resp.status_code == 200 and resp.json()["resourceType"] == "Binary", resp.text
+        assert resp.status_code == 200 and resp.json()["resourceType"] == "Binary", \
+            (accept, resp.text)
+        assert resp.headers["vary"] == "Accept"
     page = b"<html><script>steal(document.cookie)</script></html>"
     html = env.live.adapter.create(dict(body, contentType="text/html",
                                         data=base64.b64encode(page).decode()), None)

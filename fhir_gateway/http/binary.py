@@ -4,9 +4,9 @@ R4 (binary.html, "Binary resources behave slightly differently"): a read of a Bi
 not ask for a FHIR format is answered with the content in its native mime type; so a document
 viewer can fetch a DocumentReference's `attachment.url` as it is. The bytes come from the EHR
 and may be anything (HTML with scripts, too), served from the origin that also holds the
-sign-in pages: they never run or render there. Every answer says `nosniff` and a sandboxing
-Content-Security-Policy, and types outside a short list of inert ones are downloads
-(`Content-Disposition: attachment`).
+sign-in pages: they never run or render there. Every answer says `nosniff`, a sandboxing
+Content-Security-Policy and `no-store`, and types outside a short list of inert ones are
+downloads (`Content-Disposition: attachment`). Both forms of a Binary read say `Vary: Accept`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ OCTETS = "application/octet-stream"
 # Shown in the browser (a PDF viewer, an image, plain text); anything else is downloaded.
 INLINE = frozenset(("application/pdf", "image/png", "image/jpeg", "image/gif", "text/plain"))
 # type/subtype and parameters, without control characters (a header value must not break)
-_MIME = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?\Z")
+# (no comma either: a list of types is read as its last one by browsers, not its first)
+_MIME = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[ -+\--~]*)?\Z")
 SANDBOX = "sandbox; default-src 'none'"
 
 
@@ -38,8 +39,9 @@ def native_response(binary: dict, status: int, headers: dict[str, str]) -> Respo
     kind = binary.get("contentType")
     kind = kind.strip() if isinstance(kind, str) and _MIME.match(kind.strip()) else OCTETS
     data = binary.get("data") or ""
-    try:
-        body = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+    try:  # base64Binary may wrap its lines (R4: whitespace is allowed)
+        body = base64.b64decode("".join(data.split()), validate=True) \
+            if isinstance(data, str) else None
     except (binascii.Error, ValueError):
         body = None
     if body is None:
@@ -48,6 +50,7 @@ def native_response(binary: dict, status: int, headers: dict[str, str]) -> Respo
     resp.headers.update(headers)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Content-Security-Policy"] = SANDBOX
+    resp.headers["Cache-Control"] = "private, no-store"  # a record's bytes: no disk cache
     if kind.split(";")[0].strip().lower() not in INLINE:
         resp.headers["Content-Disposition"] = "attachment"
     return resp

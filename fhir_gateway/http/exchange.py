@@ -22,7 +22,7 @@ from adapters.errors import FhirError
 from fhir_gateway.access import Principal
 from fhir_gateway.access.policy import owner, remember_patient_refs, sole_owner
 from fhir_gateway.errors import Unauthorized, issue, operation_outcome, outcome_for, status_for
-from fhir_gateway.http.binary import native_response
+from fhir_gateway.http.binary import native_response, reads_binary
 from fhir_gateway.http.negotiation import FHIR_JSON, NATIVE, render
 from fhir_gateway.http.shaping import shape
 from fhir_gateway.logsetup import log_later
@@ -139,10 +139,13 @@ def present(ex: Exchange, resp: FhirResponse, freq: FhirRequest, mimetype: str) 
     if ex.gateway.audit is not None:  # whose data this was, for the access log
         ex.patient = resp.owner if resp.owner_known else _whose(resource)
     stale = [n for n in ex.notices if n.kind == "stale"]
-    if mimetype == NATIVE:  # a Binary read that asked for no FHIR format: its own bytes
-        if resource is not None and resource.get("resourceType") == "Binary":
+    if reads_binary(freq.interaction, freq.resource_type):  # two forms, chosen by Accept
+        resp.headers = dict(resp.headers, Vary="Accept")
+        if mimetype == NATIVE and resource is not None \
+                and resource.get("resourceType") == "Binary":  # no FHIR format: its bytes
             headers = _mark_stale(None, dict(resp.headers), stale)[1] if stale else resp.headers
             return native_response(resource, resp.status, headers)
+    if mimetype == NATIVE:
         mimetype = FHIR_JSON
     pretty = freq.param("_pretty") == "true"
     if resp.rendered is not None and not stale:  # a kept answer: written once per format

@@ -30,8 +30,9 @@ def response_mimetype(request: Request, binary: bool = False) -> str:
     the read of a Binary (`binary`) that names no FHIR format (no `_format`, no FHIR or JSON
     type in Accept, `*/*` included), NATIVE."""
     fmt = request.args.get("_format") if request.query_string else None
-    if binary and fmt is None and not any(
-            q > 0 and kind.lower() in _FHIR_FORMATS for kind, q in request.accept_mimetypes):
+    if binary and fmt is None and not any(  # (werkzeug keeps a type's parameters in it)
+            q > 0 and kind.partition(";")[0].strip().lower() in _FHIR_FORMATS
+            for kind, q in request.accept_mimetypes):
         return NATIVE
     if fmt is not None:
         key = fmt.split(";")[0].strip().lower()
@@ -49,15 +50,34 @@ def response_mimetype(request: Request, binary: bool = False) -> str:
     accept = request.accept_mimetypes
     if not accept:
         return FHIR_JSON
-    best = accept.best_match(SERVED)
-    if best is None:
+    fhir, plain = _quality(accept, FHIR_JSON), _quality(accept, JSON)
+    if fhir <= 0 and plain <= 0:
         raise NotAcceptable(
             f"Accept: {request.headers.get('Accept')} cannot be met; this server answers "
-            "application/fhir+json or application/json", expression="Accept")
-    chosen = FHIR_JSON if accept[FHIR_JSON] >= accept[JSON] else JSON
+            "application/fhir+json or application/json (FHIR 4.0)", expression="Accept")
+    chosen = FHIR_JSON if fhir >= plain else JSON
     if len(_ACCEPTED) < 256:  # clients send few distinct Accept headers; keep it bounded
         _ACCEPTED[header] = chosen
     return chosen
+
+
+def _quality(accept, offer: str) -> float:
+    """How much the Accept header wants `offer`: its best q among the types that cover it
+    (itself, `type/*`, `*/*`). Parameters do not stop a match, as they do in werkzeug's own
+    matching (`application/fhir+json; fhirVersion=4.0`, R4 http.html's version parameter,
+    would be 406 there), except a `fhirVersion` other than 4.0: this server has no other."""
+    best = 0.0
+    for value, q in accept:
+        kind, _, params = value.lower().partition(";")
+        kind = kind.strip()
+        if kind not in (offer, "*/*", offer.split("/")[0] + "/*"):
+            continue
+        version = next((v.strip() for k, _, v in (p.partition("=") for p in params.split(";"))
+                        if k.strip() == "fhirversion"), None)
+        if version is not None and not version.startswith("4.0"):
+            continue
+        best = max(best, q)
+    return best
 
 
 def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:
