@@ -354,10 +354,12 @@ def test_accept_parameters_do_not_stop_a_match(gateway, known, accept, answered)
     {"headers": {"Accept": "application/xml, text/html"}},
     {"headers": {"Accept": "application/fhir+json; fhirVersion=5.0"}},
     {"headers": {"Accept": "application/fhir+json;q=0, application/json;q=0"}},
+    {"headers": {"Accept": "application/fhir+json;q=0, application/json;q=0, */*"}},
     {"params": {"_format": "xml"}},
     {"params": {"_format": "application/fhir+xml"}},
     {"params": {"_format": "turtle"}},
 ], ids=["accept-fhir+xml", "accept-xml-html", "accept-fhirVersion-5", "accept-q0",
+        "accept-q0-over-wildcard",
         "_format=xml", "_format=fhir+xml", "_format=turtle"])
 def test_unservable_format_is_406(gateway, known, how):
     """406 before anything runs, on every endpoint: a create asked for in XML stores nothing."""

@@ -62,22 +62,24 @@ def response_mimetype(request: Request, binary: bool = False) -> str:
 
 
 def _quality(accept, offer: str) -> float:
-    """How much the Accept header wants `offer`: its best q among the types that cover it
-    (itself, `type/*`, `*/*`). Parameters do not stop a match, as they do in werkzeug's own
-    matching (`application/fhir+json; fhirVersion=4.0`, R4 http.html's version parameter,
-    would be 406 there), except a `fhirVersion` other than 4.0: this server has no other."""
-    best = 0.0
+    """How much the Accept header wants `offer`: the q of the most specific range that covers
+    it (itself, then `type/*`, then `*/*`; RFC 9110 12.5.1: `application/json;q=0, */*` refuses
+    JSON). Parameters do not stop a match, as they do in werkzeug's own matching
+    (`application/fhir+json; fhirVersion=4.0`, R4 http.html's version parameter, would be 406
+    there), except a `fhirVersion` other than 4.0: this server has no other."""
+    ranges = (offer, offer.split("/")[0] + "/*", "*/*")
+    best: tuple[int, float] = (-1, 0.0)  # (specificity, q)
     for value, q in accept:
         kind, _, params = value.lower().partition(";")
         kind = kind.strip()
-        if kind not in (offer, "*/*", offer.split("/")[0] + "/*"):
+        if kind not in ranges:
             continue
         version = next((v.strip() for k, _, v in (p.partition("=") for p in params.split(";"))
                         if k.strip() == "fhirversion"), None)
         if version is not None and not version.startswith("4.0"):
             continue
-        best = max(best, q)
-    return best
+        best = max(best, (len(ranges) - ranges.index(kind), q))
+    return best[1]
 
 
 def check_body_type(request: Request, also: tuple[str, ...] = ()) -> None:
