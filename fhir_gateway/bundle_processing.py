@@ -207,7 +207,7 @@ def _run_transaction(service: FhirService, entries: list[dict], base: str,
         elif interaction == "read":
             item.id = service.check_id(req.id)
             if decision is not None:  # checked before anything commits
-                service.visible_for_write(decision, req.resource_type, item.id, principal)
+                service.visible_for_write(decision, req.resource_type, item.id)
         elif interaction == "search-type":
             params = req.params + (decision.narrowing if decision else [])
             item.query = service.search_query(req.resource_type, params, True).query
@@ -231,7 +231,7 @@ def _screen(service: FhirService, principal, decision, item: BundleEntryRequest,
     if isinstance(result, SearchPage):
         result.resources = [r for r in result.resources if decision.permits(r)]
         result.included = service.permitted_includes(principal, result.included)[0]
-    elif isinstance(result, dict) and not service.allows(principal, decision, result):
+    elif isinstance(result, dict) and not service.allows(decision, result):
         raise FhirService.hidden(item.resource_type, item.id or "")
     return result
 

@@ -133,14 +133,14 @@ class FhirService:
         """What a caller sees for a resource it may not see: the same as for a missing one."""
         return NotFound(f"{rtype}/{id} is not known", expression=rtype)
 
-    def allows(self, principal, decision: AccessDecision, resource: dict) -> bool:
+    def allows(self, decision: AccessDecision, resource: dict) -> bool:
         """The decision lets the caller see this resource: `decision.permits`, or for a
         patient's read of a Binary, `context_permits`."""
         if decision.by_context:
-            return principal is not None and self.context_permits(principal, decision, resource)
+            return self.context_permits(decision, binary=resource)
         return decision.permits(resource)
 
-    def context_permits(self, principal, decision: AccessDecision, binary: dict) -> bool:
+    def context_permits(self, decision: AccessDecision, binary: dict) -> bool:
         """A patient's read of a Binary: allowed when its `securityContext` is a relative
         `Type/id` the token may read (that type's own scopes and the patient's compartment, on
         the resource as it is now) and the Binary meets the Binary scopes' queries. No context,
@@ -150,10 +150,10 @@ class FhirService:
         ref = context.get("reference") if isinstance(context, dict) else None
         target = reference_target(ref) if isinstance(ref, str) else None
         if target is None or ref.split("/_history/")[0] != f"{target[0]}/{target[1]}" \
-                or target[0] in UNCONFINABLE:
+                or target[0] in UNCONFINABLE or decision.caller is None:
             return False
         try:
-            judge = self.policy.decide(principal, "read", target[0])
+            judge = self.policy.decide(decision.caller, "read", target[0])
             proxy = self.adapter.read(*target)
         except UpstreamUnavailable:
             raise  # the EHR cannot be asked now: 503, not a verdict
@@ -164,11 +164,10 @@ class FhirService:
         return not decision.queries or any(matches(binary, q) for q in decision.queries)
 
     def _visible(self, decision: AccessDecision | None, rtype: str, id: str,
-                 shown: bool = False, principal=None) -> dict | None:
+                 shown: bool = False) -> dict | None:
         """The current resource if the caller may see it; NotFound when it may not. A deleted
         resource is Gone only for a caller who could see its last version. `shown`: the
-        caller only shows it (it may be a shared, read-only one); `principal`, the caller,
-        for a decision `by_context`."""
+        caller only shows it (it may be a shared, read-only one)."""
         try:
             resource = (self.adapter.read_to_show if shown else self.adapter.read)(rtype, id)
         except NotFound:
@@ -181,30 +180,28 @@ class FhirService:
             if not newest:
                 raise
             if newest[0].resource is None:
-                return self._visible_deleted(decision, rtype, id, principal)
+                return self._visible_deleted(decision, rtype, id)
             resource = newest[0].resource
         except Gone:
-            return self._visible_deleted(decision, rtype, id, principal)
-        if decision is not None and not self.allows(principal, decision, resource):
+            return self._visible_deleted(decision, rtype, id)
+        if decision is not None and not self.allows(decision, resource):
             raise self.hidden(rtype, id)
         return resource
 
-    def _visible_deleted(self, decision: AccessDecision | None, rtype: str, id: str,
-                         principal=None):
+    def _visible_deleted(self, decision: AccessDecision | None, rtype: str, id: str):
         """Gone for a caller who could see the last version; NotFound for anyone else."""
         if decision is not None:
             last = next((e.resource for e in self.adapter.history(rtype, id, 2).entries
                          if e.resource is not None), None)
-            if last is None or not self.allows(principal, decision, last):
+            if last is None or not self.allows(decision, last):
                 raise self.hidden(rtype, id)
         raise Gone(f"{rtype}/{id} was deleted", expression=rtype)
 
-    def visible_for_write(self, decision: AccessDecision, rtype: str, id: str,
-                          principal=None) -> None:
+    def visible_for_write(self, decision: AccessDecision, rtype: str, id: str) -> None:
         """Apps change (or, in a transaction, read) only what exists and is theirs; anything
-        else looks absent. `principal` as for `_visible`."""
+        else looks absent."""
         try:
-            self._visible(decision, rtype, id, principal=principal)
+            self._visible(decision, rtype, id)
         except Gone:
             raise self.hidden(rtype, id) from None
 
@@ -220,7 +217,7 @@ class FhirService:
         self.type_capability(req.resource_type, "read")
         decision = self.decide(req)
         resource = self._visible(decision, req.resource_type, self.check_id(req.id),
-                                 shown=True, principal=req.principal)
+                                 shown=True)
         return self._shown(resource, decision)
 
     @staticmethod
@@ -241,9 +238,9 @@ class FhirService:
             resource = self.adapter.vread(req.resource_type, rid, version)
         except (NotFound, Gone):
             if decision is not None:
-                self._visible(decision, req.resource_type, rid, principal=req.principal)
+                self._visible(decision, req.resource_type, rid)
             raise
-        if decision is not None and not self.allows(req.principal, decision, resource):
+        if decision is not None and not self.allows(decision, resource):
             raise self.hidden(req.resource_type, rid)
         return self._shown(resource, decision)
 

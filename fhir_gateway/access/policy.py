@@ -72,8 +72,10 @@ class AccessDecision:
     # from the EHR would reveal that hidden resources exist).
     exact: bool = True
     # A patient's read of a Binary: judged by the resource its securityContext names, which
-    # the service reads (`FhirService.context_permits`); `permits` alone lets nothing through.
+    # the service reads for `caller` (`FhirService.context_permits`); `permits` alone lets
+    # nothing through.
     by_context: bool = False
+    caller: Principal | None = field(default=None, compare=False, repr=False)
 
     def identity(self) -> tuple:
         """What the decision confines and adds: callers with equal identities see the same
@@ -181,7 +183,7 @@ class AccessPolicy:
                             expression=rtype)
         decision = AccessDecision(patient=self._confinement(principal, usable, rtype))
         if decision.patient is not None and rtype in BY_CONTEXT and interaction in CONTEXT_READS:
-            decision.by_context = True
+            decision.by_context, decision.caller = True, principal
             if all(g.query for g in usable):
                 decision.queries = [g.query for g in usable]
             return decision

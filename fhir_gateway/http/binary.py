@@ -18,6 +18,7 @@ import re
 from werkzeug import Response
 
 from adapters.errors import UpstreamError
+from fhir_gateway.access.policy import CONTEXT_READS
 
 OCTETS = "application/octet-stream"
 # Shown in the browser (a PDF viewer, an image, plain text); anything else is downloaded.
@@ -29,8 +30,9 @@ SANDBOX = "sandbox; default-src 'none'"
 
 
 def reads_binary(interaction: str, rtype: str | None) -> bool:
-    """The request reads one Binary (read or vread): it may be answered natively."""
-    return rtype == "Binary" and interaction in ("read", "vread")
+    """The request reads one Binary (read or vread, as a patient's may): it may be answered
+    natively."""
+    return rtype == "Binary" and interaction in CONTEXT_READS
 
 
 def native_response(binary: dict, status: int, headers: dict[str, str]) -> Response:

@@ -30,9 +30,9 @@ def response_mimetype(request: Request, binary: bool = False) -> str:
     the read of a Binary (`binary`) that names no FHIR format (no `_format`, no FHIR or JSON
     type in Accept, `*/*` included), NATIVE."""
     fmt = request.args.get("_format") if request.query_string else None
-    if binary and fmt is None and not any(  # (werkzeug keeps a type's parameters in it)
-            q > 0 and kind.partition(";")[0].strip().lower() in _FHIR_FORMATS
-            for kind, q in request.accept_mimetypes):
+    if binary and fmt is None and not any(
+            q > 0 and _media_type(value)[0] in _FHIR_FORMATS
+            for value, q in request.accept_mimetypes):
         return NATIVE
     if fmt is not None:
         key = fmt.split(";")[0].strip().lower()
@@ -61,6 +61,12 @@ def response_mimetype(request: Request, binary: bool = False) -> str:
     return chosen
 
 
+def _media_type(value: str) -> tuple[str, str]:
+    """An Accept value's type (lower case) and its parameters: werkzeug keeps them together."""
+    kind, _, params = value.lower().partition(";")
+    return kind.strip(), params
+
+
 def _quality(accept, offer: str) -> float:
     """How much the Accept header wants `offer`: the q of the most specific range that covers
     it (itself, then `type/*`, then `*/*`; RFC 9110 12.5.1: `application/json;q=0, */*` refuses
@@ -70,8 +76,7 @@ def _quality(accept, offer: str) -> float:
     ranges = (offer, offer.split("/")[0] + "/*", "*/*")
     best: tuple[int, float] = (-1, 0.0)  # (specificity, q)
     for value, q in accept:
-        kind, _, params = value.lower().partition(";")
-        kind = kind.strip()
+        kind, params = _media_type(value)
         if kind not in ranges:
             continue
         version = next((v.strip() for k, _, v in (p.partition("=") for p in params.split(";"))
