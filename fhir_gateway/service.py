@@ -347,27 +347,36 @@ class FhirService:
         body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id
         decision = self.decide(req)
         self.check_write(decision, body)
-        condition = None
+        if req.if_none_exist is not None and not tc.conditional_create:
+            raise MethodNotAllowed(f"Conditional create is not supported on {rtype}")
+        result = self.create_checked(req, base, decision, body,
+                                     decision.narrowing if decision else ())
+        if isinstance(result, FhirResponse):
+            return result
+        return self.write_response(result, req, base, 201 if result.created else 200)
+
+    def create_checked(self, req: FhirRequest, base: str, decision: AccessDecision | None,
+                       body: dict, narrowing=()) -> WriteResult | FhirResponse:
+        """Create `body` (validated and checked against `decision` already) under `req`'s
+        If-None-Exist, narrowed by `narrowing`: where the EHR can, tagged with a write id
+        and sent as a conditional create on it, so a replay never stores it twice. The
+        WriteResult; or, when the EHR cannot take it now or earlier writes of its lane still
+        wait, the write kept in the outbox and its 202 FhirResponse. Plain creates and the
+        portal actions that make one resource use this one path."""
+        rtype = body["resourceType"]
+        condition = kept = None
         if req.if_none_exist is not None:
-            if not tc.conditional_create:
-                raise MethodNotAllowed(f"Conditional create is not supported on {rtype}")
-            condition = self.condition(rtype, req.if_none_exist, "If-None-Exist",
-                                       decision.narrowing if decision else ())
+            condition = self.condition(rtype, req.if_none_exist, "If-None-Exist", narrowing)
+            # the caller's condition as a replay must ask it
+            kept = urlencode(parse_qsl(req.if_none_exist.split("?", 1)[-1],
+                                       keep_blank_values=True) + list(narrowing))
         write_id = None
         if self.write_ids(rtype):
             write_id = assign_write_id(body)
             if condition is None:
                 condition = self.write_condition(rtype, write_id)
-        kept_condition = None  # the caller's condition as a replay must ask it
-        if req.if_none_exist is not None:
-            kept_condition = urlencode(parse_qsl(req.if_none_exist.split("?", 1)[-1],
-                                                 keep_blank_values=True)
-                                       + list(decision.narrowing if decision else ()))
-        result = self.send_write(req, base, decision, lambda: self.adapter.create(body, condition),
-                                 body=body, write_id=write_id, if_none_exist=kept_condition)
-        if isinstance(result, FhirResponse):
-            return result
-        return self.write_response(result, req, base, 201 if result.created else 200)
+        return self.send_write(req, base, decision, lambda: self.adapter.create(body, condition),
+                               body=body, write_id=write_id, if_none_exist=kept)
 
     def write_ids(self, rtype: str) -> bool:
         """Are creates of this type tagged with a write id? With an outbox (an EHR that can be

@@ -86,6 +86,7 @@ def refill():
         if exc.status in (400, 422):
             return _page({rid: _refusal(exc)}, {rid: raw}, status=422)
         raise
-    # 201 a new request (202: the server queued it); 200 the open request already there
-    session["rx_notice"] = "rx.already" if status == 200 else "rx.sent"
+    # 201 a new request; 202 the gateway keeps it until the EHR takes it; 200 the open
+    # request already there
+    session["rx_notice"] = {200: "rx.already", 202: "rx.queued"}.get(status, "rx.sent")
     return redirect(url_for("portal.prescriptions"), code=303)

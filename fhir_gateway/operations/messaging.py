@@ -50,7 +50,8 @@ def _visible_comm(ctx: OperationContext, ref: str) -> dict:
 def send(ctx: OperationContext) -> FhirResponse:
     service, req = ctx.service, ctx.request
     portal = service.config.portal
-    create = service.decide(FhirRequest("create", "Communication", principal=req.principal))
+    creating = FhirRequest("create", "Communication", principal=req.principal)
+    create = service.decide(creating)
     pid = _sender(ctx, create)
     patient = f"Patient/{pid}"
     try:
@@ -108,12 +109,13 @@ def send(ctx: OperationContext) -> FhirResponse:
         patient, recipient, thread, now, topic=topic, text=text, attachment=attachment,
         in_response_to=answered), "Communication")
     service.check_write(create, message)
-    if entries:
+    if entries:  # a new thread: its header and first message land together, or not at all
         entries.append(BundleEntryRequest("POST", "Communication", resource=message))
         result = service.transaction(entries)[-1]
-    else:
-        service.clear_to_write([BundleEntryRequest("POST", "Communication", resource=message)])
-        result = service.adapter.create(message)
+    else:  # a reply: kept in the outbox (202) when the EHR cannot take it now
+        result = service.create_checked(creating, ctx.base, create, message)
+        if isinstance(result, FhirResponse):
+            return result
     return service.write_response(result, req, ctx.base, 201)
 
 

@@ -10,8 +10,9 @@ patient's order looks missing (404).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
-from adapters.base import BundleEntryRequest, SearchPage
+from adapters.base import SearchPage
 from adapters.errors import Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhir_gateway import bundles
 from fhir_gateway.operations.common import patient_and_decision, search_all
@@ -54,10 +55,12 @@ def _refill_message(ctx: OperationContext, request: dict, medication: dict | Non
     service, req = ctx.service, ctx.request
     message = validate_resource(rules.build_refill_message(
         request, datetime.now(UTC), note, medication), "Communication")
-    create = service.decide(FhirRequest("create", "Communication", principal=req.principal))
+    creating = FhirRequest("create", "Communication", principal=req.principal)
+    create = service.decide(creating)
     service.check_write(create, message)
-    service.clear_to_write([BundleEntryRequest("POST", "Communication", resource=message)])
-    result = service.adapter.create(message)
+    result = service.create_checked(creating, ctx.base, create, message)
+    if isinstance(result, FhirResponse):
+        return result  # kept in the outbox (202)
     return service.write_response(result, req, ctx.base, 201)
 
 
@@ -80,24 +83,25 @@ def refill_request(ctx: OperationContext) -> FhirResponse:
         raise Unprocessable(exc.message, expression=exc.expression) from None
     if not direct:
         return _refill_message(ctx, request, medication, note)
-    create = service.decide(FhirRequest("create", "Task", principal=req.principal))
+    open_ones = urlencode([("focus", f"MedicationRequest/{rid}"), ("code", _FULFILL),
+                           ("status", ",".join(sorted(rules.OPEN_STATUSES)))])
+    creating = FhirRequest("create", "Task", principal=req.principal, if_none_exist=open_ones)
+    create = service.decide(creating)
     waiting = rules.open_refill(rid, tasks)
     if waiting is not None:
         return _existing(service, create, waiting)
     task = validate_resource(rules.build_refill_task(request, datetime.now(UTC), note,
                                                      medication), "Task")
     service.check_write(create, task)
-    condition = service.search_query("Task", [
-        ("focus", f"MedicationRequest/{rid}"), ("code", _FULFILL),
-        ("status", ",".join(sorted(rules.OPEN_STATUSES)))], strict=True).query
-    service.clear_to_write([BundleEntryRequest("POST", "Task", resource=task)])
-    try:
-        result = service.adapter.create(task, condition)
+    try:  # conditional on no open refill Task; kept in the outbox (202) when the EHR cannot
+        result = service.create_checked(creating, ctx.base, create, task)
     except PreconditionFailed:  # several open already (made elsewhere): show the newest
         waiting = rules.open_refill(rid, _refill_tasks(ctx, [rid]))
         if waiting is None:
             raise
         return _existing(service, create, waiting)
+    if isinstance(result, FhirResponse):
+        return result
     if not result.created:
         return _existing(service, create, result.resource)
     return service.write_response(result, req, ctx.base, 201)
