@@ -113,12 +113,18 @@ class LossyProxy:
     soon as the EHR starts answering (by then it has committed the write), as a crash between
     commit and answer would. "hang": forwards the request and holds the answer back until the
     client gives up (its read timeout). "down": refuses to talk at all (the EHR is down).
+    "no-writes": relays reads, and cuts the connection on a write before any of it reaches the
+    EHR (an EHR that answers reads but takes no writes now). Requests are told apart by the
+    method at the start of what arrives, which holds for one request at a time per connection.
     """
+
+    WRITES = (b"POST ", b"PUT ", b"PATCH ", b"DELETE ")
 
     def __init__(self, target_port: int) -> None:
         self.target = ("127.0.0.1", target_port)
         self.mode = "pass"
         self.lost = 0  # answers the EHR gave that the client never got
+        self.refused = 0  # writes cut off before they reached the EHR ("no-writes")
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -166,6 +172,9 @@ class LossyProxy:
         def requests() -> None:
             try:
                 while (data := client.recv(65536)) and self.mode != "down":
+                    if self.mode == "no-writes" and data.startswith(self.WRITES):
+                        self.refused += 1
+                        break
                     upstream.sendall(data)
             except OSError:
                 pass
@@ -175,7 +184,7 @@ class LossyProxy:
         try:
             while data := upstream.recv(65536):
                 mode = self.mode
-                if mode == "pass":
+                if mode in ("pass", "no-writes"):
                     client.sendall(data)
                     continue
                 self.lost += 1
@@ -767,6 +776,129 @@ def test_a_portal_action_waits_behind_its_patients_queued_writes(ehr) -> None:
     finally:
         outbox.drop(head.id)
         outbox.drop(unrelated.id)
+
+
+def _a_thread(store: EmbeddedAdapter, patient: str) -> tuple[str, str]:
+    """One of the patient's message threads in the EHR, and a care team member to write to."""
+    headers = [r for r in store.iter_all() if r["resourceType"] == "Communication"
+               and r.get("subject", {}).get("reference") == f"Patient/{patient}"
+               and r.get("topic") and not r.get("partOf")]
+    members = [p["member"]["reference"] for r in store.iter_all()
+               if r["resourceType"] == "CareTeam"
+               and r.get("subject", {}).get("reference") == f"Patient/{patient}"
+               for p in r.get("participant", [])
+               if p.get("member", {}).get("reference", "").startswith("Practitioner/")]
+    assert headers and members, f"the seed gave {patient} no thread or care team"
+    return headers[0]["id"], members[0]
+
+
+def _send(patient: str, recipient: str, text: str, thread: str | None = None) -> dict:
+    """$send Parameters (the gateway has SMART off, so the patient is named)."""
+    where = ({"name": "thread", "valueReference": {"reference": f"Communication/{thread}"}}
+             if thread else {"name": "topic", "valueString": f"topic of {text}"})
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueString": patient}, where,
+        {"name": "recipient", "valueReference": {"reference": recipient}},
+        {"name": "text", "valueString": text}]}
+
+
+def _messages(store: EmbeddedAdapter, text: str) -> list[dict]:
+    return [r for r in store.iter_all() if r["resourceType"] == "Communication"
+            and any(p.get("contentString") == text for p in r.get("payload", []))]
+
+
+def _refill_tasks(store: EmbeddedAdapter, order: str) -> list[dict]:
+    return [r for r in store.iter_all() if r["resourceType"] == "Task"
+            and r.get("focus", {}).get("reference") == f"MedicationRequest/{order}"]
+
+
+def _queued(resp: httpx.Response) -> str:
+    """The status URL of a write the gateway answered 202 for; the answer says so."""
+    assert resp.status_code == 202, resp.text
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["severity"] == "information"
+    assert resp.headers["Location"] == resp.headers["Content-Location"]
+    assert "/_outbox/" in resp.headers["Content-Location"]
+    return resp.headers["Content-Location"]
+
+
+def test_a_reply_and_a_refill_request_wait_in_the_outbox_when_the_ehr_takes_no_writes(
+        ehr) -> None:
+    """The EHR answers reads but takes no writes: a patient's reply to a thread and a refill
+    request are checked as always (thread, care team, order), kept in the outbox (202), and
+    stored once each when the EHR takes writes again; asking for the refill twice meanwhile
+    still makes one refill Task."""
+    live, proxy, store, outbox = ehr
+    thread, recipient = _a_thread(store, "pat-0003")
+    text = f"queued reply {uuid.uuid4().hex[:8]}"
+    communications, tasks = store.count("Communication"), store.count("Task")
+    refills = len(_refill_tasks(store, "mr-0002-02"))
+    refused = proxy.refused
+    note = {"resourceType": "Parameters",
+            "parameter": [{"name": "note", "valueString": "running low"}]}
+    proxy.mode = "no-writes"
+    try:
+        reply = live.post("Communication/$send", _send("pat-0003", recipient, text, thread))
+        asked = [live.post("MedicationRequest/mr-0002-02/$refill-request", note)
+                 for _ in range(2)]
+        # what is not the patient's to send is still refused at once, and not queued
+        stranger = live.post("Communication/$send",
+                             _send("pat-0003", "Practitioner/not-on-the-team", text, thread))
+    finally:
+        proxy.mode = "pass"
+    assert proxy.refused > refused, ("no write reached the proxy, so this proved nothing", reply.text)
+    assert stranger.status_code == 422, stranger.text
+    locations = [_queued(r) for r in [reply, *asked]]
+    assert (store.count("Communication"), store.count("Task")) == (communications, tasks)
+    assert [outbox.get(u.rsplit("/", 1)[1]).lane for u in locations] == \
+        ["pat-0003", "pat-0002", "pat-0002"]
+
+    stored = task_ref(follow(live, locations[0])).split("/")
+    message = store.read("Communication", stored[1])
+    assert _messages(store, text) == [message]
+    assert message["partOf"] == [{"reference": f"Communication/{thread}"}]
+    assert message["recipient"] == [{"reference": recipient}]
+    entry = outbox.get(locations[0].rsplit("/", 1)[1])
+    assert {"system": WRITE_ID_SYSTEM, "value": entry.write_id} in message["identifier"]
+
+    made = {task_ref(follow(live, u)).split("/")[1] for u in locations[1:]}
+    new = [t for t in _refill_tasks(store, "mr-0002-02")]
+    assert len(new) == refills + 1, "the second request made a second refill Task"
+    assert made == {new[-1]["id"]} and new[-1]["status"] == "requested"
+    assert store.count("Communication") == communications + 1
+
+
+def test_a_reply_waits_behind_its_patients_queued_writes_and_a_new_thread_is_refused(
+        ehr) -> None:
+    """A reply for a patient whose earlier change still waits goes behind it in the outbox
+    (202) and lands after it; a new thread (header and message in one transaction, never
+    queued) is refused with 503 and stores nothing."""
+    live, proxy, store, outbox = ehr
+    thread, recipient = _a_thread(store, "pat-0003")
+    original = {k: v for k, v in store.read("Patient", "pat-0003").items() if k != "meta"}
+    head = outbox.enqueue(
+        method="PUT", resource_type="Patient", resource_id="pat-0003",
+        body=dict(original, gender="other"), if_match=None, write_id=None, lane="pat-0003",
+        client_id="", error="test: holds the lane", retry_after=3600)
+    text = f"reply behind {uuid.uuid4().hex[:8]}"
+    communications = store.count("Communication")
+    try:
+        reply = live.post("Communication/$send", _send("pat-0003", recipient, text, thread))
+        location = _queued(reply)
+        fresh = live.post("Communication/$send", _send("pat-0003", recipient, f"new {text}"))
+        assert fresh.status_code == 503, fresh.text
+        assert "still waiting for the EHR" in fresh.json()["issue"][0]["diagnostics"]
+        assert store.count("Communication") == communications
+        assert outbox.get(location.rsplit("/", 1)[1]).status == "queued"
+        outbox.retry(head.id)
+        follow(live, live.url(f"_outbox/{head.id}"))
+        follow(live, location)
+    finally:
+        outbox.drop(head.id)
+    assert store.read("Patient", "pat-0003")["gender"] == "other"
+    assert len(_messages(store, text)) == 1
+    assert store.count("Communication") == communications + 1
 
 
 def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:
