@@ -1,13 +1,17 @@
 """Upstream EHRs for the REST adapter's tests: a second `fhir-gateway serve` process in plain
-mode (its own embedded store, SMART off), and a gateway whose adapter is `fhir_rest` in front
-of any FHIR base URL."""
+mode (its own embedded store, SMART off), a gateway whose adapter is `fhir_rest` in front
+of any FHIR base URL, and a TCP relay between them that can lose the EHR's answers or refuse
+its writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +92,22 @@ def start_rest_gateway(data_dir: Path, upstream_base: str, env: dict[str, str] |
     return serve_app(data_dir, {**settings, **(env or {})}, auth=auth, store=store)
 
 
-def seeded_upstream(data: Path, patients: int = 3) -> UpstreamProcess:
+def seed(upstream: UpstreamProcess, patients: int = 3) -> None:
+    """The synthetic patients in `upstream`'s store, before it starts."""
     from fhir_gateway.synthetic import generate
     from tests.conftest import SEED_TODAY
 
-    upstream = UpstreamProcess(data)
-    data.mkdir(parents=True, exist_ok=True)
+    upstream.data.mkdir(parents=True, exist_ok=True)
     store = EmbeddedAdapter(upstream.database_url)
-    store.load(generate(patients, 7, SEED_TODAY))
-    store.close()
+    try:
+        store.load(generate(patients, 7, SEED_TODAY))
+    finally:
+        store.close()
+
+
+def seeded_upstream(data: Path, patients: int = 3) -> UpstreamProcess:
+    upstream = UpstreamProcess(data)
+    seed(upstream, patients)
     return upstream.start()
 
 
@@ -162,3 +173,96 @@ class RestStore:
 
     def close(self) -> None:
         self.rest.close()
+
+
+class LossyProxy:
+    """A TCP relay in front of the EHR that can lose what the EHR answers.
+
+    mode "pass": relays both ways. "drop": forwards the request, then cuts the connection as
+    soon as the EHR starts answering (by then it has committed the write), as a crash between
+    commit and answer would. "hang": forwards the request and holds the answer back until the
+    client gives up (its read timeout). "down": refuses to talk at all (the EHR is down).
+    "no-writes": relays reads, and cuts the connection on a write before any of it reaches the
+    EHR (an EHR that answers reads but takes no writes now). Requests are told apart by the
+    method at the start of what arrives, which holds for one request at a time per connection.
+    """
+
+    WRITES = (b"POST ", b"PUT ", b"PATCH ", b"DELETE ")
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.mode = "pass"
+        self.lost = 0  # answers the EHR gave that the client never got
+        self.refused = 0  # writes cut off before they reached the EHR ("no-writes")
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.mode == "down":
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                  b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+                client.close()
+                continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def shut() -> None:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+        def requests() -> None:
+            try:
+                while (data := client.recv(65536)) and self.mode != "down":
+                    if self.mode == "no-writes" and data.startswith(self.WRITES):
+                        self.refused += 1
+                        break
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            shut()
+
+        threading.Thread(target=requests, daemon=True).start()
+        try:
+            while data := upstream.recv(65536):
+                mode = self.mode
+                if mode in ("pass", "no-writes"):
+                    client.sendall(data)
+                    continue
+                self.lost += 1
+                if mode == "drop":
+                    break
+                # "hang": swallow the answer; the client times out and closes
+                while upstream.recv(65536):
+                    pass
+                break
+        except OSError:
+            pass
+        shut()

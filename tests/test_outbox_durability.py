@@ -16,8 +16,6 @@ tests count what it really stored by opening that store directly, never through 
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ from adapters.errors import Gone
 from fhir_gateway.outbox import WRITE_ID_SYSTEM, Outbox
 from smart_launch.db import make_state_engine
 from tests.conftest import FHIR_JSON
-from tests.rest_support import UpstreamProcess, start_rest_gateway
+from tests.rest_support import LossyProxy, UpstreamProcess, seed, start_rest_gateway
 
 BURST = 200
 KILL_AFTER = 60
@@ -104,111 +102,6 @@ def task_ref(task: dict) -> str | None:
         if (out.get("type") or {}).get("text") == "stored":
             return out["valueReference"]["reference"]
     return None
-
-
-class LossyProxy:
-    """A TCP relay in front of the EHR that can lose what the EHR answers.
-
-    mode "pass": relays both ways. "drop": forwards the request, then cuts the connection as
-    soon as the EHR starts answering (by then it has committed the write), as a crash between
-    commit and answer would. "hang": forwards the request and holds the answer back until the
-    client gives up (its read timeout). "down": refuses to talk at all (the EHR is down).
-    "no-writes": relays reads, and cuts the connection on a write before any of it reaches the
-    EHR (an EHR that answers reads but takes no writes now). Requests are told apart by the
-    method at the start of what arrives, which holds for one request at a time per connection.
-    """
-
-    WRITES = (b"POST ", b"PUT ", b"PATCH ", b"DELETE ")
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.mode = "pass"
-        self.lost = 0  # answers the EHR gave that the client never got
-        self.refused = 0  # writes cut off before they reached the EHR ("no-writes")
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-    def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.mode == "down":
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                  b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
-                client.close()
-                continue
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        for s in (client, upstream):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def shut() -> None:
-            for s in (client, upstream):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    s.close()
-
-        def requests() -> None:
-            try:
-                while (data := client.recv(65536)) and self.mode != "down":
-                    if self.mode == "no-writes" and data.startswith(self.WRITES):
-                        self.refused += 1
-                        break
-                    upstream.sendall(data)
-            except OSError:
-                pass
-            shut()
-
-        threading.Thread(target=requests, daemon=True).start()
-        try:
-            while data := upstream.recv(65536):
-                mode = self.mode
-                if mode in ("pass", "no-writes"):
-                    client.sendall(data)
-                    continue
-                self.lost += 1
-                if mode == "drop":
-                    break
-                # "hang": swallow the answer; the client times out and closes
-                while upstream.recv(65536):
-                    pass
-                break
-        except OSError:
-            pass
-        shut()
-
-
-def seed(upstream: UpstreamProcess, patients: int = 3) -> None:
-    from fhir_gateway.synthetic import generate
-    from tests.conftest import SEED_TODAY
-
-    upstream.data.mkdir(parents=True, exist_ok=True)
-    store = EmbeddedAdapter(upstream.database_url)
-    try:
-        store.load(generate(patients, 7, SEED_TODAY))
-    finally:
-        store.close()
 
 
 # -- 1. the burst: EHR killed and restarted, gateway killed and restarted mid-replay --------
@@ -847,7 +740,7 @@ def test_a_reply_and_a_refill_request_wait_in_the_outbox_when_the_ehr_takes_no_w
                              _send("pat-0003", "Practitioner/not-on-the-team", text, thread))
     finally:
         proxy.mode = "pass"
-    assert proxy.refused > refused, ("no write reached the proxy, so this proved nothing", reply.text)
+    assert proxy.refused > refused, f"no write reached the EHR's door: {reply.text}"
     assert stranger.status_code == 422, stranger.text
     locations = [_queued(r) for r in [reply, *asked]]
     assert (store.count("Communication"), store.count("Task")) == (communications, tasks)
