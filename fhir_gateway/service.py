@@ -8,6 +8,7 @@ checks. Access control (SMART) will sit in front of `handle`, in one place.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -356,14 +357,25 @@ class FhirService:
         return self.write_response(result, req, base, 201 if result.created else 200)
 
     def create_checked(self, req: FhirRequest, base: str, decision: AccessDecision | None,
-                       body: dict, narrowing=()) -> WriteResult | FhirResponse:
+                       body: dict, narrowing=(),
+                       relied_on: Iterable[tuple[str, str]] = ()) -> WriteResult | FhirResponse:
         """Create `body` (validated and checked against `decision` already) under `req`'s
         If-None-Exist, narrowed by `narrowing`: where the EHR can, tagged with a write id
         and sent as a conditional create on it, so a replay never stores it twice. The
         WriteResult; or, when the EHR cannot take it now or earlier writes of its lane still
         wait, the write kept in the outbox and its 202 FhirResponse. Plain creates and the
-        portal actions that make one resource use this one path."""
+        portal actions that make one resource use this one path.
+
+        It is never queued behind a write it must not follow, and then is refused (HeldBack,
+        503) as a transaction would be: a queued write to a resource in `relied_on` (what
+        an action read to decide it may make this one: a replay would follow a change its
+        checks never saw), or one in the lane of another patient the body names (its own
+        lane is one patient's, or the shared one when it names several)."""
         rtype = body["resourceType"]
+        if self.outbox is not None:
+            others = self._patients_of(rtype, None, body) - {self.lane(req, decision, body)}
+            if relied_on or others:
+                self._hold(self.outbox.waiting_until(set(relied_on), others))
         condition = kept = None
         if req.if_none_exist is not None:
             condition = self.condition(rtype, req.if_none_exist, "If-None-Exist", narrowing)
@@ -415,9 +427,10 @@ class FhirService:
 
     def clear_to_write(self, writes: list[BundleEntryRequest],
                        patients: tuple[str, ...] = ()) -> None:
-        """Writes that are never queued (transactions, portal actions) must not overtake
-        earlier ones that still wait in the outbox for the same resource or patient (the
-        lanes `send_write` keeps): 503 until those are stored, and nothing is sent."""
+        """Writes that are never queued (transactions, portal actions that change several
+        resources or what exists) must not overtake earlier ones that still wait in the
+        outbox for the same resource or patient (the lanes `send_write` keeps): 503 until
+        those are stored, and nothing is sent."""
         writes = [e for e in writes if e.method in ("POST", "PUT", "DELETE", "PATCH")]
         if self.outbox is None or not writes:  # reads never wait
             return
@@ -431,7 +444,11 @@ class FhirService:
             lanes |= self._patients_of(entry.resource_type, entry.id, entry.resource)
         if not lanes:
             lanes.add("")
-        due = self.outbox.waiting_until(resources, lanes)
+        self._hold(self.outbox.waiting_until(resources, lanes))
+
+    def _hold(self, due: float | None) -> None:
+        """Refuse a write that must not overtake queued ones (`due`: when they are next
+        tried; None when none waits)."""
         if due is not None:
             raise HeldBack(
                 "Earlier changes to this patient's record are still waiting for the EHR, and "

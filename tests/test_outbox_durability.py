@@ -249,8 +249,11 @@ def ehr(tmp_path_factory):
     seed(upstream)
     upstream.start()
     store = EmbeddedAdapter(upstream.database_url)
+    # The breaker stays closed through the writes "no-writes" refuses (each conditional
+    # create is tried three times), so the reads between them still go to the EHR.
     live, stop = start_rest_gateway(data / "front", proxy.base, {
-        **FRONT_ENV, "FHIR_GATEWAY_FHIR_REST_READ_TIMEOUT": "1"}, store=store)
+        **FRONT_ENV, "FHIR_GATEWAY_FHIR_REST_READ_TIMEOUT": "1",
+        "FHIR_GATEWAY_FHIR_REST_BREAKER_FAILURES": "100"}, store=store)
     try:
         assert live.get("metadata").status_code == 200  # the EHR's capabilities, known now
         yield live, proxy, store, live.app.extensions["fhir_gateway"].service.outbox
@@ -738,12 +741,13 @@ def test_a_reply_and_a_refill_request_wait_in_the_outbox_when_the_ehr_takes_no_w
         # what is not the patient's to send is still refused at once, and not queued
         stranger = live.post("Communication/$send",
                              _send("pat-0003", "Practitioner/not-on-the-team", text, thread))
+        # counted before writes pass again (the worker tries every 0.2 s)
+        assert (store.count("Communication"), store.count("Task")) == (communications, tasks)
     finally:
         proxy.mode = "pass"
     assert proxy.refused > refused, f"no write reached the EHR's door: {reply.text}"
     assert stranger.status_code == 422, stranger.text
     locations = [_queued(r) for r in [reply, *asked]]
-    assert (store.count("Communication"), store.count("Task")) == (communications, tasks)
     assert [outbox.get(u.rsplit("/", 1)[1]).lane for u in locations] == \
         ["pat-0003", "pat-0002", "pat-0002"]
 
@@ -756,17 +760,18 @@ def test_a_reply_and_a_refill_request_wait_in_the_outbox_when_the_ehr_takes_no_w
     assert {"system": WRITE_ID_SYSTEM, "value": entry.write_id} in message["identifier"]
 
     made = {task_ref(follow(live, u)).split("/")[1] for u in locations[1:]}
-    new = [t for t in _refill_tasks(store, "mr-0002-02")]
-    assert len(new) == refills + 1, "the second request made a second refill Task"
-    assert made == {new[-1]["id"]} and new[-1]["status"] == "requested"
+    after = _refill_tasks(store, "mr-0002-02")
+    assert len(after) == refills + 1, "the second request made a second refill Task"
+    (task,) = [t for t in after if t["id"] in made]
+    assert made == {task["id"]} and task["status"] == "requested"
     assert store.count("Communication") == communications + 1
 
 
 def test_a_reply_waits_behind_its_patients_queued_writes_and_a_new_thread_is_refused(
         ehr) -> None:
     """A reply for a patient whose earlier change still waits goes behind it in the outbox
-    (202) and lands after it; a new thread (header and message in one transaction, never
-    queued) is refused with 503 and stores nothing."""
+    (202) and is stored once that change is; a new thread (header and message in one
+    transaction, never queued) is refused with 503 and stores nothing."""
     live, proxy, store, outbox = ehr
     thread, recipient = _a_thread(store, "pat-0003")
     original = {k: v for k, v in store.read("Patient", "pat-0003").items() if k != "meta"}
@@ -792,6 +797,68 @@ def test_a_reply_waits_behind_its_patients_queued_writes_and_a_new_thread_is_ref
     assert store.read("Patient", "pat-0003")["gender"] == "other"
     assert len(_messages(store, text)) == 1
     assert store.count("Communication") == communications + 1
+
+
+def test_an_action_is_refused_when_what_its_checks_read_has_a_change_waiting(ehr) -> None:
+    """A refill request whose order has a queued change (the clinic stopping it), and a
+    reply whose care team has one, are refused (503) rather than queued behind them: their
+    checks read what the EHR holds now, which the queued change will undo. Nothing is
+    queued or stored."""
+    live, proxy, store, outbox = ehr
+    order = {k: v for k, v in store.read("MedicationRequest", "mr-0003-02").items()
+             if k != "meta"}
+    team = next(r for r in store.iter_all() if r["resourceType"] == "CareTeam"
+                and r.get("subject", {}).get("reference") == "Patient/pat-0003")
+    thread, recipient = _a_thread(store, "pat-0003")
+    heads = [outbox.enqueue(
+        method="PUT", resource_type=rtype, resource_id=body["id"], body=body, if_match=None,
+        write_id=None, lane=lane, client_id="", error="test: the clinic's change waits",
+        retry_after=3600) for rtype, body, lane in (
+            ("MedicationRequest", dict(order, status="stopped"), "pat-0003"),
+            ("CareTeam", dict({k: v for k, v in team.items() if k != "meta"},
+                              status="inactive"), "pat-0003"))]
+    entries, tasks, communications = (sum(outbox.counts().values()), store.count("Task"),
+                                      store.count("Communication"))
+    try:
+        refill = live.post("MedicationRequest/mr-0003-02/$refill-request",
+                           {"resourceType": "Parameters", "parameter": []})
+        reply = live.post("Communication/$send",
+                          _send("pat-0003", recipient, "behind a care team change", thread))
+        for resp in (refill, reply):
+            assert resp.status_code == 503, resp.text
+            assert "still waiting for the EHR" in resp.json()["issue"][0]["diagnostics"]
+            assert int(resp.headers["Retry-After"]) >= 5
+        assert sum(outbox.counts().values()) == entries
+        assert (store.count("Task"), store.count("Communication")) == (tasks, communications)
+    finally:
+        for head in heads:
+            outbox.drop(head.id)
+
+
+def test_a_create_naming_two_patients_waits_for_both_lanes(ehr) -> None:
+    """A create that names two patients goes in the shared lane; while one of those
+    patients' lanes still holds a write it is refused (503), not queued ahead of it."""
+    live, proxy, store, outbox = ehr
+    original = {k: v for k, v in store.read("Patient", "pat-0001").items() if k != "meta"}
+    head = outbox.enqueue(
+        method="PUT", resource_type="Patient", resource_id="pat-0001",
+        body=dict(original, gender="other"), if_match=None, write_id=None, lane="pat-0001",
+        client_id="", error="test: holds the lane", retry_after=3600)
+    text = f"two patients {uuid.uuid4().hex[:8]}"
+    entries = sum(outbox.counts().values())
+    try:
+        resp = live.post("Observation", observation(
+            text, "pat-0002", performer=[{"reference": "Patient/pat-0001"}]))
+        assert resp.status_code == 503, resp.text
+        assert "still waiting for the EHR" in resp.json()["issue"][0]["diagnostics"]
+        assert sum(outbox.counts().values()) == entries
+        assert text not in stored_by_text(store, text)
+    finally:
+        outbox.drop(head.id)
+    stored = live.post("Observation", observation(
+        text, "pat-0002", performer=[{"reference": "Patient/pat-0001"}]))
+    assert stored.status_code == 201, stored.text
+    assert len(stored_by_text(store, text)[text]) == 1
 
 
 def test_a_callers_listing_is_chosen_in_the_query(ehr) -> None:

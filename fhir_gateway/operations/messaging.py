@@ -3,8 +3,11 @@
 Threads follow the seed's pattern (header Communication with the `topic`; messages `partOf` it
 and `inResponseTo` the message answered), built and checked by `mappings.portal.messaging`.
 A patient writes only to members of their CareTeams; a new thread's header and first message
-are stored in one transaction. A read receipt is `received`, set with optimistic concurrency
-and idempotent. Anything of another patient looks missing (404).
+are stored in one transaction. A reply the EHR cannot take now is kept in the gateway's outbox
+(202 and its status URL, as a plain create), unless a change to what its checks read (the
+thread, the care team) still waits there: then it is refused (503) like a transaction. A read
+receipt is `received`, set with optimistic concurrency and idempotent. Anything of another
+patient looks missing (404).
 """
 
 from __future__ import annotations
@@ -92,7 +95,10 @@ def send(ctx: OperationContext) -> FhirResponse:
         if answered is not None and msgs.thread_of(_visible_comm(ctx, answered)) != thread:
             raise Unprocessable(f"{answered} is not a message of {thread}",
                                 expression="in-response-to")
+    # what the reply's checks read: a change to one of them still waiting holds it back
+    relied_on = {("Communication", ref.split("/", 1)[1]) for ref in (thread, answered) if ref}
     teams = search_all(ctx, "CareTeam", [("patient", patient)])
+    relied_on |= {("CareTeam", team["id"]) for team in teams}
     if recipient not in msgs.care_team_members(teams):
         raise Unprocessable(f"{recipient} is not on your care team; you can write to the "
                             "members of your care team only", expression="recipient")
@@ -113,7 +119,8 @@ def send(ctx: OperationContext) -> FhirResponse:
         entries.append(BundleEntryRequest("POST", "Communication", resource=message))
         result = service.transaction(entries)[-1]
     else:  # a reply: kept in the outbox (202) when the EHR cannot take it now
-        result = service.create_checked(creating, ctx.base, create, message)
+        result = service.create_checked(creating, ctx.base, create, message,
+                                        relied_on=relied_on)
         if isinstance(result, FhirResponse):
             return result
     return service.write_response(result, req, ctx.base, 201)
@@ -161,7 +168,9 @@ SEND = OperationSpec(
     description="Stores a patient's message (a Communication partOf the thread header, "
                 "inResponseTo the message answered). Without `thread` it starts a new thread "
                 "with `topic`. Recipients must be on the patient's care team; attachments must "
-                "be of an accepted type and size, and their bytes must match the declared type.",
+                "be of an accepted type and size, and their bytes must match the declared type. "
+                "A reply the EHR cannot take now is kept by the gateway: 202 with an "
+                "OperationOutcome, and the status URL in Content-Location.",
     needs=(("Communication", "c"), ("CareTeam", "s")),
     parameters=(
         ParamSpec("thread", "Reference", documentation="The thread header; absent: new thread"),

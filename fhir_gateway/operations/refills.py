@@ -3,8 +3,10 @@
 A refill request is the core R4 "Refill Request" Task (code `fulfill`, focus the
 MedicationRequest), built and checked by `mappings.portal.refills`. The create is conditional
 on no open refill Task for the order, so a repeated (or concurrent) request returns the open
-Task (200) instead of making a second one. Access follows the patient compartment: another
-patient's order looks missing (404).
+Task (200) instead of making a second one. A request the EHR cannot take now is kept in the
+gateway's outbox (202 and its status URL; its replay is the same conditional create), unless a
+change to the order, its medicine or its refill Tasks still waits there (503). Access follows
+the patient compartment: another patient's order looks missing (404).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def _medication(ctx: OperationContext, request: dict) -> dict | None:
         return None
 
 
+def _relied_on(request: dict, medication: dict | None, tasks: list[dict]) -> set:
+    """What a refill's checks read (the order, its medicine, its refill Tasks): a change to
+    one of them still waiting in the outbox holds the request back instead of queueing it."""
+    return {(r["resourceType"], r["id"]) for r in (request, medication, *tasks) if r}
+
+
 def _refill_message(ctx: OperationContext, request: dict, medication: dict | None,
                     note: str | None) -> FhirResponse:
     """The fallback where the EHR takes no Tasks from apps: a message to the prescriber."""
@@ -58,7 +66,8 @@ def _refill_message(ctx: OperationContext, request: dict, medication: dict | Non
     creating = FhirRequest("create", "Communication", principal=req.principal)
     create = service.decide(creating)
     service.check_write(create, message)
-    result = service.create_checked(creating, ctx.base, create, message)
+    result = service.create_checked(creating, ctx.base, create, message,
+                                    relied_on=_relied_on(request, medication, []))
     if isinstance(result, FhirResponse):
         return result  # kept in the outbox (202)
     return service.write_response(result, req, ctx.base, 201)
@@ -94,7 +103,8 @@ def refill_request(ctx: OperationContext) -> FhirResponse:
                                                      medication), "Task")
     service.check_write(create, task)
     try:  # conditional on no open refill Task; kept in the outbox (202) when the EHR cannot
-        result = service.create_checked(creating, ctx.base, create, task)
+        result = service.create_checked(creating, ctx.base, create, task,
+                                        relied_on=_relied_on(request, medication, tasks))
     except PreconditionFailed:  # several open already (made elsewhere): show the newest
         waiting = rules.open_refill(rid, _refill_tasks(ctx, [rid]))
         if waiting is None:
@@ -137,7 +147,9 @@ REFILL = OperationSpec(
     description="Creates a refill request Task (code fulfill, focus the MedicationRequest, "
                 "owner the prescriber) for an active order with refills left; controlled "
                 "substances cannot be refilled online. While a request is open, asking again "
-                "returns it (200) instead of creating another.",
+                "returns it (200) instead of creating another. When the EHR cannot take it "
+                "now, the gateway keeps it: 202 with an OperationOutcome, and the status URL "
+                "in Content-Location.",
     needs=(("MedicationRequest", "r"), ("Task", "c")),
     fallback=Fallback(
         needs=(("MedicationRequest", "r"), ("Communication", "c")),
