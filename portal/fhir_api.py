@@ -113,6 +113,16 @@ class FhirApi:
         """The resources of a Bundle-returning GET operation, all pages."""
         return self._collect(self.get_operation(path, params), path)
 
+    def outbox(self) -> list[dict]:
+        """The patient's writes the gateway keeps for the EHR (`GET _outbox`: a Task each, the
+        newest 200); none where the gateway keeps no outbox (its EHR is its own store)."""
+        resp = self._send("GET", "_outbox")
+        if resp.status_code == 404:
+            log.info("fhir outbox 404")
+            return []
+        bundle = self._check(resp, "outbox")
+        return [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
+
     def post_operation(self, path: str, parameters: list[dict],
                        headers: dict[str, str] | None = None) -> tuple[int, dict]:
         """An operation called with POST and a Parameters body: (status, resource).

@@ -65,6 +65,17 @@ EN: dict[str, str] = {
     "home.see_messages": "Read your messages",
     "home.see_bills": "See your bills",
     "home.see_trackers": "See your health trackers",
+    "waiting.title": "Waiting for the clinic",
+    "waiting.line_waiting": "{what} from {when} is waiting to be sent to the clinic. "
+                            "We will send it as soon as their system answers.",
+    "waiting.line_refused": "{what} from {when} was not taken by the clinic's system. "
+                            "Please call the clinic about it. It said: {reason}",
+    "waiting.line_refused_plain": "{what} from {when} was not taken by the clinic's system. "
+                                  "Please call the clinic about it.",
+    "waiting.message": "Your message",
+    "waiting.refill": "Your refill request",
+    "waiting.reading": "Your health reading",
+    "waiting.change": "A change to your record",
     "record.title": "My record",
     "record.summary": "Summary",
     "record.conditions": "Health problems",
@@ -700,6 +711,17 @@ ES: dict[str, str] = {
     "home.see_messages": "Leer sus mensajes",
     "home.see_bills": "Ver sus facturas",
     "home.see_trackers": "Ver sus mediciones",
+    "waiting.title": "Esperando a la clínica",
+    "waiting.line_waiting": "{what} del {when} espera a ser enviado a la clínica. "
+                            "Lo enviaremos en cuanto su sistema responda.",
+    "waiting.line_refused": "{what} del {when} no fue aceptado por el sistema de la clínica. "
+                            "Llame a la clínica, por favor. Respuesta: {reason}",
+    "waiting.line_refused_plain": "{what} del {when} no fue aceptado por el sistema de la "
+                                  "clínica. Llame a la clínica, por favor.",
+    "waiting.message": "Su mensaje",
+    "waiting.refill": "Su pedido de resurtido",
+    "waiting.reading": "Su dato de salud",
+    "waiting.change": "Un cambio en su expediente",
     "record.title": "Mi expediente",
     "record.summary": "Resumen",
     "record.conditions": "Problemas de salud",

@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 from flask import abort, render_template
 
-from portal import charts, records, trackers, visits
+from portal import charts, records, trackers, visits, waiting
 from portal.blueprint import api, bp, current, language, patient_id, signed_in, t
 from portal.fhir_api import GatewayError
 
@@ -88,12 +88,19 @@ def _todo() -> list[tuple[str, dict]]:
     return items
 
 
+def _waiting() -> list[str]:
+    """What the gateway still keeps for the clinic, or what the clinic's EHR refused: it
+    answers from the gateway's own database, so it shows while the EHR is down."""
+    return [t(line.key, what=t(line.what), when=line.when, reason=line.reason)
+            for line in waiting.lines(api().outbox(), dt.datetime.now(dt.UTC))]
+
+
 @bp.get("/home")
 @signed_in
 def home():
     sections = {name: _section(load) for name, load in (
-        ("todo", _todo), ("visits", _visits), ("unread", _unread), ("balance", _balance),
-        ("alerts", _alerts))}
+        ("waiting", _waiting), ("todo", _todo), ("visits", _visits), ("unread", _unread),
+        ("balance", _balance), ("alerts", _alerts))}
     return render_template("home.html", name=current().data.get("name", ""), s=sections)
 
 

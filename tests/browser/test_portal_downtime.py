@@ -29,7 +29,9 @@ def env(tmp_path_factory):
     store = EmbeddedAdapter(upstream.database_url)
     live, stop = start_rest_gateway(data / "front", proxy.base, {
         "FHIR_GATEWAY_FHIR_REST_DEFAULT_CACHE_TTL": "0",
-        "FHIR_GATEWAY_FHIR_REST_BREAKER_RESET": "1"}, auth=True, store=store)
+        "FHIR_GATEWAY_FHIR_REST_BREAKER_RESET": "1",
+        # closed through the refused writes, so the reads between them still reach the EHR
+        "FHIR_GATEWAY_FHIR_REST_BREAKER_FAILURES": "100"}, auth=True, store=store)
     smart = smart_env_for(live)
     smart.proxy = proxy
     try:
@@ -87,6 +89,18 @@ def test_a_reply_and_a_refill_request_wait_for_the_ehr(env, portal, page):
         assert env.proxy.refused > refused, "no write was refused, so this proved nothing"
         assert not [r for r in store.iter_all() if is_reply(r)]
         assert [r["id"] for r in store.iter_all() if r["resourceType"] == "Task"] == tasks
+
+        # Home says what waits (from the gateway's own database: no EHR needed for it)
+        menu(page, "Home")
+        card = page.locator("section:has(#h-waiting)")
+        assert card.locator("h2").inner_text() == "Waiting for the clinic"
+        shown = [li.inner_text() for li in card.locator("li").all()]
+        assert len(shown) == 2, shown
+        assert shown[0].startswith("Your message from ") and \
+            shown[1].startswith("Your refill request from ")
+        assert all(x.endswith("is waiting to be sent to the clinic. We will send it as soon "
+                              "as their system answers.") for x in shown), shown
+        check_page(page, "home-waiting")
     finally:
         env.proxy.mode = "pass"
 
@@ -106,3 +120,37 @@ def test_a_reply_and_a_refill_request_wait_for_the_ehr(env, portal, page):
     card = page.locator(f'li.rx[data-prescription="{mr}"]')
     assert "Asked for" in card.locator("ul.requests").inner_text()
     assert card.locator("form").count() == 0  # one open request at a time
+
+    # once both are stored, Home no longer lists them
+    page.goto(f"{portal.url}/home")
+    assert page.locator("#h-waiting").count() == 0
+
+
+def test_home_shows_what_the_ehr_refused_with_its_words(env, portal, page):
+    """A kept write the EHR refuses for good ends failed; Home tells the patient, in the
+    EHR's words, to call the clinic. Another patient's refusal is not shown."""
+    outbox = env.live.app.extensions["fhir_gateway"].service.outbox
+    bad = {"resourceType": "Communication", "status": "not-a-status",
+           "subject": {"reference": "Patient/pat-0002"}}
+    mine = outbox.enqueue(method="POST", resource_type="Communication", resource_id=None,
+                          body=bad, if_match=None, write_id=None, lane="pat-0002",
+                          client_id="", error="test: refused", retry_after=None)
+    theirs = outbox.enqueue(method="POST", resource_type="Communication", resource_id=None,
+                            body=dict(bad, subject={"reference": "Patient/pat-0001"}),
+                            if_match=None, write_id=None, lane="pat-0001", client_id="",
+                            error="test: refused", retry_after=None)
+    deadline = time.monotonic() + 30
+    while {outbox.get(e.id).status for e in (mine, theirs)} != {"failed"}:
+        assert time.monotonic() < deadline, [outbox.get(e.id).status for e in (mine, theirs)]
+        time.sleep(0.2)
+    words = outbox.get(mine.id).outcome["issue"][0]["diagnostics"]
+    assert "not-a-status" in words
+
+    sign_in(page, portal, "bob")
+    shown = [li.inner_text() for li in page.locator("section:has(#h-waiting) li").all()]
+    assert len(shown) == 1, shown
+    assert shown[0].startswith("Your message from ")
+    assert "was not taken by the clinic's system. Please call the clinic about it." in shown[0]
+    assert " ".join(words.split())[:150] in shown[0]
+    check_page(page, "home-refused")
+

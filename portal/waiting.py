@@ -1,0 +1,67 @@
+"""What the gateway keeps for the clinic on the patient's behalf: the writes in its outbox (the
+patient's own lane, as `GET _outbox` answers them with the patient's token), as lines for Home.
+
+A write waits there while the clinic's EHR cannot take it; once stored it shows where it
+belongs (the thread, the prescription) and is no longer listed here. One the EHR refused for
+good is listed for `REFUSED_DAYS` with the EHR's own words, so the patient knows to call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from portal.records import local_time
+
+REFUSED_DAYS = 30
+WAITING = ("requested", "in-progress")
+REASON_CHARS = 200
+# What the patient did, by the outbox Task's code ("create Communication"): catalogue keys.
+KINDS = {("create", "Communication"): "waiting.message", ("create", "Task"): "waiting.refill",
+         ("create", "Observation"): "waiting.reading"}
+OTHER = "waiting.change"
+
+
+@dataclass(frozen=True)
+class Line:
+    key: str  # waiting.line_waiting, waiting.line_refused(_plain)
+    what: str  # catalogue key of what it is (KINDS, OTHER)
+    when: str  # when the patient made it, as the pages show a moment
+    reason: str = ""  # the EHR's words, for a refusal
+
+
+def _kind(task: dict) -> str:
+    verb, _, target = ((task.get("code") or {}).get("text") or "").partition(" ")
+    return KINDS.get((verb, target.split("/")[0]), OTHER)
+
+
+def _reason(task: dict) -> str:
+    """The EHR's first words of its OperationOutcome, else the gateway's; cut to a line."""
+    words = ""
+    for res in task.get("contained") or []:
+        if res.get("resourceType") == "OperationOutcome":
+            issue = (res.get("issue") or [{}])[0]
+            words = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+            break
+    words = " ".join((words or (task.get("statusReason") or {}).get("text") or "").split())
+    return words if len(words) <= REASON_CHARS else words[:REASON_CHARS - 1] + "\u2026"
+
+
+def lines(tasks: list[dict], now: dt.datetime) -> list[Line]:
+    """Waiting writes (oldest first), then refusals of the last REFUSED_DAYS (newest first)."""
+    since = (now.astimezone(dt.UTC) - dt.timedelta(days=REFUSED_DAYS)).strftime(
+        "%Y-%m-%dT%H:%M:%S")
+    waiting = sorted((t for t in tasks if t.get("status") in WAITING),
+                     key=lambda t: t.get("authoredOn") or "")
+    refused = sorted((t for t in tasks if t.get("status") == "failed"
+                      and (t.get("lastModified") or "") >= since),
+                     key=lambda t: t.get("authoredOn") or "", reverse=True)
+    return ([Line("waiting.line_waiting", _kind(t), local_time(t.get("authoredOn")))
+             for t in waiting]
+            + [_refused(t) for t in refused])
+
+
+def _refused(task: dict) -> Line:
+    reason = _reason(task)
+    return Line("waiting.line_refused" if reason else "waiting.line_refused_plain",
+                _kind(task), local_time(task.get("authoredOn")), reason)
