@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -69,6 +70,8 @@ outbox = Table(
     Column("id", String(32), nullable=False, unique=True),
     Column("lane", String(80), nullable=False, index=True),  # Patient id, or "" for none
     Column("client_id", String(200), nullable=False, default=""),
+    # who made the write: the token's fhirUser, else its subject (None with SMART off)
+    Column("requester", String(255)),
     Column("method", String(8), nullable=False),
     Column("resource_type", String(64), nullable=False),
     Column("resource_id", String(64)),
@@ -115,6 +118,7 @@ class Entry:
     result_ref: str | None
     result: dict | None
     if_none_exist: str | None = None
+    requester: str | None = None
 
     @classmethod
     def from_row(cls, row) -> Entry:
@@ -124,7 +128,7 @@ class Entry:
                    m["resource_type"], m["resource_id"], load(m["body"]), m["if_match"],
                    m["write_id"], m["status"], m["attempts"], m["next_at"], m["created_at"],
                    m["updated_at"], m["last_error"], load(m["outcome"]), m["result_ref"],
-                   load(m["result"]), m["if_none_exist"])
+                   load(m["result"]), m["if_none_exist"], m["requester"])
 
     def as_task(self, base: str) -> dict:
         """The entry as a FHIR Task, which is what the status URL answers."""
@@ -139,6 +143,8 @@ class Entry:
         }
         if self.lane:
             task["for"] = {"reference": f"Patient/{self.lane}"}
+        if self.requester and _REQUESTER.fullmatch(self.requester):
+            task["requester"] = {"reference": self.requester}
         outputs = []
         if self.result_ref:
             outputs.append({"type": {"text": "stored"},
@@ -170,6 +176,9 @@ def _chunks(values: list[str], size: int) -> list[list[str]]:
 
 def _load(value: str | None):
     return orjson.loads(value) if value else None
+
+
+_REQUESTER = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # a relative reference
 
 
 def _instant(ts: float) -> str:
@@ -221,12 +230,13 @@ class Outbox:
     def enqueue(self, *, method: str, resource_type: str, resource_id: str | None,
                 body: dict | None, if_match: str | None, write_id: str | None, lane: str,
                 client_id: str, error: str, retry_after: float | None = None,
-                if_none_exist: str | None = None) -> Entry:
+                if_none_exist: str | None = None, requester: str | None = None) -> Entry:
         now = time.time()
         entry_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
             conn.execute(insert(outbox).values(
-                id=entry_id, lane=lane or "", client_id=client_id or "", method=method,
+                id=entry_id, lane=lane or "", client_id=client_id or "",
+                requester=requester, method=method,
                 resource_type=resource_type, resource_id=resource_id,
                 body=orjson.dumps(body).decode() if body is not None else None,
                 if_match=if_match, write_id=write_id, if_none_exist=if_none_exist,
@@ -242,8 +252,10 @@ class Outbox:
         return Entry.from_row(row) if row else None
 
     def list(self, status: str | None = None, lane: str | None = None,
-             client_id: str | None = None, limit: int = 200) -> list[Entry]:
-        """The newest `limit` entries that match, oldest first."""
+             client_id: str | None = None, requester: str | None = None,
+             limit: int = 200) -> list[Entry]:
+        """The newest `limit` entries that match, oldest first. `requester` also matches
+        entries that name none (queued before requesters were kept)."""
         query = select(outbox).order_by(outbox.c.seq.desc()).limit(limit)
         if status:
             query = query.where(outbox.c.status == status)
@@ -251,6 +263,9 @@ class Outbox:
             query = query.where(outbox.c.lane == lane)
         if client_id is not None:
             query = query.where(outbox.c.client_id == client_id)
+        if requester is not None:
+            query = query.where(or_(outbox.c.requester == requester,
+                                    outbox.c.requester.is_(None)))
         with self.engine.connect() as conn:
             return [Entry.from_row(r) for r in conn.execute(query)][::-1]
 

@@ -489,7 +489,8 @@ class FhirService:
             resource_type=req.resource_type or "", resource_id=req.id, body=body,
             if_match=req.if_match, write_id=write_id, lane=lane,
             client_id=getattr(principal, "client_id", "") or "", error=exc.diagnostics,
-            retry_after=exc.retry_after, if_none_exist=if_none_exist)
+            retry_after=exc.retry_after, if_none_exist=if_none_exist,
+            requester=getattr(principal, "user", None))
         status_url = f"{base}/_outbox/{entry.id}"
         outcome = operation_outcome([issue(
             "information", "informational",

@@ -922,6 +922,32 @@ def test_an_outbox_table_of_an_earlier_version_gets_the_new_column(tmp_path: Pat
     engine.dispose()
 
 
+def test_an_outbox_table_without_requesters_gets_the_column(tmp_path: Path) -> None:
+    """Entries of an earlier version name no requester; they stay listed by lane and
+    client alone, new ones by their requester too."""
+    from sqlalchemy import create_engine, inspect
+
+    from fhir_gateway.outbox import Outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    old = Outbox(engine).enqueue(
+        method="POST", resource_type="Observation", resource_id=None,
+        body={"resourceType": "Observation"}, if_match=None, write_id=None, lane="p1",
+        client_id="app", error="test")
+    with engine.begin() as conn:  # as the table was before `requester`
+        conn.exec_driver_sql("ALTER TABLE outbox DROP COLUMN requester")
+    assert "requester" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
+    box = Outbox(engine)
+    new = [box.enqueue(method="POST", resource_type="Observation", resource_id=None,
+                       body={"resourceType": "Observation"}, if_match=None, write_id=None,
+                       lane="p1", client_id="app", error="test", requester=who)
+           for who in ("Patient/p1", "RelatedPerson/r1")]
+    assert box.get(old.id).requester is None
+    assert [e.id for e in box.list(lane="p1", client_id="app", requester="Patient/p1")] == \
+        [old.id, new[0].id]
+    engine.dispose()
+
+
 def test_an_outbox_table_of_an_earlier_version_gets_the_resource_index(tmp_path: Path) -> None:
     """`waiting_lane` runs on every direct write: a table made before its index gets it."""
     from sqlalchemy import create_engine, inspect

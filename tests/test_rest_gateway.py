@@ -474,8 +474,21 @@ def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
             mine = client.get(status_url)
             assert mine.status_code == 200 and mine.json()["status"] == "requested"
             assert mine.json()["for"] == {"reference": "Patient/pat-0001"}
+            assert mine.json()["requester"] == {"reference": "Patient/pat-0001"}
+            # what a clinician's app, or another user of the same app (a proxy), queued about
+            # pat-0001 is theirs: not listed for her, and its status URL is not hers
+            outbox = live.app.extensions["fhir_gateway"].service.outbox
+            theirs = [outbox.enqueue(
+                method="POST", resource_type="Observation", resource_id=None,
+                body={"resourceType": "Observation"}, if_match=None, write_id=None,
+                lane="pat-0001", client_id=app, error="test", retry_after=3600,
+                requester=user) for app, user in (("clinic-app", "Practitioner/prac-01"),
+                                                  ("app-public", "RelatedPerson/carol"))]
             listed = client.get("_outbox").json()
             assert [e["resource"]["id"] for e in listed["entry"]] == [mine.json()["id"]]
+            for entry in theirs:
+                assert client.get(f"_outbox/{entry.id}").status_code == 404
+                outbox.drop(entry.id)
         with env.fhir(bob) as client:
             assert client.get(status_url).status_code == 404
             assert client.get("_outbox").json()["total"] == 0

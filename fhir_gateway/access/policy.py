@@ -52,6 +52,12 @@ class Principal:
     encounter: str | None = None
     jti: str | None = None
 
+    @property
+    def user(self) -> str | None:
+        """Who the caller is, as the audit log and the outbox name them: the token's
+        fhirUser (a reference), else its subject."""
+        return self.fhir_user or self.subject
+
     @classmethod
     def from_claims(cls, claims: dict, scopes: ScopeSet) -> Principal:
         return cls(client_id=claims.get("client_id", ""), scopes=scopes,

@@ -203,7 +203,7 @@ def end(ex: Exchange, resp: Response, rule: str) -> Response:
         interaction, rtype, rid = ex.access
         gateway.record(
             interaction, "allowed" if status < 400 else "denied",
-            user=(who.fhir_user or who.subject) if who else None,
+            user=who.user if who else None,
             client_id=who.client_id if who else None,
             patient=ex.patient or (who.patient if who else None),
             resource_type=rtype, resource_id=rid, status=status, request_id=ex.request_id)

@@ -1,6 +1,7 @@
 """Where a queued write can be followed: `GET /fhir/_outbox/{id}` answers a Task whose status
 says queued (requested), stored (completed, with the stored resource as output) or failed (with
-the EHR's OperationOutcome contained); `GET /fhir/_outbox` lists the caller's own entries."""
+the EHR's OperationOutcome contained); `GET /fhir/_outbox` lists the caller's own entries
+(a patient's: what that user made for that patient through that app)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,27 @@ def _outbox():
     return outbox
 
 
-def _whose() -> tuple[str | None, str | None] | None:
-    """(lane, client id) a caller's entries are found by: a patient's token sees its patient's
-    lane, any other token what its client made; None with SMART off (everything is visible)."""
+def _whose() -> tuple[str | None, str | None, str | None] | None:
+    """(lane, client id, requester) a caller's entries are found by: a patient's token sees
+    what its user made through its app for its patient (not what clinicians or other apps
+    queued about that patient), any other token what its client made; None with SMART off
+    (everything is visible)."""
     who = principal()
     if who is None:
         return None
     patient = who.patient or ((who.fhir_user or "").partition("/")[2]
                               if (who.fhir_user or "").startswith("Patient/") else None)
-    return (patient, None) if patient else (None, who.client_id or "\0")
+    client = who.client_id or "\0"
+    return (patient, client, who.user or "\0") if patient else (None, client, None)
 
 
 def _mine(entry: Entry) -> bool:
     whose = _whose()
     if whose is None:
         return True
-    lane, client_id = whose
-    return entry.lane == lane if lane is not None else entry.client_id == client_id
+    lane, client_id, requester = whose
+    return entry.client_id == client_id and (lane is None or entry.lane == lane) and \
+        (requester is None or entry.requester in (requester, None))
 
 
 @bp.get("/_outbox/<entry_id>")
@@ -52,7 +57,7 @@ def status(entry_id: str) -> Response:
 def listing() -> Response:
     whose = _whose()  # chosen in the query: the caller's newest entries, not the table's
     entries = _outbox().list() if whose is None else \
-        _outbox().list(lane=whose[0], client_id=whose[1])
+        _outbox().list(lane=whose[0], client_id=whose[1], requester=whose[2])
     base = base_url()
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
               "link": [{"relation": "self", "url": f"{base}/_outbox"}],
