@@ -3,13 +3,15 @@ patient's FHIR client, the message catalogue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 
+import httpx
 from flask import Blueprint, current_app, g, redirect, session, url_for
 
 from portal import smart
-from portal.fhir_api import FhirApi
+from portal.fhir_api import FhirApi, GatewayError
 from portal.messages import LANGUAGES, translate
 from portal.sessions import PortalSession, SessionStore
 from portal.settings import PortalSettings
@@ -122,3 +124,15 @@ def _close_api(exc: BaseException | None) -> None:
     client = g.pop("fhir_api", None)
     if client is not None:
         client.close()
+
+
+def busy_page(render: Callable[[], object], failed: GatewayError):
+    """The form again, with what was typed and a message that nothing was sent, when the
+    server answered 503 (the clinic's system cannot take the change now, or the gateway
+    holds it back behind earlier ones). When the form's own page cannot be read either (the
+    EHR is down), the error page the failure would have given."""
+    try:
+        return render()
+    except (GatewayError, httpx.HTTPError):
+        raise failed from None
+

@@ -17,7 +17,7 @@ from flask import abort, redirect, render_template, request, send_file, session,
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import threads as th
-from portal.blueprint import api, bp, current, patient_id, signed_in, state, t
+from portal.blueprint import api, bp, busy_page, current, patient_id, signed_in, state, t
 from portal.fhir_api import GatewayError, valid_id
 from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
@@ -142,6 +142,9 @@ def send_new():
     except GatewayError as exc:
         if exc.status in (400, 409, 413, 422):
             return _compose(_refusal(exc), values, 422, team)
+        if exc.status == 503:
+            return busy_page(lambda: _compose({"_page": t("msg.err_busy")}, values, 503, team),
+                             exc)
         raise
     return _after_send(status, body)
 
@@ -213,6 +216,9 @@ def reply(tid: str):
     except GatewayError as exc:
         if exc.status in (400, 409, 413, 422):
             return _thread_page(tid, _refusal(exc), values, 422)
+        if exc.status == 503:
+            return busy_page(lambda: _thread_page(tid, {"_page": t("msg.err_busy")}, values,
+                                                  503), exc)
         raise
     return _after_send(status, body)
 

@@ -69,9 +69,11 @@ EN: dict[str, str] = {
     "waiting.line_waiting": "{what} from {when} is waiting to be sent to the clinic. "
                             "We will send it as soon as their system answers.",
     "waiting.line_refused": "{what} from {when} was not taken by the clinic's system. "
-                            "Please call the clinic about it. It said: {reason}",
+                            "Please call the clinic about it. It said:",
     "waiting.line_refused_plain": "{what} from {when} was not taken by the clinic's system. "
                                   "Please call the clinic about it.",
+    "waiting.line_dropped": "{what} from {when} was not sent: the clinic stopped it. "
+                            "Please call the clinic about it.",
     "waiting.message": "Your message",
     "waiting.refill": "Your refill request",
     "waiting.reading": "Your health reading",
@@ -135,6 +137,8 @@ EN: dict[str, str] = {
     "rx.refused.MedicationRequest.dispenseRequest.numberOfRepeatsAllowed":
         "This prescription has no refills left. Ask your prescriber to renew it.",
     "rx.err_twice": "This form was already sent. Nothing more was changed.",
+    "rx.err_busy": "The clinic's system is busy right now, so your refill request was not "
+                   "sent. Please try again in a few minutes.",
     "rx.task_status.requested": "Asked for",
     "rx.task_status.received": "Received by the clinic",
     "rx.task_status.accepted": "Accepted",
@@ -295,6 +299,8 @@ EN: dict[str, str] = {
     "msg.sent": "Your message was sent.",
     "msg.queued": "Your message was received and will be delivered soon.",
     "msg.err_twice": "This message was already sent. It was not sent again.",
+    "msg.err_busy": "The clinic's system is busy right now, so your message was not sent. "
+                    "Please try again in a few minutes.",
     "msg.err_text_empty": "Please write your message.",
     "msg.err_text_long":
         "Your message is too long: {length} characters. Please keep it under {max}.",
@@ -715,7 +721,9 @@ ES: dict[str, str] = {
     "waiting.line_waiting": "{what} del {when} espera a ser enviado a la clínica. "
                             "Lo enviaremos en cuanto su sistema responda.",
     "waiting.line_refused": "{what} del {when} no fue aceptado por el sistema de la clínica. "
-                            "Llame a la clínica, por favor. Respuesta: {reason}",
+                            "Llame a la clínica, por favor. Respuesta:",
+    "waiting.line_dropped": "{what} del {when} no se envió: la clínica lo detuvo. "
+                            "Llame a la clínica, por favor.",
     "waiting.line_refused_plain": "{what} del {when} no fue aceptado por el sistema de la "
                                   "clínica. Llame a la clínica, por favor.",
     "waiting.message": "Su mensaje",
@@ -783,6 +791,8 @@ ES: dict[str, str] = {
     "rx.refused.MedicationRequest.dispenseRequest.numberOfRepeatsAllowed":
         "Esta receta no tiene resurtidos disponibles. Pida a su médico que la renueve.",
     "rx.err_twice": "Este formulario ya fue enviado. No se cambió nada más.",
+    "rx.err_busy": "El sistema de la clínica está ocupado ahora, así que su pedido de "
+                   "resurtido no se envió. Inténtelo de nuevo en unos minutos.",
     "rx.task_status.requested": "Pedido",
     "rx.task_status.received": "Recibido por la clínica",
     "rx.task_status.accepted": "Aceptado",
@@ -947,6 +957,8 @@ ES: dict[str, str] = {
     "msg.sent": "Su mensaje fue enviado.",
     "msg.queued": "Recibimos su mensaje y se entregará pronto.",
     "msg.err_twice": "Este mensaje ya fue enviado. No se envió otra vez.",
+    "msg.err_busy": "El sistema de la clínica está ocupado ahora, así que su mensaje no se "
+                    "envió. Inténtelo de nuevo en unos minutos.",
     "msg.err_text_empty": "Escriba su mensaje.",
     "msg.err_text_long": "Su mensaje es demasiado largo: {length} caracteres. Use menos de {max}.",
     "msg.err_topic_empty": "Escriba un tema.",

@@ -88,11 +88,12 @@ def _todo() -> list[tuple[str, dict]]:
     return items
 
 
-def _waiting() -> list[str]:
-    """What the gateway still keeps for the clinic, or what the clinic's EHR refused: it
-    answers from the gateway's own database, so it shows while the EHR is down."""
-    return [t(line.key, what=t(line.what), when=line.when, reason=line.reason)
-            for line in waiting.lines(api().outbox(), dt.datetime.now(dt.UTC))]
+def _waiting() -> list[tuple[str, str]]:
+    """What the gateway still keeps for the clinic, or what was not sent, as (sentence, the
+    EHR's words): the gateway answers from its own database, so it shows while the EHR is
+    down."""
+    return [(t(line.key, what=t(line.what), when=line.when), line.reason)
+            for line in waiting.lines(api().outbox(), patient_id(), dt.datetime.now(dt.UTC))]
 
 
 @bp.get("/home")

@@ -12,7 +12,7 @@ import logging
 from flask import redirect, render_template, request, session, url_for
 
 from portal import records
-from portal.blueprint import api, bp, signed_in, t
+from portal.blueprint import api, bp, busy_page, signed_in, t
 from portal.fhir_api import GatewayError, valid_id
 from portal.forms import new_form_id, use_form_id
 from portal.messages import EN
@@ -85,6 +85,8 @@ def refill():
             return _page({"_page": t("rx.err_unknown")}, status=404)
         if exc.status in (400, 422):
             return _page({rid: _refusal(exc)}, {rid: raw}, status=422)
+        if exc.status == 503:
+            return busy_page(lambda: _page({rid: t("rx.err_busy")}, {rid: raw}, status=503), exc)
         raise
     # 201 a new request; 202 the gateway keeps it until the EHR takes it; 200 the open
     # request already there

@@ -3,7 +3,8 @@ patient's own lane, as `GET _outbox` answers them with the patient's token), as 
 
 A write waits there while the clinic's EHR cannot take it; once stored it shows where it
 belongs (the thread, the prescription) and is no longer listed here. One the EHR refused for
-good is listed for `REFUSED_DAYS` with the EHR's own words, so the patient knows to call.
+good (with the EHR's own words), or the clinic dropped, is listed for `REFUSED_DAYS`, so the
+patient knows it was not sent and to call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ OTHER = "waiting.change"
 
 @dataclass(frozen=True)
 class Line:
-    key: str  # waiting.line_waiting, waiting.line_refused(_plain)
+    key: str  # waiting.line_waiting, _refused, _refused_plain, _dropped
     what: str  # catalogue key of what it is (KINDS, OTHER)
     when: str  # when the patient made it, as the pages show a moment
     reason: str = ""  # the EHR's words, for a refusal
@@ -36,32 +37,39 @@ def _kind(task: dict) -> str:
 
 
 def _reason(task: dict) -> str:
-    """The EHR's first words of its OperationOutcome, else the gateway's; cut to a line."""
+    """The first words of the EHR's OperationOutcome, cut to a line; none when the EHR gave
+    none (the gateway's own notes, such as how often it tried, are not for patients)."""
     words = ""
     for res in task.get("contained") or []:
         if res.get("resourceType") == "OperationOutcome":
             issue = (res.get("issue") or [{}])[0]
             words = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
             break
-    words = " ".join((words or (task.get("statusReason") or {}).get("text") or "").split())
+    words = " ".join(words.split())
     return words if len(words) <= REASON_CHARS else words[:REASON_CHARS - 1] + "\u2026"
 
 
-def lines(tasks: list[dict], now: dt.datetime) -> list[Line]:
-    """Waiting writes (oldest first), then refusals of the last REFUSED_DAYS (newest first)."""
+def lines(tasks: list[dict], patient: str, now: dt.datetime) -> list[Line]:
+    """For `patient` (a Patient id): waiting writes (oldest first), then those that ended
+    unsent in the last REFUSED_DAYS, refused by the EHR or dropped by the clinic (newest
+    first). Tasks for anyone else are left out, whatever the server listed."""
     since = (now.astimezone(dt.UTC) - dt.timedelta(days=REFUSED_DAYS)).strftime(
         "%Y-%m-%dT%H:%M:%S")
+    tasks = [t for t in tasks if (t.get("for") or {}).get("reference") == f"Patient/{patient}"]
     waiting = sorted((t for t in tasks if t.get("status") in WAITING),
                      key=lambda t: t.get("authoredOn") or "")
-    refused = sorted((t for t in tasks if t.get("status") == "failed"
-                      and (t.get("lastModified") or "") >= since),
-                     key=lambda t: t.get("authoredOn") or "", reverse=True)
+    unsent = sorted((t for t in tasks if t.get("status") in ("failed", "cancelled")
+                     and (t.get("lastModified") or "") >= since),
+                    key=lambda t: t.get("authoredOn") or "", reverse=True)
     return ([Line("waiting.line_waiting", _kind(t), local_time(t.get("authoredOn")))
              for t in waiting]
-            + [_refused(t) for t in refused])
+            + [_unsent(t) for t in unsent])
 
 
-def _refused(task: dict) -> Line:
+def _unsent(task: dict) -> Line:
+    when = local_time(task.get("authoredOn"))
+    if task.get("status") == "cancelled":
+        return Line("waiting.line_dropped", _kind(task), when)
     reason = _reason(task)
     return Line("waiting.line_refused" if reason else "waiting.line_refused_plain",
-                _kind(task), local_time(task.get("authoredOn")), reason)
+                _kind(task), when, reason)
