@@ -372,23 +372,25 @@ class FhirService:
         checks never saw), or one in the lane of another patient the body names (its own
         lane is one patient's, or the shared one when it names several)."""
         rtype = body["resourceType"]
-        if self.outbox is not None:
-            others = self._patients_of(rtype, None, body) - {self.lane(req, decision, body)}
-            if relied_on or others:
-                self._hold(self.outbox.waiting_until(set(relied_on), others))
         condition = kept = None
         if req.if_none_exist is not None:
             condition = self.condition(rtype, req.if_none_exist, "If-None-Exist", narrowing)
             # the caller's condition as a replay must ask it
             kept = urlencode(parse_qsl(req.if_none_exist.split("?", 1)[-1],
                                        keep_blank_values=True) + list(narrowing))
+        lane = None
+        if self.outbox is not None:
+            lane = self.lane(req, decision, body)
+            others = self._patients_of(rtype, None, body) - {lane}
+            if relied_on or others:
+                self._hold(self.outbox.waiting_until(set(relied_on), others))
         write_id = None
         if self.write_ids(rtype):
             write_id = assign_write_id(body)
             if condition is None:
                 condition = self.write_condition(rtype, write_id)
         return self.send_write(req, base, decision, lambda: self.adapter.create(body, condition),
-                               body=body, write_id=write_id, if_none_exist=kept)
+                               body=body, write_id=write_id, if_none_exist=kept, lane=lane)
 
     def write_ids(self, rtype: str) -> bool:
         """Are creates of this type tagged with a write id? With an outbox (an EHR that can be
@@ -403,13 +405,15 @@ class FhirService:
 
     def send_write(self, req: FhirRequest, base: str, decision: AccessDecision | None, send,
                    body: dict | None = None, write_id: str | None = None,
-                   if_none_exist: str | None = None):
+                   if_none_exist: str | None = None, lane: str | None = None):
         """Run `send` (a write to the EHR) and return its WriteResult; or, when the EHR cannot
         take it now, or earlier writes for the same patient still wait in the outbox (they
-        must land first), queue it and return the 202 FhirResponse."""
+        must land first), queue it and return the 202 FhirResponse. `lane`: the write's
+        lane when the caller has chosen it already."""
         if self.outbox is None:
             return send()
-        lane = self.lane(req, decision, body)
+        if lane is None:
+            lane = self.lane(req, decision, body)
         if self.outbox.waiting_until(set(), {lane}) is not None:
             return self.queue(UpstreamUnavailable(
                 "Earlier changes to this patient's record are still waiting for the EHR"),
@@ -419,22 +423,24 @@ class FhirService:
         except UpstreamUnavailable as exc:
             return self.queue(exc, req, base, lane, body, write_id, if_none_exist)
 
-    def transaction(self, entries: list[BundleEntryRequest],
-                    patients: tuple[str, ...] = ()) -> list:
-        """The adapter's atomic write, once no earlier write it would overtake still waits."""
-        self.clear_to_write(entries, patients)
+    def transaction(self, entries: list[BundleEntryRequest], patients: tuple[str, ...] = (),
+                    relied_on: Iterable[tuple[str, str]] = ()) -> list:
+        """The adapter's atomic write, once no earlier write it would overtake, or to what
+        its caller's checks read (`relied_on`), still waits."""
+        self.clear_to_write(entries, patients, relied_on)
         return self.adapter.transaction(entries)
 
-    def clear_to_write(self, writes: list[BundleEntryRequest],
-                       patients: tuple[str, ...] = ()) -> None:
+    def clear_to_write(self, writes: list[BundleEntryRequest], patients: tuple[str, ...] = (),
+                       relied_on: Iterable[tuple[str, str]] = ()) -> None:
         """Writes that are never queued (transactions, portal actions that change several
         resources or what exists) must not overtake earlier ones that still wait in the
-        outbox for the same resource or patient (the lanes `send_write` keeps): 503 until
-        those are stored, and nothing is sent."""
+        outbox for the same resource or patient (the lanes `send_write` keeps), nor a
+        waiting change to what the caller's checks read (`relied_on`): 503 until those are
+        stored, and nothing is sent."""
         writes = [e for e in writes if e.method in ("POST", "PUT", "DELETE", "PATCH")]
         if self.outbox is None or not writes:  # reads never wait
             return
-        resources = {(e.resource_type, e.id) for e in writes if e.id}
+        resources = {(e.resource_type, e.id) for e in writes if e.id} | set(relied_on)
         # The lanes: the caller's patient, and every patient the change names (a portal
         # action's Slot or receipt belongs to the patient its Appointment or Account names).
         # A change that names no patient at all waits behind the shared lane "", as a plain

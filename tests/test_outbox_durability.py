@@ -835,6 +835,31 @@ def test_an_action_is_refused_when_what_its_checks_read_has_a_change_waiting(ehr
             outbox.drop(head.id)
 
 
+def test_messages_wait_for_a_care_team_change_in_another_lane(ehr) -> None:
+    """A care team change queued in the shared lane (it names no one patient): a reply and
+    a new thread of the team's patient, whose own lane is free, are refused (503) while it
+    waits, since their care-team check read the team as it was."""
+    live, proxy, store, outbox = ehr
+    team = next(r for r in store.iter_all() if r["resourceType"] == "CareTeam"
+                and r.get("subject", {}).get("reference") == "Patient/pat-0003")
+    thread, recipient = _a_thread(store, "pat-0003")
+    head = outbox.enqueue(
+        method="PUT", resource_type="CareTeam", resource_id=team["id"],
+        body=dict({k: v for k, v in team.items() if k != "meta"}, status="inactive"),
+        if_match=None, write_id=None, lane="", client_id="", error="test: waits",
+        retry_after=3600)
+    communications = store.count("Communication")
+    try:
+        for params in (_send("pat-0003", recipient, "reply behind the team", thread),
+                       _send("pat-0003", recipient, "new thread behind the team")):
+            resp = live.post("Communication/$send", params)
+            assert resp.status_code == 503, resp.text
+            assert "still waiting for the EHR" in resp.json()["issue"][0]["diagnostics"]
+        assert store.count("Communication") == communications
+    finally:
+        outbox.drop(head.id)
+
+
 def test_a_create_naming_two_patients_waits_for_both_lanes(ehr) -> None:
     """A create that names two patients goes in the shared lane; while one of those
     patients' lanes still holds a write it is refused (503), not queued ahead of it."""

@@ -117,7 +117,7 @@ def send(ctx: OperationContext) -> FhirResponse:
     service.check_write(create, message)
     if entries:  # a new thread: its header and first message land together, or not at all
         entries.append(BundleEntryRequest("POST", "Communication", resource=message))
-        result = service.transaction(entries)[-1]
+        result = service.transaction(entries, relied_on=relied_on)[-1]
     else:  # a reply: kept in the outbox (202) when the EHR cannot take it now
         result = service.create_checked(creating, ctx.base, create, message,
                                         relied_on=relied_on)
