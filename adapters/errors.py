@@ -7,11 +7,27 @@ table, so adapters never think in HTTP.
 
 from __future__ import annotations
 
+# The system of the gateway's own issue details codes (`OperationOutcome.issue.details`), so a
+# client can tell its cases apart by code rather than by words: `held-back` (not sent, earlier
+# writes wait; nothing was stored), `ehr-refused` (the EHR's refusal; `details.text` holds the
+# EHR's own first words).
+ISSUE_SYSTEM = "urn:fhir-gateway:issue"
+
+
+def gateway_details(code: str, text: str | None = None) -> dict:
+    """An issue's `details` CodeableConcept with one of the gateway's codes."""
+    out: dict = {"coding": [{"system": ISSUE_SYSTEM, "code": code}]}
+    if text:
+        out["text"] = text
+    return out
+
 
 class FhirError(Exception):
-    """Base of every typed error; `code` is an OperationOutcome issue code."""
+    """Base of every typed error; `code` is an OperationOutcome issue code, `details` an
+    optional CodeableConcept for its first issue."""
 
     code = "exception"
+    details: dict | None = None
 
     def __init__(
         self,
@@ -20,8 +36,11 @@ class FhirError(Exception):
         expression: str | list[str] | None = None,
         code: str | None = None,
         issues: list[dict] | None = None,
+        details: dict | None = None,
     ) -> None:
         super().__init__(diagnostics)
+        if details is not None:
+            self.details = details
         self.diagnostics = diagnostics
         if isinstance(expression, str):
             expression = [expression]
@@ -84,6 +103,8 @@ class UpstreamUnavailable(FhirError):
 class HeldBack(UpstreamUnavailable):
     """Not sent to the EHR at all (earlier writes it must not overtake still wait): unlike
     other `UpstreamUnavailable`s, nothing can have been stored."""
+
+    details = gateway_details("held-back")
 
 
 class UpstreamError(FhirError):

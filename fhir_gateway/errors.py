@@ -72,8 +72,11 @@ def status_for(error: FhirError) -> int:
 
 
 def issue(severity: str, code: str, diagnostics: str,
-          expression: list[str] | None = None) -> dict:
-    out = {"severity": severity, "code": code, "diagnostics": diagnostics}
+          expression: list[str] | None = None, details: dict | None = None) -> dict:
+    out = {"severity": severity, "code": code}
+    if details:
+        out["details"] = details
+    out["diagnostics"] = diagnostics
     if expression:
         out["expression"] = expression
     return out
@@ -86,5 +89,5 @@ def operation_outcome(issues: list[dict]) -> dict:
 def outcome_for(error: FhirError) -> dict:
     """The OperationOutcome for a typed error: its own issue first, then any extra ones."""
     severity = "error" if status_for(error) < 500 else "fatal"
-    first = issue(severity, error.code, error.diagnostics, error.expression)
+    first = issue(severity, error.code, error.diagnostics, error.expression, error.details)
     return operation_outcome([first, *error.issues])

@@ -253,9 +253,10 @@ class Outbox:
 
     def list(self, status: str | None = None, lane: str | None = None,
              client_id: str | None = None, requester: str | None = None,
-             limit: int = 200) -> list[Entry]:
-        """The newest `limit` entries that match, oldest first. `requester` also matches
-        entries that name none (queued before requesters were kept)."""
+             unattributed: bool = False, limit: int = 200) -> list[Entry]:
+        """The newest `limit` entries that match, oldest first. With `unattributed`,
+        `requester` also matches entries that name none (queued before requesters were
+        kept)."""
         query = select(outbox).order_by(outbox.c.seq.desc()).limit(limit)
         if status:
             query = query.where(outbox.c.status == status)
@@ -265,7 +266,8 @@ class Outbox:
             query = query.where(outbox.c.client_id == client_id)
         if requester is not None:
             query = query.where(or_(outbox.c.requester == requester,
-                                    outbox.c.requester.is_(None)))
+                                    outbox.c.requester.is_(None)) if unattributed else
+                                outbox.c.requester == requester)
         with self.engine.connect() as conn:
             return [Entry.from_row(r) for r in conn.execute(query)][::-1]
 

@@ -128,9 +128,12 @@ def _close_api(exc: BaseException | None) -> None:
 
 def busy_page(render: Callable[[], object], failed: GatewayError):
     """The form again, with what was typed and a message that nothing was sent, when the
-    server answered 503 (the clinic's system cannot take the change now, or the gateway
-    holds it back behind earlier ones). When the form's own page cannot be read either (the
-    EHR is down), the error page the failure would have given."""
+    gateway held the change back (503 marked `held-back`: earlier changes still wait, and
+    nothing was sent, so trying again cannot double it). Any other failure, where the change
+    may have reached the EHR, and a form whose own page cannot be read either, give the
+    error page the failure would have given."""
+    if "held-back" not in failed.codes:
+        raise failed
     try:
         return render()
     except (GatewayError, httpx.HTTPError):

@@ -25,22 +25,39 @@ def valid_id(value: str | None) -> bool:
     return bool(value) and _FHIR_ID.fullmatch(value) is not None
 
 
-class GatewayError(Exception):
-    """The FHIR server refused or failed; `status` and the OperationOutcome's first text."""
+#: The gateway's issue details codes (`urn:fhir-gateway:issue`): "held-back" means the change
+#: was not sent at all (earlier ones still wait), so trying again later cannot double it.
+GATEWAY_ISSUE = "urn:fhir-gateway:issue"
 
-    def __init__(self, status: int, text: str, expression: str = "") -> None:
+
+def gateway_codes(issue: dict) -> frozenset[str]:
+    """The gateway's codes in an OperationOutcome issue's details."""
+    return frozenset(c.get("code") for c in (issue.get("details") or {}).get("coding") or []
+                     if c.get("system") == GATEWAY_ISSUE)
+
+
+class GatewayError(Exception):
+    """The FHIR server refused or failed; `status`, the OperationOutcome's first text, its
+    expression and the gateway's codes for it."""
+
+    def __init__(self, status: int, text: str, expression: str = "",
+                 codes: frozenset[str] = frozenset()) -> None:
         super().__init__(f"{status}: {text}")
         self.status, self.text, self.expression = status, text, expression
+        self.codes = codes
 
 
-def _outcome(resp: httpx.Response) -> tuple[str, str]:
+def _outcome(resp: httpx.Response) -> tuple[str, str, frozenset[str]]:
     try:
         body = resp.json()
     except ValueError:
-        return resp.reason_phrase, ""
+        return resp.reason_phrase, "", frozenset()
     issue = (body.get("issue") or [{}])[0] if isinstance(body, dict) else {}
+    if not isinstance(issue, dict):
+        issue = {}
     text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
-    return text or resp.reason_phrase, ",".join(issue.get("expression") or [])
+    return (text or resp.reason_phrase, ",".join(issue.get("expression") or []),
+            gateway_codes(issue))
 
 
 class SessionEnded(Exception):

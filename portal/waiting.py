@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from portal.fhir_api import gateway_codes
 from portal.records import local_time
 
 REFUSED_DAYS = 30
@@ -37,13 +38,15 @@ def _kind(task: dict) -> str:
 
 
 def _reason(task: dict) -> str:
-    """The first words of the EHR's OperationOutcome, cut to a line; none when the EHR gave
-    none (the gateway's own notes, such as how often it tried, are not for patients)."""
+    """The EHR's own first words of its refusal (the outcome's first issue marked
+    `ehr-refused`, its `details.text`), cut to a line; none otherwise (the gateway's own
+    notes, such as how often it tried, are not for patients)."""
     words = ""
     for res in task.get("contained") or []:
         if res.get("resourceType") == "OperationOutcome":
             issue = (res.get("issue") or [{}])[0]
-            words = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+            if "ehr-refused" in gateway_codes(issue):
+                words = (issue.get("details") or {}).get("text") or ""
             break
     words = " ".join(words.split())
     return words if len(words) <= REASON_CHARS else words[:REASON_CHARS - 1] + "\u2026"
@@ -57,13 +60,17 @@ def lines(tasks: list[dict], patient: str, now: dt.datetime) -> list[Line]:
         "%Y-%m-%dT%H:%M:%S")
     tasks = [t for t in tasks if (t.get("for") or {}).get("reference") == f"Patient/{patient}"]
     waiting = sorted((t for t in tasks if t.get("status") in WAITING),
-                     key=lambda t: t.get("authoredOn") or "")
+                     key=_order)
     unsent = sorted((t for t in tasks if t.get("status") in ("failed", "cancelled")
                      and (t.get("lastModified") or "") >= since),
-                    key=lambda t: t.get("authoredOn") or "", reverse=True)
+                    key=_order, reverse=True)
     return ([Line("waiting.line_waiting", _kind(t), local_time(t.get("authoredOn")))
              for t in waiting]
             + [_unsent(t) for t in unsent])
+
+
+def _order(task: dict) -> tuple[str, str, str]:
+    return (task.get("authoredOn") or "", task.get("lastModified") or "", task.get("id") or "")
 
 
 def _unsent(task: dict) -> Line:

@@ -105,6 +105,17 @@ def seed(upstream: UpstreamProcess, patients: int = 3) -> None:
         store.close()
 
 
+def relayed_upstream(data: Path) -> tuple[UpstreamProcess, LossyProxy]:
+    """A seeded, started upstream reached through a `LossyProxy`, which its base URL names
+    (so the links it writes go through the relay too)."""
+    upstream = UpstreamProcess(data)
+    proxy = LossyProxy(upstream.port)
+    upstream.env["FHIR_GATEWAY_BASE_URL"] = proxy.base
+    seed(upstream)
+    upstream.start()
+    return upstream, proxy
+
+
 def seeded_upstream(data: Path, patients: int = 3) -> UpstreamProcess:
     upstream = UpstreamProcess(data)
     seed(upstream, patients)

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import orjson
@@ -31,7 +32,13 @@ from adapters.errors import Gone
 from fhir_gateway.outbox import WRITE_ID_SYSTEM, Outbox
 from smart_launch.db import make_state_engine
 from tests.conftest import FHIR_JSON
-from tests.rest_support import LossyProxy, UpstreamProcess, seed, start_rest_gateway
+from tests.rest_support import (
+    LossyProxy,
+    UpstreamProcess,
+    relayed_upstream,
+    seed,
+    start_rest_gateway,
+)
 
 BURST = 200
 KILL_AFTER = 60
@@ -243,11 +250,7 @@ def ehr(tmp_path_factory):
     """(live gateway, proxy, EHR store, outbox): the gateway's adapter is fhir_rest, reaching a
     seeded `fhir-gateway serve` process through a `LossyProxy`."""
     data = tmp_path_factory.mktemp("outbox")
-    upstream = UpstreamProcess(data / "upstream")
-    proxy = LossyProxy(upstream.port)
-    upstream.env["FHIR_GATEWAY_BASE_URL"] = proxy.base
-    seed(upstream)
-    upstream.start()
+    upstream, proxy = relayed_upstream(data / "upstream")
     store = EmbeddedAdapter(upstream.database_url)
     # The breaker stays closed through the writes "no-writes" refuses (each conditional
     # create is tried three times), so the reads between them still go to the EHR.
@@ -767,6 +770,16 @@ def test_a_reply_and_a_refill_request_wait_in_the_outbox_when_the_ehr_takes_no_w
     assert store.count("Communication") == communications + 1
 
 
+def _hold_lane(store: EmbeddedAdapter, outbox: Outbox, patient: str):
+    """The patient's lane held by a queued change to the Patient (gender "other"), not due
+    for an hour."""
+    original = {k: v for k, v in store.read("Patient", patient).items() if k != "meta"}
+    return outbox.enqueue(
+        method="PUT", resource_type="Patient", resource_id=patient,
+        body=dict(original, gender="other"), if_match=None, write_id=None, lane=patient,
+        client_id="", error="test: holds the lane", retry_after=3600)
+
+
 def test_a_reply_waits_behind_its_patients_queued_writes_and_a_new_thread_is_refused(
         ehr) -> None:
     """A reply for a patient whose earlier change still waits goes behind it in the outbox
@@ -774,11 +787,7 @@ def test_a_reply_waits_behind_its_patients_queued_writes_and_a_new_thread_is_ref
     transaction, never queued) is refused with 503 and stores nothing."""
     live, proxy, store, outbox = ehr
     thread, recipient = _a_thread(store, "pat-0003")
-    original = {k: v for k, v in store.read("Patient", "pat-0003").items() if k != "meta"}
-    head = outbox.enqueue(
-        method="PUT", resource_type="Patient", resource_id="pat-0003",
-        body=dict(original, gender="other"), if_match=None, write_id=None, lane="pat-0003",
-        client_id="", error="test: holds the lane", retry_after=3600)
+    head = _hold_lane(store, outbox, "pat-0003")
     text = f"reply behind {uuid.uuid4().hex[:8]}"
     communications = store.count("Communication")
     try:
@@ -864,11 +873,7 @@ def test_a_create_naming_two_patients_waits_for_both_lanes(ehr) -> None:
     """A create that names two patients goes in the shared lane; while one of those
     patients' lanes still holds a write it is refused (503), not queued ahead of it."""
     live, proxy, store, outbox = ehr
-    original = {k: v for k, v in store.read("Patient", "pat-0001").items() if k != "meta"}
-    head = outbox.enqueue(
-        method="PUT", resource_type="Patient", resource_id="pat-0001",
-        body=dict(original, gender="other"), if_match=None, write_id=None, lane="pat-0001",
-        client_id="", error="test: holds the lane", retry_after=3600)
+    head = _hold_lane(store, outbox, "pat-0001")
     text = f"two patients {uuid.uuid4().hex[:8]}"
     entries = sum(outbox.counts().values())
     try:
@@ -948,8 +953,8 @@ def test_an_outbox_table_of_an_earlier_version_gets_the_new_column(tmp_path: Pat
 
 
 def test_an_outbox_table_without_requesters_gets_the_column(tmp_path: Path) -> None:
-    """Entries of an earlier version name no requester; they stay listed by lane and
-    client alone, new ones by their requester too."""
+    """Entries of an earlier version name no requester: listed by requester only when asked
+    for (`unattributed`); new ones by their requester."""
     from sqlalchemy import create_engine, inspect
 
     from fhir_gateway.outbox import Outbox
@@ -969,7 +974,9 @@ def test_an_outbox_table_without_requesters_gets_the_column(tmp_path: Path) -> N
            for who in ("Patient/p1", "RelatedPerson/r1")]
     assert box.get(old.id).requester is None
     assert [e.id for e in box.list(lane="p1", client_id="app", requester="Patient/p1")] == \
-        [old.id, new[0].id]
+        [new[0].id]
+    assert [e.id for e in box.list(lane="p1", client_id="app", requester="Patient/p1",
+                                   unattributed=True)] == [old.id, new[0].id]
     engine.dispose()
 
 
@@ -1105,3 +1112,41 @@ def test_two_workers_adding_the_new_column_at_once_both_start(tmp_path: Path) ->
         outbox_module.inspect = real_inspect
     assert late.calls == 2
     engine.dispose()
+
+
+def test_who_sees_which_outbox_entries() -> None:
+    """The status URL's and listing's rule, caller by caller: a patient's user sees what it
+    queued through its app for its patient (and pre-requester entries only when it is that
+    patient); a clinician's or system token its client's; a person without a patient
+    context only its own."""
+    from fhir_gateway.access.policy import Principal
+    from fhir_gateway.http.outbox_api import visibility
+    from smart_launch.scopes import parse_scopes
+
+    def entry(lane: str, client: str, requester: str | None) -> SimpleNamespace:
+        return SimpleNamespace(lane=lane, client_id=client, requester=requester)
+
+    def who(scope: str, client: str = "app", **kw) -> Principal:
+        return Principal(client_id=client, scopes=parse_scopes(scope), **kw)
+
+    ann = visibility(who("patient/*.rs", fhir_user="Patient/p1", patient="p1", subject="ann"))
+    carol = visibility(who("patient/*.rs", fhir_user="RelatedPerson/c", patient="p1"))
+    doctor = visibility(who("user/*.rs", "clinic", fhir_user="Practitioner/d"))
+    backend = visibility(who("system/*.rs", subject="app"))
+    stranger = visibility(who("openid fhirUser", fhir_user="RelatedPerson/x"))
+    assert visibility(None) is None
+    entries = {
+        "ann's": entry("p1", "app", "Patient/p1"),
+        "carol's": entry("p1", "app", "RelatedPerson/c"),
+        "old": entry("p1", "app", None),
+        "doctor's": entry("p1", "clinic", "Practitioner/d"),
+        "ann's in p2": entry("p2", "app", "Patient/p1"),
+        "stranger's": entry("", "app", "RelatedPerson/x"),
+    }
+    seen = {name: sorted(k for k, e in entries.items() if v.sees(e)) for name, v in (
+        ("ann", ann), ("carol", carol), ("doctor", doctor), ("backend", backend),
+        ("stranger", stranger))}
+    assert seen == {
+        "ann": ["ann's", "old"], "carol": ["carol's"], "doctor": ["doctor's"],
+        "backend": ["ann's", "ann's in p2", "carol's", "old", "stranger's"],
+        "stranger": ["stranger's"]}

@@ -279,3 +279,27 @@ def test_moments_are_shown_in_the_portals_time_zone():
     assert records.local_time("2026-06-03T09:42:00-05:00") == records.local_time(sent)
     assert records.local_time("2026-06-03T14:42:00") == "2026-06-03 14:42"  # no offset
     assert records.local_time("2026-06") == "2026-06" and records.local_time(None) == ""
+
+
+def test_the_busy_form_only_for_changes_the_gateway_held_back():
+    """`busy_page` gives the form back only for a 503 the gateway marks `held-back` (nothing
+    was sent, so trying again cannot double it); any other 503 may have reached the EHR and
+    gets the error page, as does a held-back one whose form cannot be read either."""
+    import pytest
+
+    from portal.blueprint import busy_page
+    from portal.fhir_api import GatewayError
+
+    held = GatewayError(503, "waits", codes=frozenset({"held-back"}))
+    assert busy_page(lambda: "the form", held) == "the form"
+    maybe_sent = GatewayError(503, "The EHR timed out")
+    with pytest.raises(GatewayError) as raised:
+        busy_page(lambda: "the form", maybe_sent)
+    assert raised.value is maybe_sent
+
+    def unreadable():
+        raise GatewayError(503, "down")
+
+    with pytest.raises(GatewayError) as raised:
+        busy_page(unreadable, held)
+    assert raised.value is held

@@ -19,9 +19,14 @@ def task(status: str, code: str, authored: str, modified: str | None = None,
             "authoredOn": authored, "lastModified": modified or authored, **extra}
 
 
-def refusal(words: str) -> dict:
+def refusal(words: str, marked: bool = True) -> dict:
+    """A failed entry's outcome as the gateway keeps it: its own sentence, and the EHR's own
+    words in `details.text` when the EHR refused (marked `ehr-refused`)."""
+    details = {"coding": [{"system": "urn:fhir-gateway:issue", "code": "ehr-refused"}],
+               "text": words} if marked else {"text": words}
     return {"resourceType": "OperationOutcome", "id": "outcome",
-            "issue": [{"severity": "error", "code": "invalid", "diagnostics": words}]}
+            "issue": [{"severity": "error", "code": "invalid", "details": details,
+                       "diagnostics": f"The EHR refused the create of a Task (400): {words}"}]}
 
 
 def test_waiting_entries_oldest_first_then_recent_unsent_ones_newest_first():
@@ -38,6 +43,9 @@ def test_waiting_entries_oldest_first_then_recent_unsent_ones_newest_first():
              contained=[refusal("Patient.birthDate is in the future")]),
         task("failed", "create Communication", "2026-12-02T08:00:00.000Z",
              statusReason={"text": "Gave up after 50 attempts: the EHR timed out"}),
+        # the gateway's own refusal during a replay is not the EHR's: not quoted
+        task("failed", "create Task", "2026-12-01T07:00:00.000Z",
+             contained=[refusal("If-None-Exist has no search criteria", marked=False)]),
     ]
     lines = waiting.lines(tasks, "pat-0001", NOW)
     assert [(x.key, x.what, x.when) for x in lines] == [
@@ -47,9 +55,11 @@ def test_waiting_entries_oldest_first_then_recent_unsent_ones_newest_first():
         ("waiting.line_refused_plain", "waiting.message",
          local_time("2026-12-02T08:00:00.000Z")),
         ("waiting.line_refused", "waiting.change", local_time("2026-12-01T08:00:00.000Z")),
+        ("waiting.line_refused_plain", "waiting.refill",
+         local_time("2026-12-01T07:00:00.000Z")),
     ]
-    # the EHR's own words only: the gateway's notes (attempts) are not for patients
-    assert [x.reason for x in lines[2:]] == ["", "", "Patient.birthDate is in the future"]
+    # the EHR's own words only: the gateway's notes (attempts, its own sentence) are not
+    assert [x.reason for x in lines[2:]] == ["", "", "Patient.birthDate is in the future", ""]
     # another patient's entry is never shown, whatever the server listed
     assert [x.what for x in waiting.lines(tasks, "pat-0002", NOW)] == ["waiting.refill"]
 
@@ -76,3 +86,13 @@ def test_each_line_reads_in_both_languages():
     first = translate("en", lines[0].key, what=EN[lines[0].what], when=lines[0].when)
     assert first == (f"Your health reading from {lines[0].when} is waiting to be sent to the "
                      "clinic. We will send it as soon as their system answers.")
+
+
+def test_entries_made_in_the_same_moment_keep_one_order():
+    same = "2026-12-03T08:00:00.000Z"
+    a = task("failed", "create Task", same, "2026-12-03T08:00:01.000Z")
+    b = task("cancelled", "create Communication", same, "2026-12-03T08:00:02.000Z")
+    assert [x.key for x in waiting.lines([a, b], "pat-0001", NOW)] == \
+        [x.key for x in waiting.lines([b, a], "pat-0001", NOW)] == \
+        ["waiting.line_dropped", "waiting.line_refused_plain"]
+

@@ -484,10 +484,17 @@ def test_queued_writes_are_seen_only_by_their_own_patient(tmp_path):
                 lane="pat-0001", client_id=app, error="test", retry_after=3600,
                 requester=user) for app, user in (("clinic-app", "Practitioner/prac-01"),
                                                   ("app-public", "RelatedPerson/carol"))]
+            # one queued before requesters were kept is hers: she is the lane's patient
+            legacy = outbox.enqueue(
+                method="POST", resource_type="Observation", resource_id=None,
+                body={"resourceType": "Observation"}, if_match=None, write_id=None,
+                lane="pat-0001", client_id="app-public", error="test", retry_after=3600)
             listed = client.get("_outbox").json()
-            assert [e["resource"]["id"] for e in listed["entry"]] == [mine.json()["id"]]
+            assert [e["resource"]["id"] for e in listed["entry"]] == \
+                [mine.json()["id"], legacy.id]
             for entry in theirs:
                 assert client.get(f"_outbox/{entry.id}").status_code == 404
+            for entry in [*theirs, legacy]:
                 outbox.drop(entry.id)
         with env.fhir(bob) as client:
             assert client.get(status_url).status_code == 404

@@ -29,6 +29,7 @@ from adapters.errors import (
     UpstreamError,
     UpstreamUnavailable,
     WrongFhirVersion,
+    gateway_details,
 )
 from adapters.fhir_rest.auth import make_auth
 from adapters.fhir_rest.outbound import Answer, Headers, HttpxWire, Wire
@@ -311,4 +312,5 @@ def raise_for_status(resp: UpstreamResponse, what: str) -> None:
                             f"({resp.status})")
     cls = ERRORS.get(resp.status, Invalid)
     text = f"The EHR refused {what} ({resp.status})" + (f": {first}" if first else "")
-    raise cls(text, issues=issues[1:] if first else issues)
+    raise cls(text, issues=issues[1:] if first else issues,
+              details=gateway_details("ehr-refused", first))

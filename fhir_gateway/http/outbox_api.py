@@ -5,6 +5,8 @@ the EHR's OperationOutcome contained); `GET /fhir/_outbox` lists the caller's ow
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import Blueprint, Response, current_app, request
 
 from adapters.errors import NotFound
@@ -22,33 +24,54 @@ def _outbox():
     return outbox
 
 
-def _whose() -> tuple[str | None, str | None, str | None] | None:
-    """(lane, client id, requester) a caller's entries are found by: a patient's token sees
-    what its user made through its app for its patient (not what clinicians or other apps
-    queued about that patient), any other token what its client made; None with SMART off
-    (everything is visible)."""
-    who = principal()
+@dataclass(frozen=True)
+class _Whose:
+    """Which entries a caller may see: its client's, in `lane` when set, made by
+    `requester` when set (and, with `unattributed`, those that name no requester)."""
+
+    client_id: str
+    lane: str | None = None
+    requester: str | None = None
+    unattributed: bool = False
+
+    def sees(self, entry: Entry) -> bool:
+        if entry.client_id != self.client_id or self.lane not in (None, entry.lane):
+            return False
+        return self.requester is None or entry.requester == self.requester or \
+            (self.unattributed and entry.requester is None)
+
+
+def _whose() -> _Whose | None:
+    return visibility(principal())
+
+
+def visibility(who) -> _Whose | None:
+    """What a caller (a Principal) sees; None with SMART off (everything).
+
+    - A token with a patient context: what its user queued through its app for that patient
+      (never what clinicians or a proxy queued about them); entries from before requesters
+      were kept only when the user is that patient.
+    - A clinician's or a system token (user/ or system/ scopes): what its client queued.
+    - Any other token (a person without a patient context): what its user queued.
+    """
     if who is None:
         return None
+    client = who.client_id or "\0"
+    user = who.user or "\0"
     patient = who.patient or ((who.fhir_user or "").partition("/")[2]
                               if (who.fhir_user or "").startswith("Patient/") else None)
-    client = who.client_id or "\0"
-    return (patient, client, who.user or "\0") if patient else (None, client, None)
-
-
-def _mine(entry: Entry) -> bool:
-    whose = _whose()
-    if whose is None:
-        return True
-    lane, client_id, requester = whose
-    return entry.client_id == client_id and (lane is None or entry.lane == lane) and \
-        (requester is None or entry.requester in (requester, None))
+    if patient:
+        return _Whose(client, patient, user, unattributed=who.fhir_user == f"Patient/{patient}")
+    if any(g.context in ("user", "system") for g in who.scopes.grants):
+        return _Whose(client)
+    return _Whose(client, requester=user)
 
 
 @bp.get("/_outbox/<entry_id>")
 def status(entry_id: str) -> Response:
     entry = _outbox().get(entry_id)
-    if entry is None or not _mine(entry):
+    whose = _whose()
+    if entry is None or (whose is not None and not whose.sees(entry)):
         raise NotFound(f"No queued write {entry_id!r} is known", expression="id")
     return render(entry.as_task(base_url()), 200, response_mimetype(request), False)
 
@@ -56,8 +79,9 @@ def status(entry_id: str) -> Response:
 @bp.get("/_outbox")
 def listing() -> Response:
     whose = _whose()  # chosen in the query: the caller's newest entries, not the table's
-    entries = _outbox().list() if whose is None else \
-        _outbox().list(lane=whose[0], client_id=whose[1], requester=whose[2])
+    entries = _outbox().list() if whose is None else _outbox().list(
+        lane=whose.lane, client_id=whose.client_id, requester=whose.requester,
+        unattributed=whose.unattributed)
     base = base_url()
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
               "link": [{"relation": "self", "url": f"{base}/_outbox"}],

@@ -17,7 +17,7 @@ from sqlalchemy import delete
 from adapters.embedded import EmbeddedAdapter
 from fhir_gateway.outbox import outbox as outbox_table
 from tests.browser.support import CLIENT_ID, check_page, menu, sign_in
-from tests.rest_support import LossyProxy, UpstreamProcess, seed, start_rest_gateway
+from tests.rest_support import relayed_upstream, start_rest_gateway
 from tests.smart_support import smart_env_for
 
 
@@ -25,11 +25,7 @@ from tests.smart_support import smart_env_for
 def env(tmp_path_factory):
     """As the other browser modules' `env`, over the REST adapter; `env.proxy` is the relay."""
     data = tmp_path_factory.mktemp("downtime")
-    upstream = UpstreamProcess(data / "upstream")
-    proxy = LossyProxy(upstream.port)
-    upstream.env["FHIR_GATEWAY_BASE_URL"] = proxy.base
-    seed(upstream)
-    upstream.start()
+    upstream, proxy = relayed_upstream(data / "upstream")
     store = EmbeddedAdapter(upstream.database_url)
     live, stop = start_rest_gateway(data / "front", proxy.base, {
         "FHIR_GATEWAY_FHIR_REST_DEFAULT_CACHE_TTL": "0",
@@ -189,7 +185,7 @@ def test_a_reply_and_a_refill_request_wait_for_the_ehr(env, portal, page):
 
     # once both are stored, Home no longer lists them
     deadline = time.monotonic() + 30
-    while the_outbox(env).list(lane="pat-0002", status="queued"):
+    while any(the_outbox(env).list(lane="pat-0002", status=s) for s in ("queued", "sending")):
         assert time.monotonic() < deadline, "the outbox did not settle"
         time.sleep(0.2)
     page.goto(f"{portal.url}/home")
@@ -222,8 +218,10 @@ def test_home_shows_what_was_not_sent_and_only_the_patients_own(env, portal, pag
         while {outbox.get(e.id).status for e in (refused, clinicians, theirs)} != {"failed"}:
             assert time.monotonic() < deadline, [outbox.get(e.id).status for e in mine]
             time.sleep(0.2)
-        words = outbox.get(refused.id).outcome["issue"][0]["diagnostics"]
-        assert "not-a-status" in words
+        first = outbox.get(refused.id).outcome["issue"][0]
+        assert first["details"]["coding"][0]["code"] == "ehr-refused"
+        words = first["details"]["text"]  # the EHR's own words, without the gateway's
+        assert "not-a-status" in words and "The EHR refused" in first["diagnostics"]
 
         sign_in(page, portal, "bob")
         card = page.locator("section:has(#h-waiting)")
