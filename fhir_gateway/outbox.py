@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 import uuid
@@ -54,6 +53,7 @@ from adapters.base import (  # noqa: F401 - the write id names, used from here t
     holds_what_was_sent,
 )
 from adapters.errors import FhirError, PreconditionFailed, UpstreamError, UpstreamUnavailable
+from mappings.references import reference_target
 
 log = logging.getLogger("fhir_gateway.outbox")
 
@@ -143,7 +143,7 @@ class Entry:
         }
         if self.lane:
             task["for"] = {"reference": f"Patient/{self.lane}"}
-        if self.requester and _REQUESTER.fullmatch(self.requester):
+        if self.requester and reference_target(self.requester):  # a fhirUser, not a subject
             task["requester"] = {"reference": self.requester}
         outputs = []
         if self.result_ref:
@@ -176,9 +176,6 @@ def _chunks(values: list[str], size: int) -> list[list[str]]:
 
 def _load(value: str | None):
     return orjson.loads(value) if value else None
-
-
-_REQUESTER = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # a relative reference
 
 
 def _instant(ts: float) -> str:
@@ -290,7 +287,7 @@ class Outbox:
         sent and every one of those lanes must drain first. A write that cannot be queued
         behind them must not go before."""
         ids: dict[str, list[str]] = {}
-        for rtype, rid in sorted(resources):
+        for rtype, rid in sorted(r for r in resources if r[1]):  # an id-less one has no writes
             ids.setdefault(rtype, []).append(rid)
         blocking = set()
         with self.engine.connect() as conn:

@@ -382,7 +382,7 @@ class FhirService:
         if self.outbox is not None:
             lane = self.lane(req, decision, body)
             others = self._patients_of(rtype, None, body) - {lane}
-            relied_on = {(rtype_, rid) for rtype_, rid in relied_on if rid}
+            relied_on = set(relied_on)
             if relied_on or others:
                 self._hold(self.outbox.waiting_until(relied_on, others))
         write_id = None
@@ -441,8 +441,7 @@ class FhirService:
         writes = [e for e in writes if e.method in ("POST", "PUT", "DELETE", "PATCH")]
         if self.outbox is None or not writes:  # reads never wait
             return
-        resources = {(e.resource_type, e.id) for e in writes if e.id} | \
-            {(rtype, rid) for rtype, rid in relied_on if rid}
+        resources = {(e.resource_type, e.id) for e in writes if e.id} | set(relied_on)
         # The lanes: the caller's patient, and every patient the change names (a portal
         # action's Slot or receipt belongs to the patient its Appointment or Account names).
         # A change that names no patient at all waits behind the shared lane "", as a plain

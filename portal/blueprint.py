@@ -138,4 +138,3 @@ def busy_page(render: Callable[[], object], failed: GatewayError):
         return render()
     except (GatewayError, httpx.HTTPError):
         raise failed from None
-

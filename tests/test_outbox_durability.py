@@ -1150,3 +1150,17 @@ def test_who_sees_which_outbox_entries() -> None:
         "ann": ["ann's", "old"], "carol": ["carol's"], "doctor": ["doctor's"],
         "backend": ["ann's", "ann's in p2", "carol's", "old", "stranger's"],
         "stranger": ["stranger's"]}
+
+
+def test_a_resource_without_an_id_holds_nothing_back(tmp_path: Path) -> None:
+    """What a caller's checks read may include something with no id (nothing can be queued
+    for it): it is skipped, and the lane check still answers for the rest."""
+    from sqlalchemy import create_engine
+
+    box = Outbox(create_engine(f"sqlite:///{tmp_path / 'state.db'}"))
+    head = box.enqueue(method="PUT", resource_type="CareTeam", resource_id="ct-1",
+                       body={"resourceType": "CareTeam", "id": "ct-1"}, if_match=None,
+                       write_id=None, lane="", client_id="", error="test", retry_after=60)
+    assert box.waiting_until({("Medication", None), ("CareTeam", "ct-9")}, set()) is None
+    due = box.waiting_until({("Medication", None), ("CareTeam", "ct-1")}, set())
+    assert due is not None and abs(due - box.get(head.id).next_at) < 1

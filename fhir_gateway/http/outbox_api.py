@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 
 from adapters.errors import NotFound
+from fhir_gateway.access.policy import Principal
 from fhir_gateway.http.negotiation import render, response_mimetype
 from fhir_gateway.http.rest import base_url, principal
 from fhir_gateway.outbox import Entry
@@ -45,7 +46,7 @@ def _whose() -> _Whose | None:
     return visibility(principal())
 
 
-def visibility(who) -> _Whose | None:
+def visibility(who: Principal | None) -> _Whose | None:
     """What a caller (a Principal) sees; None with SMART off (everything).
 
     - A token with a patient context: what its user queued through its app for that patient
